@@ -1,0 +1,293 @@
+"""Pure attention functions: masks, score functions, softmax and scaled dot-product attention.
+
+Shapes: query ``(..., L, d)``, key ``(..., S, d)``, value ``(..., S, dv)``. Leading dims
+broadcast; key/value may carry fewer heads (dim -3) than the query when that number divides
+the query's (grouped-query attention: query head ``h`` uses kv head ``h // (Hq // Hkv)``).
+
+Mask convention, one rule everywhere: a **boolean mask is True where attention is allowed**
+(``key_mask`` True = real token); a float mask is *added* to the scores. A query row with
+nothing to attend to gets zero output and zero weights, never NaN, forward or backward.
+
+Scaling: scores are ``q·k / sqrt(d_k)`` with ``d_k`` the key (head) dimension. The seed text
+writes ``1/sqrt(n)``; that is a slip: the variance being normalised is that of a dot product
+of ``d_k`` terms, so the factor depends on the vector size, not on the sequence length.
+
+Two paths live side by side here. Without weights, :func:`scaled_dot_product_attention` calls
+``torch.nn.functional.scaled_dot_product_attention`` (fused kernel, no score matrix kept).
+With ``return_weights=True`` it runs the explicit math path (scores -> masked softmax ->
+weighted sum of values), which is also the reference our tests read beside the formula.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "causal_mask",
+    "padding_mask",
+    "merge_masks",
+    "masked_softmax",
+    "dot_scores",
+    "scaled_dot_scores",
+    "general_scores",
+    "additive_scores",
+    "scaled_dot_product_attention",
+]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def causal_mask(L: int, S: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """Boolean ``(L, S)`` mask, True where query ``i`` may attend to key ``j``.
+
+    The diagonal is aligned to the *end*: query ``i`` sees keys ``0 .. i + S - L``. With
+    ``S == L`` this is the usual lower triangle; with ``S > L`` (a KV cache holding ``S - L``
+    earlier steps) the last query sees every key.
+    """
+    S = L if S is None else S
+    if L < 0 or S < 0:
+        raise ValueError(f"causal_mask needs non-negative sizes, got L={L}, S={S}")
+    return torch.ones(L, S, dtype=torch.bool, device=device).tril_(S - L)
+
+
+def padding_mask(lengths: Tensor | list[int], max_len: int | None = None) -> Tensor:
+    """Boolean ``(B, max_len)`` mask from sequence lengths, True at real tokens."""
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1:
+        raise ValueError(f"padding_mask expects lengths of shape (B,), got {tuple(lengths.shape)}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"padding_mask got a negative length: {lengths.tolist()}")
+    longest = int(lengths.max()) if lengths.numel() else 0
+    max_len = longest if max_len is None else max_len
+    if max_len < longest:
+        raise ValueError(f"padding_mask: max_len={max_len} is shorter than the longest length {longest}")
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def merge_masks(*masks: Tensor | None) -> Tensor | None:
+    """Combine masks that broadcast together into one.
+
+    All boolean -> boolean AND (allowed only where every mask allows). Any float -> float:
+    the float masks are summed and disallowed boolean positions become ``-inf``.
+    """
+    masks = tuple(m for m in masks if m is not None)
+    if not masks:
+        return None
+    bools = [m for m in masks if m.dtype == torch.bool]
+    floats = [m for m in masks if m.dtype != torch.bool]
+    allowed = None
+    for m in bools:
+        allowed = m if allowed is None else allowed & m
+    if not floats:
+        return allowed
+    out = floats[0]
+    for m in floats[1:]:
+        out = out + m
+    if allowed is not None:
+        out = out.masked_fill(~allowed, float("-inf"))
+    return out
+
+
+def _empty_rows(mask: Tensor) -> Tensor:
+    """``(..., L, 1)`` True where a query row may attend to nothing."""
+    if mask.dtype == torch.bool:
+        return ~mask.any(dim=-1, keepdim=True)
+    return torch.isneginf(mask).all(dim=-1, keepdim=True)
+
+
+def _open_empty_rows(mask: Tensor, empty: Tensor) -> Tensor:
+    """Let empty rows attend everywhere (their result is zeroed afterwards) so no NaN appears."""
+    if mask.dtype == torch.bool:
+        return mask | empty
+    return mask.masked_fill(empty, 0.0)
+
+
+# --------------------------------------------------------------------------- softmax & scores
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` that treats masked positions as absent.
+
+    ``mask`` is boolean (True = keep) or float (added). Rows with nothing left give zeros,
+    and their gradient is zero too. Half/bfloat16 scores are normalised in float32 and the
+    result is returned in the input dtype.
+    """
+    dtype = scores.dtype
+    s = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
+    empty = None
+    if mask is not None:
+        if dim not in (-1, s.dim() - 1):
+            s = s.movedim(dim, -1)
+            mask = mask.movedim(dim, -1)
+        empty = _empty_rows(mask)
+        mask = _open_empty_rows(mask, empty)
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+        w = torch.softmax(s, dim=-1).masked_fill(empty, 0.0)
+        if dim not in (-1, scores.dim() - 1):
+            w = w.movedim(-1, dim)
+    else:
+        w = torch.softmax(s, dim=dim)
+    return w.to(dtype)
+
+
+def dot_scores(query: Tensor, keys: Tensor) -> Tensor:
+    """Luong "dot": ``q · k``. query ``(..., L, d)``, keys ``(..., S, d)`` -> ``(..., L, S)``."""
+    return query @ keys.transpose(-2, -1)
+
+
+def scaled_dot_scores(query: Tensor, keys: Tensor, scale: float | None = None) -> Tensor:
+    """``q · k / sqrt(d_k)`` (or ``* scale``) -> ``(..., L, S)``."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return (query * scale) @ keys.transpose(-2, -1)
+
+
+def general_scores(query: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
+    """Luong "general" (bilinear): ``q^T W k``. ``weight`` is ``(dk, dq)`` as in ``nn.Linear(dq, dk)``."""
+    return (query @ weight.T) @ keys.transpose(-2, -1)
+
+
+def additive_scores(
+    query: Tensor, keys_proj: Tensor, w_query: Tensor, v: Tensor, b_query: Tensor | None = None
+) -> Tensor:
+    """Bahdanau: ``v^T tanh(W_q q + W_k k)``.
+
+    ``keys_proj`` is ``W_k k`` already computed once per source ``(..., S, h)`` (it does not
+    change from one decoder step to the next); ``query`` is ``(..., L, dq)``, ``w_query``
+    ``(h, dq)``, ``v`` ``(h,)``. Returns ``(..., L, S)``.
+    """
+    q = F.linear(query, w_query, b_query)  # (..., L, h)
+    hidden = torch.tanh(q.unsqueeze(-2) + keys_proj.unsqueeze(-3))  # (..., L, S, h)
+    return hidden @ v  # (..., L, S)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not torch.is_floating_point(t):
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dims (..., len, dim), got shape {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"query and key must share their last dim: query {tuple(q.shape)}, key {tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same length (dim -2): key {tuple(k.shape)}, value {tuple(v.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(k.shape[:-2], v.shape[:-2])
+        torch.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+    except RuntimeError:
+        raise ValueError(
+            f"leading dims of query {tuple(q.shape)}, key {tuple(k.shape)} and value "
+            f"{tuple(v.shape)} do not broadcast"
+        ) from None
+    if q.dim() >= 3 and k.dim() >= 3:
+        hq, hk = q.shape[-3], k.shape[-3]
+        if hq != hk and hk != 1 and hq % hk != 0:
+            raise ValueError(
+                f"query heads (dim -3) must equal or be a multiple of key heads: query "
+                f"{tuple(q.shape)}, key {tuple(k.shape)}"
+            )
+    if mask is not None:
+        L, S = q.shape[-2], k.shape[-2]
+        if mask.dim() < 1 or mask.shape[-1] not in (1, S) or (mask.dim() >= 2 and mask.shape[-2] not in (1, L)):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to (..., L={L}, S={S})"
+            )
+        if not (mask.dtype == torch.bool or torch.is_floating_point(mask)):
+            raise ValueError(f"mask must be bool (True = may attend) or float (added), got {mask.dtype}")
+
+
+def _gqa_groups(q: Tensor, k: Tensor) -> int:
+    """How many query heads share one kv head (1 when the head dims match or broadcast)."""
+    if q.dim() < 3 or k.dim() < 3:
+        return 1
+    hq, hk = q.shape[-3], k.shape[-3]
+    return hq // hk if hk not in (1, hq) else 1
+
+
+def _attention_math(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """Explicit path: scores -> masked softmax -> weighted sum. Returns (out, weights)."""
+    groups = _gqa_groups(q, k)
+    if groups > 1:
+        # (..., Hkv*G, L, d) -> (..., Hkv, G, L, d); keys get a broadcast group dim
+        q = q.unflatten(-3, (k.shape[-3], groups))
+        k, v = k.unsqueeze(-3), v.unsqueeze(-3)
+        if mask is not None and mask.dim() >= 3 and mask.shape[-3] != 1:
+            mask = mask.unflatten(-3, (k.shape[-4], groups))
+    compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = scaled_dot_scores(q.to(compute_dtype), k.to(compute_dtype), scale)  # (..., L, S)
+    weights = masked_softmax(scores, mask)  # (..., L, S), float32 for half inputs
+    attn = F.dropout(weights, p=dropout) if dropout > 0.0 else weights
+    out = attn @ v.to(compute_dtype)  # (..., L, dv)
+    if groups > 1:
+        out, weights = out.flatten(-4, -3), weights.flatten(-4, -3)
+    return out.to(v.dtype), weights.to(q.dtype)
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Scaled dot-product attention: ``softmax(q k^T / sqrt(d_k) + mask) v``.
+
+    Args:
+        q: query ``(..., L, d)``.
+        k: key ``(..., S, d)``.
+        v: value ``(..., S, dv)``.
+        mask: boolean (True = may attend) or float (added to the scores), broadcastable to
+            ``(..., L, S)``.
+        causal: also forbid attending to the future; with ``L != S`` the diagonal is
+            aligned to the end (query ``i`` sees keys ``0 .. i + S - L``).
+        scale: score factor; default ``1/sqrt(d)``.
+        dropout: dropout probability on the attention weights (pass 0.0 in eval).
+        return_weights: also return the attention weights (explicit math path).
+
+    Returns:
+        ``out (..., L, dv)``, or ``(out, weights (..., L, S))`` when ``return_weights``.
+        Rows with no allowed key give zero output and zero weights. Half/bfloat16 inputs
+        come back in their dtype; their softmax is computed in float32.
+    """
+    _check_inputs(q, k, v, mask)
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    fast_causal = causal and mask is None and L == S and not return_weights
+    if causal and not fast_causal:
+        mask = merge_masks(mask, causal_mask(L, S, device=q.device))
+    empty = None
+    if mask is not None:
+        empty = _empty_rows(mask)  # (..., L, 1)
+        if bool(empty.any()):
+            mask = _open_empty_rows(mask, empty)
+        else:
+            empty = None
+    if return_weights:
+        out, weights = _attention_math(q, k, v, mask, scale, dropout)
+    else:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=fast_causal, scale=scale,
+            enable_gqa=_gqa_groups(q, k) > 1,
+        )
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
+        if return_weights:
+            weights = weights.masked_fill(empty, 0.0)
+    return (out, weights) if return_weights else out
