@@ -14,17 +14,26 @@ from attnkit.attention import (
     MultiHeadAttention,
 )
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
+from attnkit.models.checkpoint import load, save_model
+from attnkit.models.rnn_seq2seq import RNNSeq2Seq
+from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdditiveAttention",
+    "AttentionDecoder",
     "AttentionHead",
     "DotAttention",
     "GeneralAttention",
     "KVCache",
     "MultiHeadAttention",
+    "RNNConfig",
+    "RNNEncoder",
+    "RNNSeq2Seq",
     "causal_mask",
+    "load",
     "padding_mask",
+    "save_model",
     "scaled_dot_product_attention",
 ]
