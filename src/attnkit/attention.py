@@ -151,6 +151,10 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, kv_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        # Optional rotary position hook (set by the Transformer layers for position="rope"):
+        # ``rotary(x (B, H, L, d), offset) -> x`` rotates self-attention queries and keys,
+        # ``offset`` = positions already in the KV cache. None = no rotation.
+        self.rotary: nn.Module | None = None
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}"
@@ -243,6 +247,10 @@ class MultiHeadAttention(nn.Module):
             k = v = None
             if cache is None or self_attn or cache.keys is None:
                 k, v = self.project_kv(key, value)  # (B, Hkv, S, d)
+
+        if self.rotary is not None and self_attn:
+            offset = len(cache) if cache is not None else 0
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
 
         if cache is not None:
             if self_attn:
