@@ -1,0 +1,664 @@
+"""The Transformer built from our attention: embeddings and positions, feed-forward,
+encoder/decoder layers and stacks (Vaswani et al., 2017).
+
+The stacks work on already-embedded vectors, batch first, like ``nn.TransformerEncoder`` /
+``nn.TransformerDecoder``, and import their weights exactly (:meth:`Encoder.from_torch`,
+:meth:`Decoder.from_torch`). Mask convention: a boolean mask is True where attention is
+allowed; ``key_mask``/``memory_mask`` ``(B, S)`` are True at real tokens.
+
+Post-LN (the paper, BERT)::   x = norm1(x + SelfAttn(x));   x = norm2(x + FF(x))
+Pre-LN (``norm_first``)::     x = x + SelfAttn(norm1(x));   x = x + FF(norm2(x))
+
+Attention scores are ``q·k / sqrt(d_k)`` with ``d_k`` the head dimension (the seed's
+``1/sqrt(n)`` is a slip: the scale depends on the vector size, not the sequence length).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnkit.attention import KVCache, MultiHeadAttention
+
+__all__ = [
+    "TransformerConfig",
+    "SinusoidalPositions",
+    "RotaryEmbedding",
+    "Embeddings",
+    "FeedForward",
+    "EncoderLayer",
+    "DecoderLayer",
+    "Encoder",
+    "Decoder",
+    "DecoderCache",
+]
+
+ACTIVATIONS = ("relu", "gelu")
+POSITIONS = ("sinusoidal", "learned", "rope")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class TransformerConfig:
+    """Encoder-decoder Transformer. ``tgt_vocab_size=None`` shares one vocabulary.
+
+    ``kv_heads`` < ``num_heads`` gives grouped-query attention; ``position`` is
+    ``"sinusoidal"`` (the paper), ``"learned"`` (a table of ``max_len`` rows) or ``"rope"``
+    (rotary, applied to self-attention queries and keys). ``tie_embeddings`` shares the target
+    embedding with the output projection.
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int | None = None
+    embed_dim: int = 256
+    num_heads: int = 4
+    kv_heads: int | None = None
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    activation: str = "relu"
+    norm_first: bool = False
+    position: str = "sinusoidal"
+    max_len: int = 512
+    tie_embeddings: bool = True
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        tgt = self.target_vocab_size
+        for name in ("src_vocab_size", "embed_dim", "num_heads", "ff_dim", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
+        if tgt <= 0:
+            raise ValueError(f"TransformerConfig.tgt_vocab_size must be positive, got {self.tgt_vocab_size}")
+        if self.num_encoder_layers < 0 or self.num_decoder_layers <= 0:
+            raise ValueError(
+                f"need num_encoder_layers >= 0 and num_decoder_layers >= 1, got "
+                f"{self.num_encoder_layers} and {self.num_decoder_layers}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        kv = self.num_heads if self.kv_heads is None else self.kv_heads
+        if kv <= 0 or self.num_heads % kv:
+            raise ValueError(f"kv_heads={self.kv_heads} does not divide num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
+            raise ValueError(
+                f"rope needs an even head dim, got embed_dim={self.embed_dim} / num_heads={self.num_heads}"
+            )
+        ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+        if len(set(ids.values())) != 3:
+            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
+        for name, value in ids.items():
+            if not 0 <= value < min(self.src_vocab_size, tgt):
+                raise ValueError(
+                    f"{name}={value} is outside the vocabularies (src {self.src_vocab_size}, tgt {tgt})"
+                )
+
+    @property
+    def target_vocab_size(self) -> int:
+        return self.src_vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def sinusoidal_table(length: int, dim: int, offset: int = 0) -> Tensor:
+    """``(length, dim)`` table: ``PE[p, 2i] = sin(p / 10000^(2i/dim))``, ``PE[p, 2i+1] = cos(...)``."""
+    pos = torch.arange(offset, offset + length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (dim/2,)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine positions added to the embeddings (no parameters)."""
+
+    def __init__(self, embed_dim: int, max_len: int = 512) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.register_buffer("table", sinusoidal_table(max_len, embed_dim), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """Positions ``offset .. offset + length - 1`` -> ``(length, E)``."""
+        end = offset + length
+        if end <= self.table.shape[0]:
+            return self.table[offset:end]
+        return sinusoidal_table(length, self.embed_dim, offset).to(self.table.device)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (Su et al., 2021), "rotate half" layout.
+
+    ``forward(x (B, H, L, d), offset)`` rotates each pair ``(x[i], x[i + d/2])`` by the angle
+    ``p * 10000^(-2i/d)`` of its position ``p = offset + l``. Applied to queries and keys, the
+    score then depends only on the distance between positions. No parameters.
+    """
+
+    def __init__(self, head_dim: int, max_len: int = 512, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RotaryEmbedding needs an even head_dim, got {head_dim}")
+        self.head_dim, self.base = head_dim, base
+        cos, sin = self._tables(max_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, end: int, start: int = 0) -> tuple[Tensor, Tensor]:
+        inv = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        angles = torch.arange(start, end, dtype=torch.float32).unsqueeze(1) * inv  # (L, d/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (L, d)
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        L = x.shape[-2]
+        if offset + L <= self.cos.shape[0]:
+            cos, sin = self.cos[offset : offset + L], self.sin[offset : offset + L]  # (L, d)
+        else:
+            cos, sin = (t.to(x.device) for t in self._tables(offset + L, offset))
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)  # (..., L, d)
+        return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Embeddings(nn.Module):
+    """Token embedding + positions (+ optional token types), then LayerNorm and dropout.
+
+    ``position``: ``"sinusoidal"`` (fixed, added), ``"learned"`` (a ``max_len``-row table,
+    added; longer inputs raise ``ValueError``), ``"rope"`` (nothing added here: rotary is
+    applied to queries/keys inside self-attention, see :class:`RotaryEmbedding`).
+    ``scale=True`` multiplies the token embedding by ``sqrt(embed_dim)`` as in the paper
+    (BERT uses ``scale=False``). ``layer_norm=True`` adds a LayerNorm (BERT).
+
+    ``forward(tokens (B, L), *, token_type_ids=None, offset=0) -> (B, L, E)``; ``offset`` is
+    the position of the first token (step-by-step decoding).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        *,
+        position: str = "sinusoidal",
+        max_len: int = 512,
+        dropout: float = 0.0,
+        padding_idx: int | None = None,
+        scale: bool = True,
+        type_vocab_size: int = 0,
+        layer_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        if vocab_size <= 0 or embed_dim <= 0 or max_len <= 0:
+            raise ValueError(
+                f"Embeddings needs positive sizes, got vocab_size={vocab_size}, embed_dim={embed_dim}, max_len={max_len}"
+            )
+        self.embed_dim, self.position, self.max_len = embed_dim, position, max_len
+        self.scale = math.sqrt(embed_dim) if scale else 1.0
+        self.word_embeddings = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.position_embeddings: nn.Module | None = None
+        if position == "learned":
+            self.position_embeddings = nn.Embedding(max_len, embed_dim)
+        elif position == "sinusoidal":
+            self.position_embeddings = SinusoidalPositions(embed_dim, max_len)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, embed_dim) if type_vocab_size else None
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if layer_norm else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor, *, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (B, L), got shape {tuple(tokens.shape)}")
+        L = tokens.shape[1]
+        x = self.word_embeddings(tokens)  # (B, L, E)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.position == "learned":
+            if offset + L > self.max_len:
+                raise ValueError(
+                    f"sequence of length {offset + L} is longer than max_len={self.max_len} (learned positions)"
+                )
+            pos = torch.arange(offset, offset + L, device=tokens.device)
+            x = x + self.position_embeddings(pos)  # (L, E) broadcast over B
+        elif self.position == "sinusoidal":
+            x = x + self.position_embeddings(L, offset).to(x.dtype)
+        if self.token_type_embeddings is not None:
+            types = torch.zeros_like(tokens) if token_type_ids is None else token_type_ids
+            x = x + self.token_type_embeddings(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: ``linear2(dropout(act(linear1(x))))``, act = ReLU or GELU."""
+
+    def __init__(
+        self, embed_dim: int, ff_dim: int, *, activation: str = "relu", dropout: float = 0.0, bias: bool = True
+    ) -> None:
+        super().__init__()
+        _check_activation(activation)
+        self.activation = activation
+        self.linear1 = nn.Linear(embed_dim, ff_dim, bias=bias)
+        self.linear2 = nn.Linear(ff_dim, embed_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear1(x)  # (B, L, ff_dim)
+        h = F.relu(h) if self.activation == "relu" else F.gelu(h)
+        return self.linear2(self.dropout(h))  # (B, L, E)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention + feed-forward, each with a residual; post-LN or pre-LN (``norm_first``).
+
+    Submodules mirror ``nn.TransformerEncoderLayer``: ``self_attn``, ``ff.linear1``,
+    ``ff.linear2``, ``norm1``, ``norm2``. ``rotary`` (a :class:`RotaryEmbedding`) rotates the
+    self-attention queries/keys.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        *,
+        kv_heads: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        rotary: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
+        self.self_attn.rotary = rotary
+        self.ff = FeedForward(embed_dim, ff_dim, activation=activation, dropout=dropout, bias=bias)
+        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def _sa(self, x: Tensor, key_mask: Tensor | None, attn_mask: Tensor | None, need_weights: bool):
+        out, w = self.self_attn(x, key_mask=key_mask, attn_mask=attn_mask, need_weights=need_weights)
+        return self.dropout1(out), w
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x (B, S, E)``, ``key_mask (B, S)`` True at real tokens, ``attn_mask`` as in
+        :class:`MultiHeadAttention` -> ``(x (B, S, E), weights (B, H, S, S) | None)``."""
+        if self.norm_first:
+            a, w = self._sa(self.norm1(x), key_mask, attn_mask, need_weights)
+            x = x + a
+            x = x + self.dropout2(self.ff(self.norm2(x)))
+        else:
+            a, w = self._sa(x, key_mask, attn_mask, need_weights)
+            x = self.norm1(x + a)
+            x = self.norm2(x + self.dropout2(self.ff(x)))
+        return x, w
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention over the encoder output, feed-forward.
+
+    Submodules mirror ``nn.TransformerDecoderLayer``: ``self_attn``, ``cross_attn`` (torch's
+    ``multihead_attn``), ``ff.linear1``, ``ff.linear2``, ``norm1..3``. With caches, the
+    self-attention keys/values of earlier steps come from ``self_cache`` and the memory is
+    projected once into ``cross_cache``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        *,
+        kv_heads: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        rotary: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
+        self.self_attn.rotary = rotary
+        self.cross_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
+        self.ff = FeedForward(embed_dim, ff_dim, activation=activation, dropout=dropout, bias=bias)
+        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
+        self.norm3 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def _sa(self, y, key_mask, need_weights, cache):
+        out, w = self.self_attn(y, key_mask=key_mask, causal=True, need_weights=need_weights, cache=cache)
+        return self.dropout1(out), w
+
+    def _ca(self, y, memory, memory_mask, need_weights, cache):
+        out, w = self.cross_attn(y, memory, key_mask=memory_mask, need_weights=need_weights, cache=cache)
+        return self.dropout2(out), w
+
+    def forward(
+        self,
+        y: Tensor,
+        memory: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        need_weights: bool = False,
+        self_cache: KVCache | None = None,
+        cross_cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``y (B, L, E)``, ``memory (B, S, E)``; ``key_mask (B, L)`` / ``memory_mask (B, S)``
+        True at real tokens -> ``(y (B, L, E), self (B, H, L, L') | None, cross (B, H, L, S) | None)``
+        where ``L'`` counts cached steps too."""
+        if self.norm_first:
+            a, ws = self._sa(self.norm1(y), key_mask, need_weights, self_cache)
+            y = y + a
+            c, wc = self._ca(self.norm2(y), memory, memory_mask, need_weights, cross_cache)
+            y = y + c
+            y = y + self.dropout3(self.ff(self.norm3(y)))
+        else:
+            a, ws = self._sa(y, key_mask, need_weights, self_cache)
+            y = self.norm1(y + a)
+            c, wc = self._ca(y, memory, memory_mask, need_weights, cross_cache)
+            y = self.norm2(y + c)
+            y = self.norm3(y + self.dropout3(self.ff(y)))
+        return y, ws, wc
+
+
+# --------------------------------------------------------------------------- torch import
+
+
+def _torch_activation(layer: nn.Module) -> str:
+    act = layer.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return "relu"
+    if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        return "gelu"
+    raise ValueError(f"only ReLU or (exact) GELU activations can be imported, got {act!r}")
+
+
+def _copy_linear(dst: nn.Linear, src: nn.Linear) -> None:
+    dst.weight.copy_(src.weight)
+    if src.bias is not None:
+        dst.bias.copy_(src.bias)
+
+
+def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm) -> None:
+    dst.weight.copy_(src.weight)
+    if src.bias is not None:
+        dst.bias.copy_(src.bias)
+
+
+def _layer_kwargs(layer: nn.Module) -> dict:
+    return dict(
+        dropout=layer.dropout.p,
+        activation=_torch_activation(layer),
+        norm_first=layer.norm_first,
+        layer_norm_eps=layer.norm1.eps,
+        bias=layer.linear1.bias is not None,
+    )
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+def _final_norm(final_norm: bool | None, norm_first: bool, embed_dim: int, eps: float, bias: bool):
+    use = norm_first if final_norm is None else final_norm
+    return nn.LayerNorm(embed_dim, eps=eps, bias=bias) if use else None
+
+
+class Encoder(nn.Module):
+    """A stack of :class:`EncoderLayer` with an optional final LayerNorm (``norm``).
+
+    ``final_norm=None`` adds it for pre-LN stacks only; ``nn.Transformer`` always has one.
+    ``forward(x (B, S, E), *, key_mask=None, need_weights=False)`` ->
+    ``(hidden (B, S, E), [per-layer (B, H, S, S)] | None)``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        *,
+        kv_heads: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        final_norm: bool | None = None,
+        rotary: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                embed_dim, num_heads, ff_dim, kv_heads=kv_heads, dropout=dropout, activation=activation,
+                norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, rotary=rotary,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = _final_norm(final_norm, norm_first, embed_dim, layer_norm_eps, bias)
+
+    @classmethod
+    def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Encoder:
+        """The encoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
+        c = config
+        return cls(
+            c.num_encoder_layers, c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
+            activation=c.activation, norm_first=c.norm_first, final_norm=True, rotary=rotary,
+        )
+
+    def forward(
+        self, x: Tensor, *, key_mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        weights = [] if need_weights else None
+        for layer in self.layers:
+            x, w = layer(x, key_mask=key_mask, need_weights=need_weights)
+            if need_weights:
+                weights.append(w)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x, weights
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerEncoder) -> Encoder:
+        """Exact weight import from ``nn.TransformerEncoder`` (post-LN or ``norm_first``,
+        ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
+        if not isinstance(m, nn.TransformerEncoder):
+            raise ValueError(f"Encoder.from_torch expects nn.TransformerEncoder, got {type(m).__name__}")
+        if len(m.layers) == 0:
+            raise ValueError("nn.TransformerEncoder has no layers")
+        first = m.layers[0]
+        sa = first.self_attn
+        new = cls(
+            len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
+            final_norm=m.norm is not None, **_layer_kwargs(first),
+        )
+        if m.norm is not None:
+            new.norm.eps = m.norm.eps
+        p = first.linear1.weight
+        new = new.to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            for ours, theirs in zip(new.layers, m.layers, strict=True):
+                ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
+                _copy_linear(ours.ff.linear1, theirs.linear1)
+                _copy_linear(ours.ff.linear2, theirs.linear2)
+                _copy_norm(ours.norm1, theirs.norm1)
+                _copy_norm(ours.norm2, theirs.norm2)
+            if m.norm is not None:
+                _copy_norm(new.norm, m.norm)
+        return new.train(m.training)
+
+
+class DecoderCache:
+    """Per-layer KV caches of a :class:`Decoder`: ``self_caches[i]`` grows one step at a time,
+    ``cross_caches[i]`` holds the memory's keys/values, projected on the first call.
+
+    ``len(cache)`` is the number of target positions already decoded.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.self_caches = [KVCache() for _ in range(num_layers)]
+        self.cross_caches = [KVCache() for _ in range(num_layers)]
+
+    def __len__(self) -> int:
+        return len(self.self_caches[0]) if self.self_caches else 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index (B',)`` of every cache (beam search)."""
+        for c in self.self_caches + self.cross_caches:
+            c.reorder(index)
+
+
+class Decoder(nn.Module):
+    """A stack of :class:`DecoderLayer` with an optional final LayerNorm (``norm``).
+
+    ``forward(y (B, L, E), memory (B, S, E), *, key_mask=None, memory_mask=None,
+    need_weights=False, cache=None)`` -> ``(hidden (B, L, E), ([self (B, H, L, L)],
+    [cross (B, H, L, S)]) | None)``. Self-attention is always causal. With
+    ``cache=decoder.new_cache()``, ``y`` may be fed one step (or a chunk) at a time and gives the
+    same hidden states as the full causal forward; the memory is projected once.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        *,
+        kv_heads: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        final_norm: bool | None = None,
+        rotary: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers <= 0:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                embed_dim, num_heads, ff_dim, kv_heads=kv_heads, dropout=dropout, activation=activation,
+                norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, rotary=rotary,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = _final_norm(final_norm, norm_first, embed_dim, layer_norm_eps, bias)
+
+    @classmethod
+    def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Decoder:
+        """The decoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
+        c = config
+        return cls(
+            c.num_decoder_layers, c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
+            activation=c.activation, norm_first=c.norm_first, final_norm=True, rotary=rotary,
+        )
+
+    def new_cache(self) -> DecoderCache:
+        """An empty cache for step-by-step decoding (pass it as ``cache=``)."""
+        return DecoderCache(len(self.layers))
+
+    def forward(
+        self,
+        y: Tensor,
+        memory: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        need_weights: bool = False,
+        cache: DecoderCache | None = None,
+    ) -> tuple[Tensor, tuple[list[Tensor], list[Tensor]] | None]:
+        if cache is not None and len(cache.self_caches) != len(self.layers):
+            raise ValueError(f"cache has {len(cache.self_caches)} layers, decoder has {len(self.layers)}")
+        self_w: list[Tensor] = []
+        cross_w: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            y, ws, wc = layer(
+                y, memory, key_mask=key_mask, memory_mask=memory_mask, need_weights=need_weights,
+                self_cache=None if cache is None else cache.self_caches[i],
+                cross_cache=None if cache is None else cache.cross_caches[i],
+            )
+            if need_weights:
+                self_w.append(ws)
+                cross_w.append(wc)
+        if self.norm is not None:
+            y = self.norm(y)
+        return y, ((self_w, cross_w) if need_weights else None)
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerDecoder) -> Decoder:
+        """Exact weight import from ``nn.TransformerDecoder`` (post-LN or ``norm_first``,
+        ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
+        if not isinstance(m, nn.TransformerDecoder):
+            raise ValueError(f"Decoder.from_torch expects nn.TransformerDecoder, got {type(m).__name__}")
+        if len(m.layers) == 0:
+            raise ValueError("nn.TransformerDecoder has no layers")
+        first = m.layers[0]
+        sa = first.self_attn
+        new = cls(
+            len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
+            final_norm=m.norm is not None, **_layer_kwargs(first),
+        )
+        if m.norm is not None:
+            new.norm.eps = m.norm.eps
+        p = first.linear1.weight
+        new = new.to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            for ours, theirs in zip(new.layers, m.layers, strict=True):
+                ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
+                ours.cross_attn = MultiHeadAttention.from_torch(theirs.multihead_attn)
+                _copy_linear(ours.ff.linear1, theirs.linear1)
+                _copy_linear(ours.ff.linear2, theirs.linear2)
+                for k in ("norm1", "norm2", "norm3"):
+                    _copy_norm(getattr(ours, k), getattr(theirs, k))
+            if m.norm is not None:
+                _copy_norm(new.norm, m.norm)
+        return new.train(m.training)
