@@ -17,6 +17,15 @@ from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_att
 from attnkit.models.checkpoint import load, save_model
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
+from attnkit.transformer import (
+    Decoder,
+    DecoderLayer,
+    Embeddings,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+    TransformerConfig,
+)
 
 __version__ = "0.1.0"
 
@@ -24,13 +33,20 @@ __all__ = [
     "AdditiveAttention",
     "AttentionDecoder",
     "AttentionHead",
+    "Decoder",
+    "DecoderLayer",
     "DotAttention",
+    "Embeddings",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
     "GeneralAttention",
     "KVCache",
     "MultiHeadAttention",
     "RNNConfig",
     "RNNEncoder",
     "RNNSeq2Seq",
+    "TransformerConfig",
     "causal_mask",
     "load",
     "padding_mask",
