@@ -1,0 +1,406 @@
+"""Ring attention over ``torch.distributed``: attention over a sequence split across ranks.
+
+A sequence too long for one worker is cut into ``P`` shards, one per rank of a process group.
+Each rank keeps its block of queries; key/value blocks travel around the ring (rank ``r`` sends
+to ``r + 1`` and receives from ``r - 1``), and after ``P`` steps every query block has met every
+key/value block. Each step's partial result is merged with the online-softmax rescaling of
+FlashAttention (Liu et al., 2023, *Ring Attention with Blockwise Transformers*)::
+
+    lse = logaddexp(lse_a, lse_b)
+    out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)
+
+so no rank ever holds more than one ``(N/P) x (N/P)`` block of scores, and with the fused kernel
+not even that. While a block is being computed the next key/value block is already in flight
+(``isend``/``irecv``), so communication hides behind compute when the blocks are large enough.
+
+Shapes: ``q (B, H, n, d)``, ``k``/``v`` ``(B, Hkv, n, d)`` with ``n = N / P`` this rank's shard
+(``Hkv`` divides ``H``: grouped-query heads, query head ``h`` uses kv head ``h // (H // Hkv)``).
+
+Layouts (how the sequence of length ``N`` is dealt to ``P`` ranks):
+
+* ``"contiguous"`` (default): rank ``r`` holds positions ``[r*N/P, (r+1)*N/P)``. With
+  ``causal=True`` the blocks entirely in the future are skipped, so rank ``P-1`` does ``P`` block
+  products and rank 0 only one: correct but unbalanced.
+* ``"zigzag"``: the sequence is cut into ``2P`` equal chunks and rank ``r`` holds chunks ``r`` and
+  ``2P-1-r``, in that order. Under a causal mask every rank then does the same amount of work
+  (one diagonal block plus ``P-1`` half blocks).
+
+Gradients: :func:`ring_attention` is a ``torch.autograd.Function``. The backward pass is a second
+ring: ``dq`` stays local, while the ``dk``/``dv`` accumulators travel with their key/value block
+and arrive back at their owner after ``P`` hops. Each block's backward uses the *global* output and
+log-sum-exp saved by the forward, so nothing is recomputed except the block products themselves.
+
+Blocks are computed by :func:`_block_forward`/:func:`_block_backward`, the one place that calls
+PyTorch's private CPU flash-attention op (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``
+and its ``_backward``), which returns the log-sum-exp the merge needs. Anywhere that op does not
+apply (GPU tensors, ``dv != d``, a torch without the op) the same functions run an explicit
+math path (which materialises one block of scores).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["ring_attention", "shard", "unshard", "LAYOUTS"]
+
+LAYOUTS = ("contiguous", "zigzag")
+
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+# tags keep the four streams apart when two exchanges with the same peer are in flight (gloo)
+_TAG_KV, _TAG_DKV = 0, 2
+
+
+# ------------------------------------------------------------------------- process group
+
+
+def _group_info(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    """``(world size, rank)`` of ``group``; ``(1, 0)`` when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise ValueError("a process group was given but torch.distributed is not initialised")
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+# ------------------------------------------------------------------------- shard / unshard
+
+
+def _chunk_order(P: int, layout: str) -> list[int]:
+    """Global chunk ids in the order the ranks hold them (rank-major)."""
+    if layout == "contiguous":
+        return list(range(P))
+    return [c for r in range(P) for c in (r, 2 * P - 1 - r)]
+
+
+def shard(
+    x: Tensor, *, group: dist.ProcessGroup | None = None, layout: str = "contiguous", dim: int = -2
+) -> Tensor:
+    """This rank's shard of the full tensor ``x`` along ``dim`` (default -2, the sequence of
+    ``(B, H, N, d)``): ``N/P`` positions, contiguous or zigzag (chunks ``r`` and ``2P-1-r``).
+
+    ``N`` must be divisible by ``P`` (``2P`` for zigzag). Differentiable (a slice of ``x``).
+    """
+    _check_layout(layout)
+    P, r = _group_info(group)
+    parts = P if layout == "contiguous" else 2 * P
+    N = x.shape[dim]
+    if N % parts:
+        raise ValueError(f"cannot shard length {N} (dim {dim}) into {parts} equal chunks ({layout}, P={P})")
+    chunks = x.chunk(parts, dim=dim)
+    if layout == "contiguous":
+        return chunks[r].contiguous()
+    return torch.cat([chunks[r], chunks[2 * P - 1 - r]], dim=dim)
+
+
+class _Unshard(torch.autograd.Function):
+    """All-gather the shards into the full tensor; backward hands each rank its own slice of
+    the gradient (every rank is assumed to compute the same loss from the gathered tensor)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group, layout: str, dim: int) -> Tensor:  # noqa: D102
+        ctx.group, ctx.layout, ctx.dim = group, layout, dim
+        P, _ = _group_info(group)
+        if P == 1:
+            return x.clone()
+        pieces = [torch.empty_like(x) for _ in range(P)]
+        dist.all_gather(pieces, x.contiguous(), group=group)
+        if layout == "contiguous":
+            return torch.cat(pieces, dim=dim)
+        chunks = [c for p in pieces for c in p.chunk(2, dim=dim)]  # rank-major, 2 per rank
+        order = _chunk_order(P, layout)
+        by_chunk = [None] * (2 * P)
+        for pos, c in enumerate(order):
+            by_chunk[c] = chunks[pos]
+        return torch.cat(by_chunk, dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        return shard(grad, group=ctx.group, layout=ctx.layout, dim=ctx.dim), None, None, None
+
+
+def unshard(
+    x: Tensor, *, group: dist.ProcessGroup | None = None, layout: str = "contiguous", dim: int = -2
+) -> Tensor:
+    """Gather every rank's shard (all-gather) back into the full tensor along ``dim``, undoing
+    :func:`shard` in the same ``layout``. All ranks get the full tensor.
+
+    Differentiable: the backward pass returns this rank's slice of the incoming gradient, which
+    is the right gradient when every rank computes the same loss from the gathered tensor.
+    """
+    _check_layout(layout)
+    if layout == "zigzag" and x.shape[dim] % 2:
+        raise ValueError(f"a zigzag shard holds two equal chunks; got odd length {x.shape[dim]} (dim {dim})")
+    return _Unshard.apply(x, group, layout, dim)
+
+
+# ------------------------------------------------------------------------- one block (the only
+# place that touches the private fused op)
+
+
+def _fused_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _FLASH_DTYPES
+        and q.dtype == k.dtype == v.dtype
+        and q.shape[-1] == v.shape[-1]
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Repeat kv heads for grouped-query attention: ``(B, Hkv, S, d) -> (B, H, S, d)``."""
+    groups = q.shape[1] // kv.shape[1]
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
+
+
+def _reduce_kv_grad(dkv: Tensor, kv_heads: int) -> Tensor:
+    """Sum the gradients of repeated kv heads: ``(B, H, S, d) -> (B, Hkv, S, d)``."""
+    H = dkv.shape[1]
+    return dkv if H == kv_heads else dkv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _block_forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """Attention of one query block over one key/value block.
+
+    ``q (B, H, L, d)``, ``k``/``v`` ``(B, Hkv, S, d)`` -> ``(out (B, H, L, dv), lse (B, H, L))``;
+    ``lse`` is the log-sum-exp of each row's scaled scores, in float32 (float64 for float64).
+    ``causal`` is only used with ``L == S`` (a diagonal block).
+    """
+    k, v = _expand_kv(q, k), _expand_kv(q, v)
+    if _fused_ok(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse.to(_acc_dtype(q))
+    acc = _acc_dtype(q)
+    s = (q.to(acc) * scale) @ k.to(acc).transpose(-2, -1)  # (B, H, L, S)
+    if causal:
+        s = s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
+    lse = s.logsumexp(-1)  # (B, H, L)
+    out = torch.exp(s - lse.unsqueeze(-1)) @ v.to(acc)  # (B, H, L, dv)
+    return out.to(q.dtype), lse
+
+
+def _block_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, causal: bool, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of one block given the *global* ``out (B, H, L, dv)`` and ``lse (B, H, L)``
+    of these query rows: ``P = exp(s - lse)``, ``ds = P * (dout v^T - rowsum(dout * out))``.
+
+    Returns ``(dq (B, H, L, d), dk (B, Hkv, S, d), dv (B, Hkv, S, dv))``.
+    """
+    kv_heads = k.shape[1]
+    ke, ve = _expand_kv(q, k), _expand_kv(q, v)
+    if _fused_ok(q, ke, ve):
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, ke, ve, out, lse.float() if q.dtype != torch.float64 else lse, 0.0, causal, scale=scale
+        )
+    else:
+        acc = _acc_dtype(q)
+        qa, ka, va, do = q.to(acc), ke.to(acc), ve.to(acc), dout.to(acc)
+        s = (qa * scale) @ ka.transpose(-2, -1)  # (B, H, L, S)
+        if causal:
+            s = s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
+        p = torch.exp(s - lse.to(acc).unsqueeze(-1))  # (B, H, L, S)
+        dv = p.transpose(-2, -1) @ do  # (B, H, S, dv)
+        dp = do @ va.transpose(-2, -1)  # (B, H, L, S)
+        delta = (do * out.to(acc)).sum(-1, keepdim=True)  # (B, H, L, 1)
+        ds = p * (dp - delta) * scale
+        dq, dk = ds @ ka, ds.transpose(-2, -1) @ qa
+        dq, dk, dv = dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+    return dq, _reduce_kv_grad(dk, kv_heads), _reduce_kv_grad(dv, kv_heads)
+
+
+# ------------------------------------------------------------------------- the ring
+
+
+@dataclass
+class _Pending:
+    """Tensors in flight: wait() returns the received ones (the sent ones are kept alive)."""
+
+    reqs: list
+    recv: list[Tensor]
+    sent: list[Tensor] = field(default_factory=list)
+
+    def wait(self) -> list[Tensor]:
+        for req in self.reqs:
+            req.wait()
+        return self.recv
+
+
+class _Ring:
+    """Neighbours of this rank in ``group``: send to ``rank + 1``, receive from ``rank - 1``."""
+
+    def __init__(self, group: dist.ProcessGroup | None) -> None:
+        self.group = group
+        self.size, self.rank = _group_info(group)
+        self.next = self._global((self.rank + 1) % self.size)
+        self.prev = self._global((self.rank - 1) % self.size)
+
+    def _global(self, group_rank: int) -> int:
+        if self.group is None or self.group is dist.group.WORLD:
+            return group_rank
+        return dist.get_global_rank(self.group, group_rank)
+
+    def exchange(self, tensors: list[Tensor], tag: int) -> _Pending:
+        """Start sending ``tensors`` to the next rank and receiving their peers from the previous."""
+        sent = [t.contiguous() for t in tensors]
+        recv = [torch.empty_like(t) for t in sent]
+        ops = []
+        for i, (s, r) in enumerate(zip(sent, recv, strict=True)):
+            ops.append(dist.P2POp(dist.isend, s, self.next, self.group, tag + i))
+            ops.append(dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i))
+        return _Pending(dist.batch_isend_irecv(ops), recv, sent)
+
+
+def _block_plan(rank: int, src: int, P: int, n: int, causal: bool, layout: str):
+    """Which of this rank's query rows attend to which rows of the kv block that rank ``src``
+    holds: ``(q slice, kv slice, causal)``, or None when the block is entirely in the future."""
+    every = slice(None)
+    if not causal:
+        return every, every, False
+    if src == rank:  # the diagonal: both layouts keep positions increasing inside a shard
+        return every, every, True
+    if layout == "contiguous":
+        return (every, every, False) if src < rank else None
+    # zigzag: this rank holds chunks (rank, 2P-1-rank), src holds (src, 2P-1-src)
+    half = n // 2
+    if src < rank:  # both our chunks come after chunk src, both come before chunk 2P-1-src
+        return every, slice(0, half), False
+    return slice(half, None), every, False  # only our late chunk 2P-1-rank sees src's chunks
+
+
+def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor]:
+    ring = _Ring(group)
+    P, r, n = ring.size, ring.rank, q.shape[-2]
+    acc = _acc_dtype(q)
+    out = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=acc, device=q.device)  # (B, H, n, dv)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)  # (B, H, n)
+    k_cur, v_cur = k, v
+    for step in range(P):
+        src = (r - step) % P
+        pending = ring.exchange([k_cur, v_cur], _TAG_KV) if step + 1 < P else None
+        plan = _block_plan(r, src, P, n, causal, layout)
+        if plan is not None:
+            qs, ks, blk_causal = plan
+            o, l_blk = _block_forward(q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :], causal=blk_causal, scale=scale)
+            l_old = lse[..., qs]
+            l_new = torch.logaddexp(l_old, l_blk)  # (B, H, rows)
+            out[..., qs, :] = (out[..., qs, :] * torch.exp(l_old - l_new).unsqueeze(-1)
+                               + o.to(acc) * torch.exp(l_blk - l_new).unsqueeze(-1))
+            lse[..., qs] = l_new
+        if pending is not None:
+            k_cur, v_cur = pending.wait()
+    return out.to(q.dtype), lse
+
+
+def _ring_backward(dout, q, k, v, out, lse, group, causal, scale, layout) -> tuple[Tensor, Tensor, Tensor]:
+    ring = _Ring(group)
+    P, r, n = ring.size, ring.rank, q.shape[-2]
+    acc = _acc_dtype(q)
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    k_cur, v_cur = k, v
+    dkv_pending = None  # accumulated (dk, dv) of the block we are about to see, coming from prev
+    for step in range(P):
+        src = (r - step) % P
+        kv_pending = ring.exchange([k_cur, v_cur], _TAG_KV) if step + 1 < P else None
+        dk = torch.zeros(k.shape, dtype=acc, device=k.device)  # (B, Hkv, n, d)
+        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        plan = _block_plan(r, src, P, n, causal, layout)
+        if plan is not None:
+            qs, ks, blk_causal = plan
+            dq_b, dk_b, dv_b = _block_backward(
+                dout[..., qs, :], q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :],
+                out[..., qs, :], lse[..., qs], causal=blk_causal, scale=scale,
+            )
+            dq[..., qs, :] += dq_b
+            dk[..., ks, :] += dk_b
+            dv[..., ks, :] += dv_b
+        if dkv_pending is not None:  # what the ranks before us accumulated for this block
+            dk_in, dv_in = dkv_pending.wait()
+            dk += dk_in
+            dv += dv_in
+        dkv_pending = ring.exchange([dk, dv], _TAG_DKV) if P > 1 else None
+        if kv_pending is not None:
+            k_cur, v_cur = kv_pending.wait()
+    if dkv_pending is not None:  # after P hops our own block's gradients are back home
+        dk, dv = dkv_pending.wait()
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, group, causal, scale, layout):  # noqa: D102
+        out, lse = _ring_forward(q, k, v, group, causal, scale, layout)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.group, ctx.causal, ctx.scale, ctx.layout = group, causal, scale, layout
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: D102
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _ring_backward(
+            dout.contiguous(), q, k, v, out, lse, ctx.group, ctx.causal, ctx.scale, ctx.layout
+        )
+        return dq, dk, dv, None, None, None, None
+
+
+def ring_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    group: dist.ProcessGroup | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    layout: str = "contiguous",
+) -> Tensor:
+    """Attention over a sequence sharded across the ranks of ``group``.
+
+    Args:
+        q: this rank's query shard ``(B, H, n, d)``, ``n = N / P``.
+        k: this rank's key shard ``(B, Hkv, n, d)``; ``Hkv`` divides ``H``.
+        v: this rank's value shard ``(B, Hkv, n, dv)``.
+        group: process group (default: the world); without torch.distributed this is plain
+            attention on one rank.
+        causal: position ``i`` attends to positions ``<= i`` of the *whole* sequence.
+        scale: score factor, default ``1/sqrt(d)``.
+        layout: how the shards were cut, ``"contiguous"`` or ``"zigzag"`` (see :func:`shard`).
+
+    Returns:
+        this rank's output shard ``(B, H, n, dv)``, equal to the matching rows of full attention
+        over the whole sequence. No masks other than ``causal``: every shard is all real tokens.
+        Differentiable (ring backward pass). All ranks must call it with the same shapes.
+    """
+    _check_layout(layout)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"ring_attention expects {name} of shape (B, H, n, d), got {tuple(t.shape)}")
+        if not torch.is_floating_point(t):
+            raise ValueError(f"ring_attention expects floating-point {name}, got {t.dtype}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0] and q.shape[2] == k.shape[2] == v.shape[2]):
+        raise ValueError(
+            f"q, k, v shards must share batch and length: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"heads/dims do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+            "(k and v need the same heads, dividing q's, and k needs q's head dim)"
+        )
+    if layout == "zigzag" and q.shape[2] % 2:
+        raise ValueError(f"a zigzag shard holds two equal chunks; got odd shard length {q.shape[2]}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return _RingAttention.apply(q, k, v, group, causal, scale, layout)
