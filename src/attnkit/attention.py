@@ -115,6 +115,12 @@ class MultiHeadAttention(nn.Module):
 
     Parameters mirror the usual checkpoint layout: ``q_proj``, ``k_proj``, ``v_proj``,
     ``out_proj``.
+
+    ``sequence_parallel=group`` (a ``torch.distributed`` process group, or ``True`` for the
+    default one) turns self-attention into ring attention: ``forward`` then takes this rank's
+    shard ``(B, N/P, E)`` of a sequence cut in ``sequence_layout`` ("contiguous" or "zigzag", see
+    :func:`attnkit.distributed.shard`) and returns this rank's shard of the output. Masks other
+    than ``causal``, weights, caches and attention dropout are not available on that path.
     """
 
     def __init__(
@@ -127,6 +133,8 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        sequence_parallel: object = None,
+        sequence_layout: str = "contiguous",
     ) -> None:
         super().__init__()
         kv_heads = num_heads if kv_heads is None else kv_heads
@@ -141,11 +149,18 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"kv_heads={kv_heads} does not divide num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if sequence_layout not in ("contiguous", "zigzag"):
+            raise ValueError(f"sequence_layout must be 'contiguous' or 'zigzag', got {sequence_layout!r}")
         self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
         self.dropout = dropout
+        # Sequence parallelism (attnkit.distributed.ring_attention): None/False = off, True = the
+        # default process group, or a torch.distributed ProcessGroup. The input of forward() is then
+        # this rank's shard of the sequence (B, N/P, E), cut in ``sequence_layout``.
+        self.sequence_parallel = sequence_parallel
+        self.sequence_layout = sequence_layout
         kv_dim = kv_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
@@ -248,6 +263,12 @@ class MultiHeadAttention(nn.Module):
             if cache is None or self_attn or cache.keys is None:
                 k, v = self.project_kv(key, value)  # (B, Hkv, S, d)
 
+        if self.sequence_parallel not in (None, False):
+            return self._forward_sequence_parallel(
+                q, k, v, self_attn=self_attn, key_mask=key_mask, attn_mask=attn_mask, causal=causal,
+                need_weights=need_weights, cache=cache,
+            )
+
         if self.rotary is not None and self_attn:
             offset = len(cache) if cache is not None else 0
             q, k = self.rotary(q, offset), self.rotary(k, offset)
@@ -274,6 +295,36 @@ class MultiHeadAttention(nn.Module):
         out, weights = res if need_weights else (res, None)  # (B, H, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
         return self.out_proj(out), weights
+
+    def _forward_sequence_parallel(
+        self, q: Tensor, k: Tensor, v: Tensor, *, self_attn: bool, key_mask: Tensor | None,
+        attn_mask: Tensor | None, causal: bool, need_weights: bool, cache: KVCache | None,
+    ) -> tuple[Tensor, None]:
+        """Self-attention over a sequence sharded across ranks: ``q (B, H, n, d)``,
+        ``k``/``v`` ``(B, Hkv, n, d)`` are this rank's shard; keys/values travel the ring."""
+        from attnkit.distributed import _group_info, ring_attention
+
+        unsupported = {
+            "cross-attention (key/value given)": not self_attn, "key_mask": key_mask is not None,
+            "attn_mask": attn_mask is not None, "need_weights": need_weights, "cache": cache is not None,
+            f"attention dropout {self.dropout} in training": self.training and self.dropout > 0.0,
+        }
+        bad = [name for name, present in unsupported.items() if present]
+        if bad:
+            raise ValueError(f"sequence_parallel attention does not support: {', '.join(bad)}")
+        group = None if self.sequence_parallel is True else self.sequence_parallel
+        B, _, n, _ = q.shape
+        if self.rotary is not None:  # rotate by *global* positions of this rank's chunks
+            P, r = _group_info(group)
+            if self.sequence_layout == "contiguous":
+                q, k = self.rotary(q, r * n), self.rotary(k, r * n)
+            else:
+                c = n // 2  # zigzag: chunks r and 2P-1-r of length c
+                q = torch.cat([self.rotary(q[..., :c, :], r * c), self.rotary(q[..., c:, :], (2 * P - 1 - r) * c)], dim=-2)
+                k = torch.cat([self.rotary(k[..., :c, :], r * c), self.rotary(k[..., c:, :], (2 * P - 1 - r) * c)], dim=-2)
+        out = ring_attention(q, k, v, group=group, causal=causal, layout=self.sequence_layout)  # (B, H, n, d)
+        out = out.transpose(1, 2).reshape(B, n, self.embed_dim)  # (B, n, E)
+        return self.out_proj(out), None
 
     # -- interop with torch.nn.MultiheadAttention ------------------------------------------
 
