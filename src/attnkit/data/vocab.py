@@ -1,0 +1,269 @@
+"""Character-level vocabulary, batching into padded LongTensors, tokenizer save/load.
+
+Special ids are fixed for every attnkit tokenizer: ``pad=0, bos=1, eos=2, unk=3``.
+
+>>> v = CharVocab.build(["<de_DE> 24. November 2026", "2026-11-24"])
+>>> v.tokenize("<de_DE> 24. Nov")       # a leading locale tag is ONE token
+['<de_DE>', '2', '4', '.', ' ', 'N', 'o', 'v']
+>>> v.decode(v.encode("<de_DE> 24. Nov", add_eos=True))
+'<de_DE> 24. Nov'
+
+A leading tag ``<name>`` followed by one space (the date task's locale prefix) is a single
+token when ``tags=True``; the space after it is part of the tag token. ``offsets(text)``
+gives each token's ``(start, end)`` character span in ``text`` so character spans (e.g.
+:func:`attnkit.data.dates.month_span`) map onto token positions with
+:meth:`CharVocab.token_span`.
+
+Batching (used by the Trainer): :func:`batch_encode` pads a list of strings into
+``ids (B, L) long`` and ``mask (B, L) bool`` (True = real token, the attnkit mask rule);
+:func:`collate` builds a seq2seq :class:`Batch` (``src``, ``src_mask``, ``tgt_in`` =
+BOS + target, ``tgt_out`` = target + EOS, ``tgt_mask``) from pre-encoded id lists
+(:func:`encode_pairs`, do it once per dataset, not per step).
+
+Save/load: ``tokenizer.save(dir)`` writes ``vocab.json`` (char) or ``tokenizer.json``
+(BPE, :class:`attnkit.data.pairs.BPETokenizer`); :func:`load_tokenizer` reads whichever
+the directory holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnkit.data.base import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    Pair,
+    Tokenizer,
+)
+
+VOCAB_FILE = "vocab.json"
+BPE_FILE = "tokenizer.json"
+
+_TAG = re.compile(r"<[A-Za-z][A-Za-z0-9_]*> ")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CharVocab:
+    """One id per character (plus one per leading ``<tag>``); ids 0..3 are pad/bos/eos/unk."""
+
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    unk_id = UNK_ID
+
+    def __init__(self, tokens: Sequence[str], *, tags: bool = True) -> None:
+        tokens = list(tokens)
+        if tuple(tokens[:4]) != SPECIAL_TOKENS:
+            raise ValueError(f"the first four tokens must be {SPECIAL_TOKENS}, got {tokens[:4]}")
+        if len(set(tokens)) != len(tokens):
+            dup = sorted({t for t in tokens if tokens.count(t) > 1})
+            raise ValueError(f"duplicate tokens in vocabulary: {dup[:10]}")
+        self.tokens = tokens
+        self.tags = tags
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, texts: Iterable[str], *, tags: bool = True, min_freq: int = 1) -> CharVocab:
+        """Vocabulary of every character (and leading tag) in ``texts``, sorted (deterministic)."""
+        counts: dict[str, int] = {}
+        probe = cls(list(SPECIAL_TOKENS), tags=tags)
+        for text in texts:
+            for tok in probe.tokenize(text):
+                counts[tok] = counts.get(tok, 0) + 1
+        kept = sorted(t for t, c in counts.items() if c >= min_freq and t not in SPECIAL_TOKENS)
+        return cls([*SPECIAL_TOKENS, *kept], tags=tags)
+
+    # ------------------------------------------------------------------ tokenizing
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def _split(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
+        toks: list[str] = []
+        offs: list[tuple[int, int]] = []
+        start = 0
+        if self.tags:
+            m = _TAG.match(text)
+            if m:
+                toks.append(m.group(0))
+                offs.append((0, m.end()))
+                start = m.end()
+        for i in range(start, len(text)):
+            toks.append(text[i])
+            offs.append((i, i + 1))
+        return toks, offs
+
+    def tokenize(self, text: str) -> list[str]:
+        """Token strings of ``text``: a leading ``"<tag> "`` (with its space), then characters."""
+        return self._split(text)[0]
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character span of each token of ``text``."""
+        return self._split(text)[1]
+
+    def token_span(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
+        """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
+        start, end = span
+        hit = [i for i, (s, e) in enumerate(self.offsets(text)) if s < end and e > start]
+        if not hit:
+            raise ValueError(f"character span {span} lies outside {text!r} (length {len(text)})")
+        return hit[0], hit[-1] + 1
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Ids of ``text``; unknown characters/tags become ``unk_id``."""
+        get = self.index.get
+        ids = [get(t, UNK_ID) for t in self.tokenize(text)]
+        if add_bos:
+            ids.insert(0, BOS_ID)
+        if add_eos:
+            ids.append(EOS_ID)
+        return ids
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special: bool = True) -> str:
+        """Text of ``ids``; stops at the first EOS. ``skip_special`` drops pad/bos (unk stays)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        out: list[str] = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i in (PAD_ID, BOS_ID) and skip_special:
+                continue
+            if not 0 <= i < len(self.tokens):
+                raise ValueError(f"id {i} is outside the vocabulary of size {len(self.tokens)}")
+            out.append(self.tokens[i])
+        return "".join(out)
+
+    # ------------------------------------------------------------------ save / load
+    def to_dict(self) -> dict:
+        return {"type": "char", "tags": self.tags, "tokens": self.tokens}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/vocab.json`` atomically; returns its path."""
+        path = Path(directory) / VOCAB_FILE
+        _write_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharVocab:
+        """Read a ``vocab.json`` (or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / VOCAB_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no character vocabulary at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a valid vocab.json: {exc}") from exc
+        if not isinstance(data, dict) or data.get("type") != "char" or not isinstance(data.get("tokens"), list):
+            raise ValueError(f"{path} is not an attnkit character vocabulary (need type 'char' and tokens)")
+        return cls(data["tokens"], tags=bool(data.get("tags", True)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharVocab) and self.tokens == other.tokens and self.tags == other.tags
+
+    def __repr__(self) -> str:
+        return f"CharVocab(size={len(self.tokens)}, tags={self.tags})"
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load the tokenizer saved in ``directory`` (``vocab.json`` = char, ``tokenizer.json`` = BPE)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
+    if (directory / VOCAB_FILE).exists():
+        return CharVocab.load(directory / VOCAB_FILE)
+    if (directory / BPE_FILE).exists():
+        from attnkit.data.pairs import BPETokenizer
+
+        return BPETokenizer.load(directory)
+    raise FileNotFoundError(f"no {VOCAB_FILE} or {BPE_FILE} in {directory}")
+
+
+# ---------------------------------------------------------------------- batching
+@dataclass
+class Batch:
+    """A padded seq2seq batch. Masks are bool, True = real token.
+
+    src (B, S), src_mask (B, S); tgt_in (B, T) = BOS + target; tgt_out (B, T) = target + EOS;
+    tgt_mask (B, T) marks the real positions of both tgt_in and tgt_out.
+    """
+
+    src: torch.Tensor
+    src_mask: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    tgt_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out, self.tgt_mask)))
+
+    @property
+    def num_target_tokens(self) -> int:
+        return int(self.tgt_mask.sum())
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], *, pad_id: int = PAD_ID,
+            max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists into ``ids (B, L) long`` and ``mask (B, L) bool`` (True = real token).
+
+    ``max_len`` truncates longer rows (and fixes L); by default L is the longest row.
+    """
+    if len(seqs) == 0:
+        raise ValueError("cannot pad an empty list of sequences")
+    lengths = [len(s) if max_len is None else min(len(s), max_len) for s in seqs]
+    width = max(lengths) if max_len is None else max_len
+    rows = [[*s[:n], *([pad_id] * (width - n))] for s, n in zip(seqs, lengths, strict=True)]
+    ids = torch.tensor(rows, dtype=torch.long).reshape(len(seqs), width)  # (B, L)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # (B, L)
+    return ids, mask
+
+
+def batch_encode(tokenizer: Tokenizer, texts: Sequence[str], *, add_bos: bool = False,
+                 add_eos: bool = False, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode and pad ``texts``: ``ids (B, L) long``, ``mask (B, L) bool`` (True = real token)."""
+    seqs = [tokenizer.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
+    return pad_ids(seqs, pad_id=tokenizer.pad_id, max_len=max_len)
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: Iterable[Pair]) -> list[tuple[list[int], list[int]]]:
+    """``(source ids, target ids)`` of each pair, without BOS/EOS (collate adds them)."""
+    return [(tokenizer.encode(p.source), tokenizer.encode(p.target)) for p in pairs]
+
+
+def collate(encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = PAD_ID,
+            bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> Batch:
+    """Build a :class:`Batch` from ``(source ids, target ids)`` pairs (see :func:`encode_pairs`)."""
+    src, src_mask = pad_ids([s for s, _ in encoded], pad_id=pad_id)  # (B, S)
+    tgt_in, tgt_mask = pad_ids([[bos_id, *t] for _, t in encoded], pad_id=pad_id)  # (B, T)
+    tgt_out, _ = pad_ids([[*t, eos_id] for _, t in encoded], pad_id=pad_id)  # (B, T)
+    return Batch(src, src_mask, tgt_in, tgt_out, tgt_mask)
