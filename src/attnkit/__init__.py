@@ -16,6 +16,7 @@ from attnkit.attention import (
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
 from attnkit.models.checkpoint import load, save_model
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
+from attnkit.models.seq2seq import TransformerSeq2Seq, generate, label_smoothed_cross_entropy
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 from attnkit.transformer import (
     Decoder,
@@ -47,7 +48,10 @@ __all__ = [
     "RNNEncoder",
     "RNNSeq2Seq",
     "TransformerConfig",
+    "TransformerSeq2Seq",
     "causal_mask",
+    "generate",
+    "label_smoothed_cross_entropy",
     "load",
     "padding_mask",
     "save_model",

@@ -1,0 +1,447 @@
+"""Sequence-to-sequence: the Transformer encoder-decoder and the ONE ``generate`` that decodes
+every seq2seq model (Transformer and RNN) greedily or with beam search.
+
+Decoding protocol (what ``generate`` needs from a model)::
+
+    model.config                      # dataclass with pad_id, bos_id, eos_id
+    model.encode(src (B, S), src_mask (B, S) | None) -> state
+    model.decode_step(state, tokens (B, 1)) -> (logits (B, V), attention (B, S), state)
+    model.reorder_state(state, index (B',)) -> state      # keep rows ``index`` (beam search)
+
+``src_mask`` is True at real source tokens; its default is ``src != config.pad_id``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnkit.transformer import (
+    Decoder,
+    DecoderCache,
+    Embeddings,
+    Encoder,
+    RotaryEmbedding,
+    TransformerConfig,
+)
+
+__all__ = [
+    "Seq2SeqModel",
+    "TransformerState",
+    "TransformerSeq2Seq",
+    "Recompute",
+    "Generation",
+    "generate",
+    "greedy_search",
+    "beam_search",
+    "label_smoothed_cross_entropy",
+]
+
+
+class Seq2SeqModel(Protocol):
+    """What :func:`generate` needs (see the module docstring)."""
+
+    config: object
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> object: ...
+
+    def decode_step(self, state: object, tokens: Tensor) -> tuple[Tensor, Tensor, object]: ...
+
+    def reorder_state(self, state: object, index: Tensor) -> object: ...
+
+
+def source_mask(src: Tensor, src_mask: Tensor | None, pad_id: int) -> Tensor:
+    """The source mask ``(B, S)``, True at real tokens: an explicit one wins over ``src != pad_id``."""
+    if src.dim() != 2:
+        raise ValueError(f"src must be (B, S) token ids, got shape {tuple(src.shape)}")
+    if src_mask is None:
+        return src != pad_id
+    if src_mask.shape != src.shape or src_mask.dtype != torch.bool:
+        raise ValueError(
+            f"src_mask must be bool of shape {tuple(src.shape)} (True = real token), got "
+            f"{src_mask.dtype} {tuple(src_mask.shape)}"
+        )
+    return src_mask
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class TransformerState:
+    """Per-batch decoding state of :class:`TransformerSeq2Seq`.
+
+    ``memory (B, S, E)`` and ``src_mask (B, S)`` from the encoder; ``cache`` holds the decoder's
+    keys/values (None = recompute the whole prefix each step); ``prefix (B, t)`` are the
+    tokens fed so far (kept only without a cache).
+    """
+
+    memory: Tensor
+    src_mask: Tensor
+    cache: DecoderCache | None
+    prefix: Tensor | None = None
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Encoder-decoder Transformer: :class:`Embeddings` + :class:`Encoder` + :class:`Decoder` +
+    output projection, like ``nn.Transformer`` (whose ``encoder``/``decoder`` import through
+    ``Encoder.from_torch``/``Decoder.from_torch``; both stacks end with a LayerNorm, as there).
+
+    With one shared vocabulary (``tgt_vocab_size=None``) source and target share the embedding;
+    ``tie_embeddings`` shares the target embedding with the output projection.
+    """
+
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise ValueError(f"TransformerSeq2Seq takes a TransformerConfig, got {type(config).__name__}")
+        self.config = c = config
+        rotary = RotaryEmbedding(c.embed_dim // c.num_heads, c.max_len) if c.position == "rope" else None
+
+        def embeddings(vocab: int) -> Embeddings:
+            return Embeddings(
+                vocab, c.embed_dim, position=c.position, max_len=c.max_len, dropout=c.dropout, padding_idx=c.pad_id
+            )
+
+        self.src_embed = embeddings(c.src_vocab_size)
+        self.tgt_embed = self.src_embed if c.tgt_vocab_size is None else embeddings(c.tgt_vocab_size)
+        self.encoder = Encoder.from_config(c, rotary)
+        self.decoder = Decoder.from_config(c, rotary)
+        self.out_proj = nn.Linear(c.embed_dim, c.target_vocab_size, bias=False)
+        self._init_weights()
+        if c.tie_embeddings:
+            self.out_proj.weight = self.tgt_embed.word_embeddings.weight
+
+    def _init_weights(self) -> None:
+        # embeddings ~ N(0, 1/E): times sqrt(E) in Embeddings gives unit variance, and the tied
+        # output projection starts with logits of order one
+        std = self.config.embed_dim**-0.5
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.word_embeddings.weight, std=std)
+            with torch.no_grad():
+                emb.word_embeddings.weight[self.config.pad_id].zero_()
+        nn.init.normal_(self.out_proj.weight, std=std)
+
+    # -- training forward ------------------------------------------------------------------
+
+    def encode_memory(self, src: Tensor, src_mask: Tensor, need_weights: bool = False):
+        """``src (B, S)`` -> ``(memory (B, S, E), encoder weights | None)``."""
+        return self.encoder(self.src_embed(src), key_mask=src_mask, need_weights=need_weights)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """``src (B, S)``, ``tgt_in (B, T)`` (BOS + target, right-padded) -> logits ``(B, T, V)``.
+
+        The target needs no mask: self-attention is causal and padding comes last, so a real
+        position never sees a padded one (padded positions' logits are meaningless; the loss
+        ignores them).
+        """
+        src_mask = source_mask(src, src_mask, self.config.pad_id)
+        memory, _ = self.encode_memory(src, src_mask)
+        hidden, _ = self.decoder(self.tgt_embed(tgt_in), memory, memory_mask=src_mask)
+        return self.out_proj(hidden)
+
+    def forward_with_weights(
+        self, src: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, list[Tensor]]]:
+        """Like :meth:`forward`, plus every attention map: ``{"encoder": [(B, H, S, S)],
+        "decoder_self": [(B, H, T, T)], "cross": [(B, H, T, S)]}``, one entry per layer."""
+        src_mask = source_mask(src, src_mask, self.config.pad_id)
+        memory, enc_w = self.encode_memory(src, src_mask, need_weights=True)
+        hidden, (self_w, cross_w) = self.decoder(
+            self.tgt_embed(tgt_in), memory, memory_mask=src_mask, need_weights=True
+        )
+        return self.out_proj(hidden), {"encoder": enc_w, "decoder_self": self_w, "cross": cross_w}
+
+    # -- decoding protocol -----------------------------------------------------------------
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None, *, use_cache: bool = True) -> TransformerState:
+        """Run the encoder once. ``use_cache=False`` makes :meth:`decode_step` recompute the
+        whole prefix each step (the reference for tests and benchmarks)."""
+        src_mask = source_mask(src, src_mask, self.config.pad_id)
+        memory, _ = self.encode_memory(src, src_mask)
+        if use_cache:
+            return TransformerState(memory, src_mask, self.decoder.new_cache())
+        return TransformerState(memory, src_mask, None, src.new_zeros(src.shape[0], 0))
+
+    def decode_step(self, state: TransformerState, tokens: Tensor) -> tuple[Tensor, Tensor, TransformerState]:
+        """``tokens (B, 1)`` -> ``(logits (B, V), attention (B, S), state)``; attention is the last
+        layer's cross-attention for this step, averaged over heads."""
+        if tokens.dim() != 2 or tokens.shape[1] != 1:
+            raise ValueError(f"decode_step takes tokens of shape (B, 1), got {tuple(tokens.shape)}")
+        if state.cache is not None:
+            y = self.tgt_embed(tokens, offset=len(state.cache))  # (B, 1, E)
+            hidden, (_, cross) = self.decoder(
+                y, state.memory, memory_mask=state.src_mask, need_weights=True, cache=state.cache
+            )
+        else:
+            state = replace(state, prefix=torch.cat([state.prefix, tokens], dim=1))
+            hidden, (_, cross) = self.decoder(
+                self.tgt_embed(state.prefix), state.memory, memory_mask=state.src_mask, need_weights=True
+            )
+        logits = self.out_proj(hidden[:, -1])  # (B, V)
+        attention = cross[-1][:, :, -1].mean(dim=1)  # (B, H, S) -> (B, S)
+        return logits, attention, state
+
+    def reorder_state(self, state: TransformerState, index: Tensor) -> TransformerState:
+        """Keep rows ``index (B',)`` (the cache is reordered in place)."""
+        if state.cache is not None:
+            state.cache.reorder(index)
+        return TransformerState(
+            state.memory.index_select(0, index),
+            state.src_mask.index_select(0, index),
+            state.cache,
+            None if state.prefix is None else state.prefix.index_select(0, index),
+        )
+
+
+class Recompute:
+    """A view of a :class:`TransformerSeq2Seq` that decodes without a KV cache, recomputing the
+    whole prefix at every step: the O(t^2)-per-token reference that cached decoding must equal."""
+
+    def __init__(self, model: TransformerSeq2Seq) -> None:
+        self.model, self.config = model, model.config
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> TransformerState:
+        return self.model.encode(src, src_mask, use_cache=False)
+
+    def decode_step(self, state, tokens):
+        return self.model.decode_step(state, tokens)
+
+    def reorder_state(self, state, index):
+        return self.model.reorder_state(state, index)
+
+    def eval(self) -> Recompute:
+        self.model.eval()
+        return self
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def label_smoothed_cross_entropy(
+    logits: Tensor, target: Tensor, *, smoothing: float = 0.1, ignore_index: int | None = 0
+) -> Tensor:
+    """Mean cross-entropy over non-ignored positions with label smoothing.
+
+    ``logits (B, T, V)`` (or ``(N, V)``), ``target (B, T)`` (or ``(N,)``). The smoothed target puts
+    ``1 - smoothing`` on the true class and spreads ``smoothing`` uniformly over all ``V``
+    classes; positions equal to ``ignore_index`` (the pad id) count for nothing.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if logits.shape[:-1] != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+        ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=smoothing,
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class Generation(NamedTuple):
+    """``tokens (B, T)`` (no BOS, up to and including EOS, pad after), ``attention (B, T, S)``
+    (zero after a row's EOS) or None, ``scores (B,)``: the sum of the chosen tokens' log-probs
+    (beam: divided by ``length ** length_penalty``)."""
+
+    tokens: Tensor
+    attention: Tensor | None
+    scores: Tensor
+
+
+def _ids(model) -> tuple[int, int, int]:
+    c = model.config
+    return c.pad_id, c.bos_id, c.eos_id
+
+
+def _log_probs(logits: Tensor, pad_id: int, bos_id: int) -> Tensor:
+    """Float32 log-softmax with BOS and pad forbidden (they are never emitted)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+    logp[:, pad_id] = float("-inf")
+    logp[:, bos_id] = float("-inf")
+    return logp
+
+
+def _check_args(src: Tensor, max_len: int, beam_size: int, length_penalty: float) -> None:
+    if src.dim() != 2 or src.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"src must be (B, S) integer token ids, got {src.dtype} {tuple(src.shape)}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be finite, got {length_penalty}")
+
+
+@torch.no_grad()
+def greedy_search(
+    model: Seq2SeqModel, src: Tensor, *, src_mask: Tensor | None = None, max_len: int = 64,
+    return_attention: bool = False,
+) -> Generation:
+    """Pick the most likely token at each step. Finished rows leave the batch."""
+    _check_args(src, max_len, 1, 1.0)
+    pad_id, bos_id, eos_id = _ids(model)
+    B, S = src.shape
+    state = model.encode(src, src_mask)
+    tokens = src.new_full((B, max_len), pad_id)
+    attention = src.new_zeros((B, max_len, S), dtype=torch.float32) if return_attention else None
+    scores = torch.zeros(B, device=src.device)
+    rows = torch.arange(B, device=src.device)  # original row of each active row
+    last = src.new_full((B, 1), bos_id)
+    T = 0
+    for t in range(max_len):
+        logits, attn, state = model.decode_step(state, last)  # (A, V), (A, S)
+        logp = _log_probs(logits, pad_id, bos_id)
+        best, tok = logp.max(dim=-1)  # (A,)
+        tokens[rows, t] = tok
+        scores[rows] += best
+        if return_attention:
+            attention[rows, t] = attn.float()
+        T = t + 1
+        alive = tok != eos_id
+        if not bool(alive.any()):
+            break
+        if not bool(alive.all()):
+            keep = alive.nonzero().squeeze(1)
+            state = model.reorder_state(state, keep)
+            rows, tok = rows[keep], tok[keep]
+        last = tok.unsqueeze(1)
+    return Generation(tokens[:, :T], None if attention is None else attention[:, :T], scores)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2SeqModel, src: Tensor, *, src_mask: Tensor | None = None, max_len: int = 64,
+    beam_size: int = 4, length_penalty: float = 1.0, return_attention: bool = False,
+) -> Generation:
+    """Beam search over ``beam_size`` hypotheses per source.
+
+    At each step every live hypothesis is extended by every token; of the ``2K`` best
+    candidates, those ending in EOS among the top ``K`` become finished hypotheses (scored
+    ``sum log p / length ** length_penalty``, length counting EOS) and the ``K`` best others stay
+    live. A source is done when it has ``K`` finished hypotheses; at ``max_len`` its live ones
+    count as finished (without EOS). The best finished hypothesis wins. With ``beam_size=1``
+    this is exactly greedy search.
+    """
+    _check_args(src, max_len, beam_size, length_penalty)
+    pad_id, bos_id, eos_id = _ids(model)
+    B, S = src.shape
+    K, device = beam_size, src.device
+    state = model.encode(src, src_mask)
+    state = model.reorder_state(state, torch.arange(B, device=device).repeat_interleave(K))  # (B*K) rows
+    sources = torch.arange(B, device=device)  # original source of each active group of K rows
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # the first step expands one hypothesis only
+    hist = src.new_zeros((B, K, 0))  # (A, K, t) tokens so far
+    attn_hist = torch.zeros(B, K, 0, S, device=device) if return_attention else None  # (A, K, t, S)
+    finished: list[list[tuple[float, Tensor, Tensor | None]]] = [[] for _ in range(B)]
+    last = src.new_full((B * K, 1), bos_id)
+
+    def finish(a: int, k: int, score: float, length: int, toks: Tensor, att: Tensor | None) -> None:
+        finished[int(sources[a])].append((score / length**length_penalty, toks, att))
+
+    for t in range(max_len):
+        A = sources.shape[0]
+        logits, attn, state = model.decode_step(state, last)  # (A*K, V), (A*K, S)
+        V = logits.shape[-1]
+        cand = scores.unsqueeze(-1) + _log_probs(logits, pad_id, bos_id).view(A, K, V)  # (A, K, V)
+        top_v, top_i = cand.view(A, K * V).topk(min(2 * K, K * V), dim=1)  # (A, 2K)
+        beam, tok = top_i // V, top_i % V
+        is_eos = (tok == eos_id) & torch.isfinite(top_v)
+        attn = attn.float().view(A, K, S) if return_attention else None
+
+        # hypotheses that end here: EOS among the top K candidates
+        for a, j in is_eos[:, :K].nonzero().tolist():
+            if len(finished[int(sources[a])]) < K:
+                k = int(beam[a, j])
+                toks = torch.cat([hist[a, k], tok[a, j : j + 1]])
+                att = None if attn is None else torch.cat([attn_hist[a, k], attn[a, k : k + 1]])
+                finish(a, k, float(top_v[a, j]), t + 1, toks, att)
+
+        # the K best non-EOS candidates stay live (stable sort keeps score order)
+        pick = torch.sort(is_eos.to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (A, K)
+        scores = top_v.gather(1, pick).masked_fill(is_eos.gather(1, pick), float("-inf"))
+        beam, tok = beam.gather(1, pick), tok.gather(1, pick)  # (A, K)
+        hist = torch.cat([hist.gather(1, beam[..., None].expand(-1, -1, t)), tok.unsqueeze(-1)], dim=2)
+        if attn_hist is not None:
+            prev = attn_hist.gather(1, beam[..., None, None].expand(-1, -1, t, S))
+            attn_hist = torch.cat([prev, attn.gather(1, beam[..., None].expand(-1, -1, S)).unsqueeze(2)], dim=2)
+
+        if t == max_len - 1:  # out of room: live hypotheses count as they are
+            for a in range(A):
+                for k in range(K):
+                    if math.isfinite(float(scores[a, k])):
+                        att = None if attn_hist is None else attn_hist[a, k]
+                        finished[int(sources[a])].append((float(scores[a, k]) / max_len**length_penalty, hist[a, k], att))
+            break
+
+        alive = torch.tensor([len(finished[int(s)]) < K for s in sources], device=device)
+        alive &= torch.isfinite(scores).any(dim=1)
+        if not bool(alive.any()):
+            break
+        rows = (torch.arange(A, device=device).unsqueeze(1) * K + beam)[alive].reshape(-1)  # (A'*K,)
+        state = model.reorder_state(state, rows)
+        sources, scores, hist, tok = sources[alive], scores[alive], hist[alive], tok[alive]
+        if attn_hist is not None:
+            attn_hist = attn_hist[alive]
+        last = tok.reshape(-1, 1)
+
+    best = [max(f, key=lambda h: h[0]) if f else (float("-inf"), src.new_zeros(0), None) for f in finished]
+    T = max(1, max(h[1].shape[0] for h in best))
+    tokens = src.new_full((B, T), pad_id)
+    attention = torch.zeros(B, T, S, device=device) if return_attention else None
+    for b, (_, toks, att) in enumerate(best):
+        tokens[b, : toks.shape[0]] = toks
+        if attention is not None and att is not None:
+            attention[b, : att.shape[0]] = att
+    out_scores = torch.tensor([h[0] for h in best], device=device)
+    return Generation(tokens, attention, out_scores)
+
+
+@torch.no_grad()
+def generate(
+    model: Seq2SeqModel,
+    src: Tensor,
+    *,
+    src_mask: Tensor | None = None,
+    max_len: int = 64,
+    method: str = "greedy",
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+    return_attention: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Decode ``src (B, S)`` with any seq2seq model that follows the decoding protocol.
+
+    Returns ``tokens (B, T)`` long: no BOS, each row up to and including its EOS, ``pad_id``
+    after; ``max_len`` counts generated tokens including EOS (a row that never emits EOS stops
+    there); ``T`` is the longest row. BOS and pad are never emitted. With ``return_attention``
+    also ``attention (B, T, S)``: the cross-attention that produced each token, zero after the
+    row's EOS. An explicit ``src_mask (B, S)`` (True = real token) wins over ``src != pad_id``.
+    ``method="beam"`` runs :func:`beam_search` (``beam_size=1`` gives the greedy result).
+    The model is put in eval mode for the call and restored afterwards.
+    """
+    if method not in ("greedy", "beam"):
+        raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    training = getattr(model, "training", False)
+    if training:
+        model.eval()
+    try:
+        if method == "greedy":
+            out = greedy_search(model, src, src_mask=src_mask, max_len=max_len, return_attention=return_attention)
+        else:
+            out = beam_search(
+                model, src, src_mask=src_mask, max_len=max_len, beam_size=beam_size,
+                length_penalty=length_penalty, return_attention=return_attention,
+            )
+    finally:
+        if training:
+            model.train()
+    return (out.tokens, out.attention) if return_attention else out.tokens
