@@ -139,6 +139,24 @@ def _check_mha_sequence_parallel(rank: int, world: int, layout: str) -> None:
         ours(xs, key_mask=torch.ones(B, xs.shape[1], dtype=torch.bool))
 
 
+def _check_encoder_sequence_parallel(rank: int, world: int, layout: str) -> None:
+    """ak.Encoder with sequence_parallel on shards == nn.TransformerEncoder on the whole sequence."""
+    g = torch.Generator().manual_seed(11)
+    torch.manual_seed(1)
+    E, N = 32, 8 * world
+    layer = nn.TransformerEncoderLayer(E, 4, 64, dropout=0.0, batch_first=True, norm_first=True)
+    peer = nn.TransformerEncoder(layer, num_layers=2, norm=nn.LayerNorm(E), enable_nested_tensor=False)
+    x = torch.randn(2, N, E, generator=g, requires_grad=True)
+    ref = peer(x)
+    ref.square().sum().backward()
+    ours = ak.Encoder.from_torch(peer).set_sequence_parallel(True, layout)
+    xs = akd.shard(x.detach(), layout=layout, dim=1).requires_grad_()
+    hidden, _ = ours(xs)  # (B, N/P, E)
+    torch.testing.assert_close(hidden, akd.shard(ref.detach(), layout=layout, dim=1), **TOL)
+    hidden.square().sum().backward()
+    torch.testing.assert_close(xs.grad, akd.shard(x.grad, layout=layout, dim=1), atol=1e-4, rtol=1e-5)
+
+
 def _ring_suite(rank: int, world: int, full: bool) -> None:
     for layout in akd.LAYOUTS:
         for causal in (False, True):
@@ -155,6 +173,7 @@ def _ring_suite(rank: int, world: int, full: bool) -> None:
             akd._fused_ok = fused
         for layout in akd.LAYOUTS:
             _check_mha_sequence_parallel(rank, world, layout)
+            _check_encoder_sequence_parallel(rank, world, layout)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -188,7 +207,8 @@ def test_ring_attention_rejects_bad_input() -> None:
 
 def test_ring_attention_2_ranks() -> None:
     """2 ranks: both layouts, causal and not, forward and gradients, GQA, the math fallback,
-    shard/unshard round trips, and MultiHeadAttention(sequence_parallel=...) vs nn.MultiheadAttention."""
+    shard/unshard round trips, MultiHeadAttention(sequence_parallel=...) vs nn.MultiheadAttention
+    and Encoder(sequence_parallel=...) vs nn.TransformerEncoder."""
     _spawn(_ring_suite, 2, True)
 
 

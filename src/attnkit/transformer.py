@@ -454,6 +454,10 @@ class Encoder(nn.Module):
     ``final_norm=None`` adds it for pre-LN stacks only; ``nn.Transformer`` always has one.
     ``forward(x (B, S, E), *, key_mask=None, need_weights=False)`` ->
     ``(hidden (B, S, E), [per-layer (B, H, S, S)] | None)``.
+
+    ``sequence_parallel=group`` (or :meth:`set_sequence_parallel`) runs every self-attention as
+    ring attention: ``x`` is then this rank's shard ``(B, S/P, E)`` of the sequence (see
+    :func:`attnkit.distributed.shard`); everything else in a layer is per token.
     """
 
     def __init__(
@@ -471,6 +475,8 @@ class Encoder(nn.Module):
         bias: bool = True,
         final_norm: bool | None = None,
         rotary: nn.Module | None = None,
+        sequence_parallel: object = None,
+        sequence_layout: str = "contiguous",
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -483,6 +489,17 @@ class Encoder(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = _final_norm(final_norm, norm_first, embed_dim, layer_norm_eps, bias)
+        if sequence_parallel not in (None, False):
+            self.set_sequence_parallel(sequence_parallel, sequence_layout)
+
+    def set_sequence_parallel(self, group: object = True, layout: str = "contiguous") -> Encoder:
+        """Shard the sequence over ``group`` (a process group, ``True`` = the default one,
+        ``None`` = off) with ring attention in every layer, ``layout`` "contiguous" or "zigzag"."""
+        if layout not in ("contiguous", "zigzag"):
+            raise ValueError(f"sequence layout must be 'contiguous' or 'zigzag', got {layout!r}")
+        for layer in self.layers:
+            layer.self_attn.sequence_parallel, layer.self_attn.sequence_layout = group, layout
+        return self
 
     @classmethod
     def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Encoder:
