@@ -354,7 +354,7 @@ class MultiHeadAttention(nn.Module):
             for lin, w in ((new.q_proj, wq), (new.k_proj, wk), (new.v_proj, wv)):
                 lin.weight.copy_(w)
             if bias:
-                for lin, b in zip((new.q_proj, new.k_proj, new.v_proj), m.in_proj_bias.split(E)):
+                for lin, b in zip((new.q_proj, new.k_proj, new.v_proj), m.in_proj_bias.split(E), strict=True):
                     lin.bias.copy_(b)
                 new.out_proj.bias.copy_(m.out_proj.bias)
             new.out_proj.weight.copy_(m.out_proj.weight)

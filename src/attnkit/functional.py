@@ -110,28 +110,38 @@ def _open_empty_rows(mask: Tensor, empty: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- softmax & scores
 
 
-def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1, *, inplace: bool = False) -> Tensor:
     """Softmax over ``dim`` that treats masked positions as absent.
 
     ``mask`` is boolean (True = keep) or float (added). Rows with nothing left give zeros,
     and their gradient is zero too. Half/bfloat16 scores are normalised in float32 and the
-    result is returned in the input dtype.
+    result is returned in the input dtype. ``inplace=True`` lets a caller that owns a fresh
+    float32/float64 score tensor, with no autograd graph through it, reuse its memory (the
+    softmax of a 50 MB score matrix then costs no new allocation).
     """
     dtype = scores.dtype
     s = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
+    inplace = inplace and not (torch.is_grad_enabled() and s.requires_grad)
+    moved = dim not in (-1, s.dim() - 1)
+    if moved:
+        s = s.movedim(dim, -1)
+        mask = None if mask is None else mask.movedim(dim, -1)
     empty = None
     if mask is not None:
-        if dim not in (-1, s.dim() - 1):
-            s = s.movedim(dim, -1)
-            mask = mask.movedim(dim, -1)
-        empty = _empty_rows(mask)
+        empty = _empty_rows(mask)  # (..., L, 1)
         mask = _open_empty_rows(mask, empty)
-        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-        w = torch.softmax(s, dim=-1).masked_fill(empty, 0.0)
-        if dim not in (-1, scores.dim() - 1):
-            w = w.movedim(-1, dim)
+        if mask.dtype == torch.bool:
+            s = s.masked_fill_(~mask, float("-inf")) if inplace else s.masked_fill(~mask, float("-inf"))
+        else:
+            s = s.add_(mask) if inplace and s.shape == torch.broadcast_shapes(s.shape, mask.shape) else s + mask
+    if inplace and not moved and s.is_contiguous():
+        w = torch.ops.aten._softmax.out(s, -1, False, out=s)
     else:
-        w = torch.softmax(s, dim=dim)
+        w = torch.softmax(s, dim=-1)
+    if empty is not None:
+        w = w.masked_fill_(empty, 0.0) if inplace else w.masked_fill(empty, 0.0)
+    if moved:
+        w = w.movedim(-1, dim)
     return w.to(dtype)
 
 
@@ -182,15 +192,18 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
         raise ValueError(
             f"key and value must have the same length (dim -2): key {tuple(k.shape)}, value {tuple(v.shape)}"
         )
+    gqa = q.dim() >= 4 and k.dim() >= 4
     try:
         torch.broadcast_shapes(k.shape[:-2], v.shape[:-2])
         torch.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+        if not gqa:
+            torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
     except RuntimeError:
         raise ValueError(
             f"leading dims of query {tuple(q.shape)}, key {tuple(k.shape)} and value "
             f"{tuple(v.shape)} do not broadcast"
         ) from None
-    if q.dim() >= 3 and k.dim() >= 3:
+    if gqa:
         hq, hk = q.shape[-3], k.shape[-3]
         if hq != hk and hk != 1 and hq % hk != 0:
             raise ValueError(
@@ -209,7 +222,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
 
 def _gqa_groups(q: Tensor, k: Tensor) -> int:
     """How many query heads share one kv head (1 when the head dims match or broadcast)."""
-    if q.dim() < 3 or k.dim() < 3:
+    if q.dim() < 4 or k.dim() < 4:  # heads live in dim -3 of (B, H, L, d)
         return 1
     hq, hk = q.shape[-3], k.shape[-3]
     return hq // hk if hk not in (1, hq) else 1
@@ -228,7 +241,7 @@ def _attention_math(
             mask = mask.unflatten(-3, (k.shape[-4], groups))
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     scores = scaled_dot_scores(q.to(compute_dtype), k.to(compute_dtype), scale)  # (..., L, S)
-    weights = masked_softmax(scores, mask)  # (..., L, S), float32 for half inputs
+    weights = masked_softmax(scores, mask, inplace=True)  # (..., L, S), float32 for half inputs
     attn = F.dropout(weights, p=dropout) if dropout > 0.0 else weights
     out = attn @ v.to(compute_dtype)  # (..., L, dv)
     if groups > 1:

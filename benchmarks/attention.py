@@ -1,0 +1,78 @@
+"""Attention core vs its peers, same process, same inputs, CPU fp32 (B=4 H=12 L=S=512 d=64).
+
+Cases (ratio > 1 = attnkit faster):
+- ak.scaled_dot_product_attention vs F.scaled_dot_product_attention (target >= 0.95)
+- return_weights=True vs Hugging Face BERT's eager attention (target >= 1.0)
+- ak.MultiHeadAttention(need_weights=True) vs nn.MultiheadAttention(need_weights=True,
+  average_attn_weights=False) (target >= 1.0)
+- ak.MultiHeadAttention forward vs nn.MultiheadAttention forward, need_weights=False, eval,
+  no_grad (torch takes its native fast path there) (target >= 1.0)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+import attnkit as ak  # noqa: E402
+
+BENCH = "attention"
+
+
+def main() -> None:
+    args = harness.parse_args(__doc__)
+    B, H, L, d = (2, 4, 128, 64) if args.quick else (4, 12, 512, 64)
+    E = H * d
+    rounds = 3 if args.quick else 9
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, d) for _ in range(3))
+    shape = f"B={B} H={H} L=S={L} d={d}"
+
+    with torch.inference_mode():
+        t = harness.timeit({
+            "peer": lambda: F.scaled_dot_product_attention(q, k, v),
+            "ours": lambda: ak.scaled_dot_product_attention(q, k, v),
+        }, rounds=rounds)
+        harness.record(BENCH, f"fused SDPA ({shape})", "F.scaled_dot_product_attention",
+                       1 / t["peer"], 1 / t["ours"], "calls/s", target=0.95)
+
+        from transformers.models.bert.modeling_bert import eager_attention_forward
+
+        module = torch.nn.Module().eval()
+        t = harness.timeit({
+            "peer": lambda: eager_attention_forward(module, q, k, v, None),
+            "ours": lambda: ak.scaled_dot_product_attention(q, k, v, return_weights=True),
+        }, rounds=rounds)
+        harness.record(BENCH, f"weights path ({shape})", "HF BERT eager_attention_forward",
+                       1 / t["peer"], 1 / t["ours"], "calls/s", target=1.0)
+
+        x = torch.randn(B, L, E)
+        peer = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
+        ours = ak.MultiHeadAttention.from_torch(peer).eval()
+        torch.testing.assert_close(ours(x)[0], peer(x, x, x, need_weights=False)[0], atol=1e-4, rtol=1e-4)
+        t = harness.timeit({
+            "peer": lambda: peer(x, x, x, need_weights=True, average_attn_weights=False),
+            "ours": lambda: ours(x, need_weights=True),
+        }, rounds=rounds)
+        harness.record(BENCH, f"MHA with per-head weights (B={B} L={L} E={E} H={H})",
+                       "nn.MultiheadAttention(need_weights=True)", 1 / t["peer"], 1 / t["ours"],
+                       "calls/s", target=1.0)
+        t = harness.timeit({
+            "peer": lambda: peer(x, x, x, need_weights=False),
+            "ours": lambda: ours(x),
+        }, rounds=rounds)
+        harness.record(BENCH, f"MHA forward, no weights (B={B} L={L} E={E} H={H})",
+                       "nn.MultiheadAttention (native fast path)", 1 / t["peer"], 1 / t["ours"],
+                       "calls/s", target=1.0)
+    if not args.no_save:
+        harness.save(BENCH)
+
+
+if __name__ == "__main__":
+    main()

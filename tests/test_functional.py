@@ -1,0 +1,231 @@
+"""scaled_dot_product_attention and masks against torch's own F.scaled_dot_product_attention."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attnkit as ak
+from attnkit.functional import masked_softmax, merge_masks
+
+
+def ref_sdpa(q, k, v, mask=None, causal=False, scale=None):
+    """Textbook reference written independently of attnkit (float64 math)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q.double() @ k.double().transpose(-2, -1)) * scale
+    L, S = q.shape[-2], k.shape[-2]
+    allowed = torch.ones(L, S, dtype=torch.bool)
+    if causal:
+        allowed = torch.ones(L, S, dtype=torch.bool).tril(S - L)
+    if mask is not None and mask.dtype == torch.bool:
+        allowed = allowed & mask
+    elif mask is not None:
+        s = s + mask.double()
+    s = s.masked_fill(~allowed, float("-inf"))
+    w = torch.softmax(s, -1).nan_to_num(0.0)
+    return (w @ v.double()).to(q.dtype), w.to(q.dtype)
+
+
+def test_causal_mask_aligns_to_end():
+    m = ak.causal_mask(2, 4)
+    assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert torch.equal(ak.causal_mask(3), torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_padding_mask():
+    m = ak.padding_mask(torch.tensor([2, 0, 3]), max_len=4)
+    assert m.tolist() == [[True, True, False, False], [False] * 4, [True, True, True, False]]
+    with pytest.raises(ValueError, match="max_len=2"):
+        ak.padding_mask([3], max_len=2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("LS", [(5, 5), (3, 7), (6, 6)])
+def test_fused_matches_torch_and_math(causal, LS):
+    L, S = LS
+    q, k, v = torch.randn(2, 3, L, 8), torch.randn(2, 3, S, 8), torch.randn(2, 3, S, 5)
+    ours = ak.scaled_dot_product_attention(q, k, v, causal=causal)
+    ours_m, w = ak.scaled_dot_product_attention(q, k, v, causal=causal, return_weights=True)
+    ref, ref_w = ref_sdpa(q, k, v, causal=causal)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_m, ours, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=1e-5)
+    if L == S:  # torch's is_causal is top-left aligned, identical when square
+        torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=causal), atol=1e-5, rtol=1e-5)
+
+
+def test_bool_and_float_masks_match_torch():
+    q, k, v = torch.randn(2, 4, 6, 16), torch.randn(2, 4, 9, 16), torch.randn(2, 4, 9, 16)
+    bmask = torch.rand(2, 1, 6, 9) > 0.3
+    bmask[..., 0] = True  # no empty rows: torch would give NaN there
+    fmask = torch.randn(2, 4, 6, 9)
+    for mask in (bmask, fmask):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(ak.scaled_dot_product_attention(q, k, v, mask=mask), ref, atol=1e-5, rtol=1e-5)
+        out, _ = ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_matches_torch_enable_gqa():
+    q, k, v = torch.randn(2, 8, 5, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(ak.scaled_dot_product_attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    out, w = ak.scaled_dot_product_attention(q, k, v, return_weights=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert w.shape == (2, 8, 5, 7)
+
+
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_empty_rows_zero_forward_and_backward(return_weights):
+    q = torch.randn(2, 2, 4, 8, requires_grad=True)
+    k = torch.randn(2, 2, 5, 8, requires_grad=True)
+    v = torch.randn(2, 2, 5, 8, requires_grad=True)
+    mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, 0, 1] = False  # query row 1 of batch 0 sees nothing
+    mask[1] = False  # the whole second item is empty
+    res = ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=return_weights)
+    out = res[0] if return_weights else res
+    assert torch.isfinite(out).all()
+    assert out[0, :, 1].abs().max() == 0 and out[1].abs().max() == 0
+    if return_weights:
+        w = res[1]
+        assert w[0, :, 1].abs().max() == 0
+        torch.testing.assert_close(w[0, :, 0].sum(-1), torch.ones(2))
+    out.sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert q.grad[0, :, 1].abs().max() == 0 and q.grad[1].abs().max() == 0
+
+
+def test_float_mask_all_neg_inf_row_is_empty():
+    q, k, v = torch.randn(1, 3, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    mask = torch.zeros(3, 5)
+    mask[2] = float("-inf")
+    out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+    assert out[0, 2].abs().max() == 0 and w[0, 2].abs().max() == 0
+    assert ak.scaled_dot_product_attention(q, k, v, mask=mask)[0, 2].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_dtype_and_accuracy(dtype):
+    q, k, v = torch.randn(2, 2, 6, 32), torch.randn(2, 2, 6, 32), torch.randn(2, 2, 6, 32)
+    ref, ref_w = ref_sdpa(q, k, v, causal=True)
+    out, w = ak.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, return_weights=True)
+    fused = ak.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True)
+    assert out.dtype == w.dtype == fused.dtype == dtype
+    tol = 2e-2 if dtype == torch.float16 else 6e-2
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(fused.float(), ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_huge_scores_stay_finite(dtype):
+    q = torch.full((1, 4, 8), 1e2).to(dtype)
+    k = torch.full((1, 4, 8), 1e2).to(dtype)  # q.k * scale ~ 1e4*8/sqrt(8)
+    v = torch.randn(1, 4, 8).to(dtype)
+    out, w = ak.scaled_dot_product_attention(q, k, v, return_weights=True, causal=True)
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert torch.isfinite(ak.scaled_dot_product_attention(q, k, v, causal=True)).all()
+
+
+def test_gradcheck_math_path_float64():
+    q = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 5, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True, True], [False] * 5, [True] * 5])
+
+    def f(q, k, v):
+        return ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+
+    assert torch.autograd.gradcheck(f, (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: ak.scaled_dot_product_attention(q, k, v, mask=mask), (q, k, v))
+
+
+def test_merge_masks():
+    a = torch.tensor([[True, False]])
+    b = torch.tensor([[True, True]])
+    assert merge_masks(a, b).tolist() == [[True, False]]
+    f = merge_masks(torch.zeros(1, 2), a)
+    assert f[0, 0] == 0 and torch.isneginf(f[0, 1])
+    assert merge_masks(None, None) is None
+
+
+def test_masked_softmax_other_dim():
+    s = torch.randn(3, 4)
+    m = torch.tensor([True, False, True])[:, None].expand(3, 4)
+    w = masked_softmax(s, m, dim=0)
+    torch.testing.assert_close(w.sum(0), torch.ones(4))
+    assert (w[1] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "shapes, mask, match",
+    [
+        (((2, 5, 8), (2, 6, 7), (2, 6, 7)), None, r"last dim.*\(2, 5, 8\).*\(2, 6, 7\)"),
+        (((2, 5, 8), (2, 6, 8), (2, 4, 8)), None, r"same length.*\(2, 6, 8\).*\(2, 4, 8\)"),
+        (((2, 5, 8), (2, 6, 8), (2, 6, 8)), torch.ones(5, 3, dtype=torch.bool), r"\(5, 3\).*L=5, S=6"),
+        (((3, 5, 8), (2, 6, 8), (2, 6, 8)), None, "do not broadcast"),
+    ],
+)
+def test_bad_inputs_name_shapes(shapes, mask, match):
+    q, k, v = (torch.randn(*s) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        ak.scaled_dot_product_attention(q, k, v, mask=mask)
+
+
+def test_non_floating_input_rejected():
+    with pytest.raises(ValueError, match="floating-point.*torch.int64"):
+        ak.scaled_dot_product_attention(torch.ones(2, 3, dtype=torch.long), torch.randn(2, 3), torch.randn(2, 3))
+
+
+# ----------------------------------------------------------------- property tests
+
+dims = st.integers(min_value=1, max_value=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=dims, L=dims, S=dims, d=dims, seed=st.integers(0, 2**16), causal=st.booleans())
+def test_weights_are_distributions(B, L, S, d, seed, causal):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, d, generator=g) for n in (L, S, S))
+    mask = torch.rand(B, L, S, generator=g) > 0.4
+    out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+    assert (w >= 0).all()
+    sums = w.sum(-1)
+    allowed = mask & ak.causal_mask(L, S) if causal else mask
+    expected = allowed.any(-1).float()
+    torch.testing.assert_close(sums, expected, atol=1e-5, rtol=0)
+    fused = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    torch.testing.assert_close(fused, out, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(L=dims, S=st.integers(2, 8), d=dims, seed=st.integers(0, 2**16))
+def test_permuting_keys_and_values_together_is_invariant(L, S, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(L, d, generator=g), torch.randn(S, d, generator=g), torch.randn(S, d, generator=g)
+    perm = torch.randperm(S, generator=g)
+    a = ak.scaled_dot_product_attention(q, k, v)
+    b = ak.scaled_dot_product_attention(q, k[perm], v[perm])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(L=dims, S=st.integers(2, 8), d=dims, seed=st.integers(0, 2**16), weights=st.booleans())
+def test_masking_a_key_equals_deleting_it(L, S, d, seed, weights):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(L, d, generator=g), torch.randn(S, d, generator=g), torch.randn(S, d, generator=g)
+    drop = int(torch.randint(S, (1,), generator=g))
+    keep = torch.ones(S, dtype=torch.bool)
+    keep[drop] = False
+    masked = ak.scaled_dot_product_attention(q, k, v, mask=keep, return_weights=weights)
+    deleted = ak.scaled_dot_product_attention(q, k[keep], v[keep], return_weights=weights)
+    if weights:
+        torch.testing.assert_close(masked[0], deleted[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(masked[1][:, keep], deleted[1], atol=1e-5, rtol=1e-5)
+        assert (masked[1][:, drop] == 0).all()
+    else:
+        torch.testing.assert_close(masked, deleted, atol=1e-5, rtol=1e-5)
