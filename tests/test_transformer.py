@@ -9,11 +9,13 @@ from torch import nn
 
 import attnkit as ak
 from attnkit.transformer import (
+    Decoder,
     Embeddings,
     Encoder,
     EncoderLayer,
     FeedForward,
     RotaryEmbedding,
+    TransformerConfig,
     sinusoidal_table,
 )
 
@@ -121,3 +123,102 @@ def test_rotary_scores_depend_on_distance_only():
     x = torch.randn(2, 3, 5, 8)
     torch.testing.assert_close(rope(x, 0).norm(dim=-1), x.norm(dim=-1))  # a rotation
     torch.testing.assert_close(rope(x, 600)[..., 1:, :], rope(torch.cat([x[..., :1, :], x], -2), 599)[..., 2:, :])
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def _torch_decoder(E, H, F_, n, norm_first, activation, final_norm):
+    layer = nn.TransformerDecoderLayer(
+        E, H, F_, dropout=0.0, activation=activation, batch_first=True, norm_first=norm_first
+    )
+    dec = nn.TransformerDecoder(layer, n, norm=nn.LayerNorm(E) if final_norm else None)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return dec.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation,final_norm", [("relu", True), ("gelu", False)])
+def test_decoder_matches_torch(norm_first, activation, final_norm):
+    E, H, F_, B, L, S = 32, 4, 64, 3, 6, 8
+    ref = _torch_decoder(E, H, F_, 2, norm_first, activation, final_norm)
+    ours = Decoder.from_torch(ref).eval()
+    y, memory = torch.randn(B, L, E), torch.randn(B, S, E)
+    tgt_mask, mem_mask = _lengths_mask(B, L), _lengths_mask(B, S)
+    with torch.no_grad():
+        want = ref(
+            y, memory, tgt_mask=~ak.causal_mask(L), tgt_is_causal=True,
+            tgt_key_padding_mask=~tgt_mask, memory_key_padding_mask=~mem_mask,
+        )
+        got, (self_w, cross_w) = ours(y, memory, key_mask=tgt_mask, memory_mask=mem_mask, need_weights=True)
+        got_fast, none = ours(y, memory, memory_mask=mem_mask)  # right padding: causal is enough
+    assert none is None and self_w[1].shape == (B, H, L, L) and cross_w[0].shape == (B, H, L, S)
+    torch.testing.assert_close(got[tgt_mask], want[tgt_mask], **TOL)
+    torch.testing.assert_close(got_fast[tgt_mask], want[tgt_mask], **TOL)
+    assert torch.all(self_w[0].triu(1) == 0)  # causal
+    assert torch.all(cross_w[0].masked_select(~mem_mask[:, None, None, :]) == 0)
+
+
+@pytest.mark.parametrize("kv_heads,norm_first,rotary", [(None, False, False), (2, True, False), (1, False, True)])
+def test_decoder_cache_equals_full_forward(kv_heads, norm_first, rotary):
+    E, H, B, L, S = 32, 4, 2, 9, 5
+    rope = RotaryEmbedding(E // H) if rotary else None
+    dec = Decoder(2, E, H, 48, kv_heads=kv_heads, norm_first=norm_first, dropout=0.0, rotary=rope).eval()
+    y, memory = torch.randn(B, L, E), torch.randn(B, S, E)
+    mem_mask = ak.padding_mask([5, 3], S)
+    with torch.no_grad():
+        full, (_, cross_full) = dec(y, memory, memory_mask=mem_mask, need_weights=True)
+        cache = dec.new_cache()
+        steps, crosses = [], []
+        for chunk in (y[:, :1], y[:, 1:2], y[:, 2:5], y[:, 5:6], y[:, 6:]):  # steps and chunks
+            h, (_, cross) = dec(chunk, memory, memory_mask=mem_mask, need_weights=True, cache=cache)
+            steps.append(h)
+            crosses.append(cross[-1])
+    assert len(cache) == L
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
+    torch.testing.assert_close(torch.cat(crosses, 2), cross_full[-1], **TOL)
+
+
+def test_rope_model_differs_from_no_positions_and_is_shift_invariant():
+    # with rotary and no other positions, self-attention depends on relative offsets only
+    rope = RotaryEmbedding(8)
+    enc = Encoder(1, 16, 2, 32, dropout=0.0, rotary=rope).eval()
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        out = enc(x)[0]
+        enc.layers[0].self_attn.rotary = None
+        plain = enc(x)[0]
+    assert not torch.allclose(out, plain, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(embed_dim=30, num_heads=4), "embed_dim=30.*num_heads=4"),
+        (dict(num_heads=4, kv_heads=3), "kv_heads=3.*num_heads=4"),
+        (dict(activation="tanh"), "'tanh'"),
+        (dict(position="alibi"), "'alibi'"),
+        (dict(dropout=1.5), "1.5"),
+        (dict(embed_dim=36, num_heads=4, position="rope"), "embed_dim=36.*num_heads=4"),
+        (dict(pad_id=1, bos_id=1), "'pad_id': 1, 'bos_id': 1"),
+        (dict(eos_id=50), "eos_id=50.*src 10"),
+        (dict(num_decoder_layers=0), "num_decoder_layers"),
+        (dict(max_len=0), "max_len.*0"),
+    ],
+)
+def test_bad_config_raises_naming_values(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TransformerConfig(src_vocab_size=10, **kwargs)
+
+
+def test_config_defaults_are_the_documented_ones():
+    c = TransformerConfig(100)
+    assert (c.tgt_vocab_size, c.embed_dim, c.num_heads, c.kv_heads, c.num_encoder_layers) == (None, 256, 4, None, 3)
+    assert (c.num_decoder_layers, c.ff_dim, c.dropout, c.activation, c.norm_first) == (3, 1024, 0.1, "relu", False)
+    assert (c.position, c.max_len, c.tie_embeddings, c.pad_id, c.bos_id, c.eos_id) == ("sinusoidal", 512, True, 0, 1, 2)
+    assert c.target_vocab_size == 100
