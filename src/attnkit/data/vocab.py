@@ -66,6 +66,16 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def tokens_covering(offsets: Sequence[tuple[int, int]], span: tuple[int, int],
+                    text: str = "") -> tuple[int, int]:
+    """Token positions ``[t0, t1)`` whose character ``offsets`` overlap ``span = (start, end)``."""
+    start, end = span
+    hit = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+    if not hit:
+        raise ValueError(f"character span {span} lies outside {text!r} (length {len(text)})")
+    return hit[0], hit[-1] + 1
+
+
 class CharVocab:
     """One id per character (plus one per leading ``<tag>``); ids 0..3 are pad/bos/eos/unk."""
 
@@ -130,11 +140,7 @@ class CharVocab:
 
     def token_span(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
         """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
-        start, end = span
-        hit = [i for i, (s, e) in enumerate(self.offsets(text)) if s < end and e > start]
-        if not hit:
-            raise ValueError(f"character span {span} lies outside {text!r} (length {len(text)})")
-        return hit[0], hit[-1] + 1
+        return tokens_covering(self.offsets(text), span, text)
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text``; unknown characters/tags become ``unk_id``."""
