@@ -250,13 +250,15 @@ def save_model(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: dict[str, Any] | None = None,
+    tokenizer: Any = None,
     files: dict[str, str | bytes | os.PathLike] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (and optionally the optimizer, trainer state and extra files) to the
     checkpoint ``directory``, atomically replacing a previous checkpoint there.
 
-    ``files`` maps a file name to its text, bytes, or a path to copy (vocabularies, a BPE
+    ``tokenizer`` is anything with ``save(directory)`` (``CharVocab`` writes ``vocab.json``,
+    the BPE tokenizer ``tokenizer.json``). ``files`` maps a file name to its text, bytes, or a path to copy (vocabularies, a BPE
     ``tokenizer.json``). ``meta`` is free JSON stored in ``config.json``. Refuses (ValueError)
     to replace a non-empty directory that is not an attnkit checkpoint.
     """
@@ -282,6 +284,8 @@ def save_model(
             (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         if trainer_state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
+        if tokenizer is not None:
+            tokenizer.save(tmp)
         for fname, content in (files or {}).items():
             if Path(fname).name != fname or fname in {"config.json", "model.safetensors"}:
                 raise ValueError(f"extra checkpoint file name {fname!r} is not allowed")

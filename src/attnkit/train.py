@@ -1,0 +1,404 @@
+"""Trainer for every seq2seq model of attnkit (RNNSeq2Seq, TransformerSeq2Seq).
+
+Teacher forcing with cross-entropy, AdamW, linear warm-up then cosine decay or
+inverse-square-root, gradient clipping, periodic validation by greedy decoding (exact match
+and character accuracy), a rich progress bar with loss and tokens/s, early stop on a target
+exact match, a wall-clock budget, and checkpoints (see :mod:`attnkit.models.checkpoint`).
+
+Reproducible resume: the batch order is a pure function of ``(seed, step)`` and the learning
+rate a pure function of ``step``; a checkpoint stores weights, optimizer moments, the RNG
+states and the history. :meth:`Trainer.resume` therefore continues to exactly the weights an
+uninterrupted run with the same seed reaches (the test suite checks this bit for bit).
+
+SIGINT/SIGTERM during :meth:`Trainer.fit` finish the current step, write a checkpoint and
+return with ``result.stopped == "SIGINT"``/``"SIGTERM"`` (the CLI then exits 130/143).
+
+Distributed training: ``rank``/``world_size`` come from ``torch.distributed`` when it is
+initialised; each rank takes its ``rank::world_size`` slice of the global batch
+(:meth:`Trainer.batch_indices`), only rank 0 logs and writes checkpoints
+(:attr:`Trainer.is_main`), and :meth:`Trainer.wrap_model` is the hook for DDP wrapping;
+:attr:`Trainer.raw_model` is always the unwrapped model.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.data.vocab import collate, pad_ids
+from attnkit.models.checkpoint import (
+    config_diff,
+    load_optimizer,
+    load_trainer_state,
+    read_manifest,
+    rng_state,
+    save_model,
+    set_rng_state,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "evaluate", "learning_rate"]
+
+Encoded = Sequence[tuple[Sequence[int], Sequence[int]]]  # (source ids, target ids), no BOS/EOS
+
+_SCHEDULES = ("cosine", "inverse_sqrt", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``steps`` is the schedule length (the cosine reaches ``min_lr_ratio *
+    lr`` there); ``time_budget`` (seconds, validation included) and ``target_accuracy``
+    (validation exact match in [0, 1]) may stop earlier. ``eval_size`` validation examples
+    (the first ones, so every evaluation sees the same set; ``None`` = all) are decoded
+    greedily every ``eval_every`` steps. ``checkpoint_every`` 0 = only at the end."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float | None = 1.0
+    label_smoothing: float = 0.0
+    eval_every: int = 250
+    eval_size: int | None = 500
+    eval_batch_size: int = 256
+    target_accuracy: float | None = None
+    time_budget: float | None = None
+    checkpoint_every: int = 0
+    max_decode_len: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0 or None, got {self.clip_norm}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError(f"TrainConfig.target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"TrainConfig.time_budget must be > 0 seconds, got {self.time_budget}")
+        if self.eval_size is not None and self.eval_size < 1:
+            raise ValueError(f"TrainConfig.eval_size must be positive or None, got {self.eval_size}")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
+    ``warmup_steps``, then cosine to ``min_lr_ratio * lr`` at ``steps``, or ``lr *
+    sqrt(warmup / step)`` (inverse square root), or constant."""
+    warm = config.warmup_steps
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "inverse_sqrt":
+        return config.lr * math.sqrt(max(warm, 1) / (step + 1))
+    progress = min(1.0, (step - warm) / max(1, config.steps - warm))
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _char_matches(pred: Sequence[int], ref: Sequence[int]) -> tuple[int, int]:
+    """Position-wise matching tokens and the length they are counted over (the longer)."""
+    return sum(p == r for p, r in zip(pred, ref, strict=False)), max(len(pred), len(ref), 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Encoded,
+    *,
+    batch_size: int = 256,
+    max_len: int | None = None,
+    beam_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Decode every source of ``data`` and compare with its target.
+
+    Returns ``{"exact_match", "char_accuracy", "n"}``: exact match = the output equals the
+    target; character accuracy = matching positions / the longer of output and target,
+    summed over the set. Greedy decoding (``beam_size=1``) or beam search.
+    """
+    from attnkit.models.seq2seq import generate
+
+    if len(data) == 0:
+        raise ValueError("evaluate needs at least one example")
+    cfg = model.config
+    if max_len is None:
+        max_len = max(len(t) for _, t in data) + 1
+    was_training = model.training
+    model.eval()
+    exact = matched = counted = 0
+    try:
+        for start in range(0, len(data), batch_size):
+            chunk = data[start:start + batch_size]
+            src, src_mask = pad_ids([s for s, _ in chunk], pad_id=cfg.pad_id)  # (b, S)
+            device = next(model.parameters()).device
+            method = "greedy" if beam_size == 1 else "beam"
+            out = generate(model, src.to(device), src_mask=src_mask.to(device), max_len=max_len,
+                           method=method, beam_size=beam_size)
+            for row, (_, ref) in zip(out.tolist(), chunk, strict=True):
+                pred = [t for t in row if t not in (cfg.eos_id, cfg.pad_id)]
+                exact += pred == list(ref)
+                m, n = _char_matches(pred, ref)
+                matched, counted = matched + m, counted + n
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        model.train(was_training)
+    return {"exact_match": exact / len(data), "char_accuracy": matched / counted, "n": len(data)}
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` did: the last step, why it stopped (``"steps"``,
+    ``"target"``, ``"time_budget"``, ``"SIGINT"``, ``"SIGTERM"``), the last validation
+    metrics, wall-clock seconds of training, and every validation as history rows."""
+
+    step: int
+    stopped: str
+    metrics: dict[str, float]
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train a seq2seq model on encoded ``(source ids, target ids)`` pairs.
+
+    ``tokenizer`` (saved with every checkpoint) and ``meta`` (free JSON: the task spec, ...)
+    are optional. ``out_dir`` is the checkpoint directory (None = no checkpoints).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Encoded,
+        valid_data: Encoded | None = None,
+        config: TrainConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        out_dir: str | Path | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        if len(train_data) < self.config.batch_size:
+            raise ValueError(f"training set of {len(train_data)} examples is smaller than batch_size={self.config.batch_size}")
+        self.raw_model = model
+        self.train_data = train_data
+        valid = list(valid_data or [])
+        self.valid_data = valid[: self.config.eval_size] if self.config.eval_size else valid
+        self.tokenizer = tokenizer
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.meta = dict(meta or {})
+        dist = torch.distributed
+        initialised = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if initialised else 0
+        self.world_size = dist.get_world_size() if initialised else 1
+        self.model = self.wrap_model(model)
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.lr, betas=self.config.betas,
+        )
+        self.step = 0
+        self.elapsed = 0.0  # training seconds before this process (resume)
+        self.history: list[dict[str, float]] = []
+        self.metrics: dict[str, float] = {}
+        self._signal: str | None = None
+        torch.manual_seed(self.config.seed)
+
+    # ---------------------------------------------------------------- hooks (DDP)
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs and writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Hook for DistributedDataParallel (or compile); identity here."""
+        return model
+
+    def batch_indices(self, step: int) -> list[int]:
+        """This rank's example indices for ``step``: epoch ``e`` is a permutation drawn from a
+        generator seeded with ``(seed, e)``, cut into ``batch_size`` slices (the last partial
+        slice is dropped); each rank takes every ``world_size``-th index of the slice."""
+        n, bs = len(self.train_data), self.config.batch_size
+        per_epoch = n // bs
+        epoch, pos = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)[pos * bs:(pos + 1) * bs]
+        return perm[self.rank::self.world_size].tolist()
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, step: int) -> tuple[float, int]:
+        """One optimizer step; returns (loss, target tokens)."""
+        cfg = self.config
+        mcfg = self.raw_model.config
+        batch = collate([self.train_data[i] for i in self.batch_indices(step)],
+                        pad_id=mcfg.pad_id, bos_id=mcfg.bos_id, eos_id=mcfg.eos_id)
+        device = next(self.raw_model.parameters()).device
+        batch = batch.to(device)
+        self.model.train()
+        logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=mcfg.pad_id,
+                               label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_norm)
+        lr = learning_rate(cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return float(loss.detach()), batch.num_target_tokens
+
+    def validate(self) -> dict[str, float]:
+        """Exact match and character accuracy on the validation examples."""
+        if not self.valid_data:
+            return {}
+        return evaluate(self.raw_model, self.valid_data, batch_size=self.config.eval_batch_size,
+                        max_len=self.config.max_decode_len)
+
+    # ---------------------------------------------------------------- checkpoints
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "metrics": self.metrics,
+                "train_config": asdict(self.config), "rng": rng_state()}
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write a checkpoint (model, optimizer, RNG, history, tokenizer) to ``directory``
+        (default ``out_dir``), atomically."""
+        directory = Path(directory) if directory is not None else self.out_dir
+        if directory is None:
+            raise ValueError("Trainer.save needs a directory (no out_dir was given)")
+        meta = {**self.meta, "step": self.step, "metrics": self.metrics}
+        return save_model(self.raw_model, directory, optimizer=self.optimizer, trainer_state=self.trainer_state(),
+                          tokenizer=self.tokenizer, meta=meta)
+
+    def resume(self, directory: str | Path | None = None) -> int:
+        """Continue from a checkpoint written by :meth:`save`: weights, optimizer, RNG states,
+        step and history. The model config must match the checkpoint's (ValueError naming the
+        differing fields otherwise; nothing is written). Returns the step reached."""
+        directory = Path(directory) if directory is not None else self.out_dir
+        if directory is None:
+            raise ValueError("Trainer.resume needs a directory (no out_dir was given)")
+        manifest = read_manifest(directory)
+        if manifest["model"] != type(self.raw_model).__name__:
+            raise ValueError(f"checkpoint {directory} holds a {manifest['model']}, this run trains a {type(self.raw_model).__name__}")
+        diff = config_diff(manifest["config"], self.raw_model.config)
+        if diff:
+            raise ValueError(f"checkpoint {directory} config does not match this run (checkpoint, run): {diff}")
+        from attnkit.models.checkpoint import load
+
+        loaded = load(directory)
+        self.raw_model.load_state_dict(loaded.state_dict())
+        load_optimizer(directory, self.optimizer)
+        state = load_trainer_state(directory)
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.history = list(state.get("history", []))
+        self.metrics = dict(state.get("metrics", {}))
+        set_rng_state(state["rng"])
+        return self.step
+
+    # ---------------------------------------------------------------- loop
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signal.Signals(signum).name
+
+    def fit(self) -> TrainResult:
+        """Train until ``steps``, the target accuracy, the time budget or a signal."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        cfg = self.config
+        handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        start = time.perf_counter()
+        stopped = "steps"
+        tokens = 0
+        loss_avg: float | None = None
+        progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                            TextColumn("val {task.fields[val]}"), TimeElapsedColumn(),
+                            disable=not (cfg.progress and self.is_main), transient=False)
+        try:
+            with progress:
+                task = progress.add_task("train", total=cfg.steps, completed=self.step, loss="-", tps="-",
+                                         val=self._val_text())
+                while self.step < cfg.steps:
+                    loss, n_tok = self.train_step(self.step)
+                    self.step += 1
+                    tokens += n_tok
+                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+                    spent = time.perf_counter() - start
+                    progress.update(task, completed=self.step, loss=f"{loss_avg:.3f}", tps=f"{tokens / max(spent, 1e-9):,.0f}")
+                    over_time = cfg.time_budget is not None and self.elapsed + spent >= cfg.time_budget
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps or over_time or self._signal:
+                        if not self._signal:
+                            self._record(self.validate(), loss_avg, self.elapsed + time.perf_counter() - start)
+                            progress.update(task, val=self._val_text())
+                        if self._signal:
+                            stopped = self._signal
+                            break
+                        if cfg.target_accuracy is not None and self.metrics.get("exact_match", 0.0) >= cfg.target_accuracy:
+                            stopped = "target"
+                            break
+                        if over_time:
+                            stopped = "time_budget"
+                            break
+                    if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None
+                            and self.is_main):
+                        self.elapsed += time.perf_counter() - start
+                        start = time.perf_counter()
+                        self.save()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        self.elapsed += time.perf_counter() - start
+        if self.out_dir is not None and self.is_main:
+            self.save()
+        return TrainResult(self.step, stopped, dict(self.metrics), self.elapsed, list(self.history))
+
+    def _record(self, metrics: dict[str, float], loss: float | None, seconds: float) -> None:
+        if not metrics:
+            return
+        self.metrics = {k: float(v) for k, v in metrics.items()}
+        self.history.append({"step": self.step, "loss": loss, "seconds": round(seconds, 3), **self.metrics})
+
+    def _val_text(self) -> str:
+        if "exact_match" not in self.metrics:
+            return "-"
+        return f"em {100 * self.metrics['exact_match']:.1f}% char {100 * self.metrics['char_accuracy']:.1f}%"
+
