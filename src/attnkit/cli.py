@@ -23,6 +23,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _root() -> None:
+    """attnkit: attention you can trust, run fast, train and see."""
+
+
 def fail(message: str) -> None:
     """Print one red line and exit with code 2."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
@@ -31,6 +36,33 @@ def fail(message: str) -> None:
 
 # --------------------------------------------------------------------------- commands
 # Each issue adds its commands below: demo, train, translate, evaluate, embed, show, bench.
+
+
+@app.command()
+def bench(
+    names: list[str] = typer.Argument(None, help="benchmark scripts to run (e.g. attention embedding); default all"),
+    quick: bool = typer.Option(False, "--quick", help="small sizes, few repeats (smoke run; results not saved)"),
+) -> None:
+    """Run the peer-vs-attnkit benchmarks of a source checkout and regenerate benchmarks/RESULTS.md."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not (root / "run_all.py").is_file():
+        fail(f"no benchmarks/ folder next to the package ({root}); run from a source checkout (pip install -e .)")
+    args = ["--quick", "--no-save"] if quick else []
+    if names:
+        scripts = [root / f"{n.removesuffix('.py')}.py" for n in names]
+        missing = [s.name for s in scripts if not s.is_file()]
+        if missing:
+            known = sorted(p.stem for p in root.glob("*.py") if p.stem not in ("harness", "run_all"))
+            fail(f"unknown benchmark(s) {', '.join(missing)}; available: {', '.join(known)}")
+        rc = max(subprocess.call([sys.executable, str(s), *args]) for s in scripts)
+        if not quick:
+            subprocess.call([sys.executable, "-c", "import run_all; print('wrote', run_all.write_results())"], cwd=root)
+    else:
+        rc = subprocess.call([sys.executable, str(root / "run_all.py"), *args])
+    raise typer.Exit(code=rc)
 
 
 def main() -> None:
