@@ -211,15 +211,18 @@ class _LocaleRenderer:
             self._fields[key] = text
         return text
 
-    def render(self, date: datetime.date, style: str) -> tuple[str, dict[str, tuple[int, int]]]:
-        """Text of ``date`` in ``style`` and the character spans of year/month/day in it."""
+    def render(self, date: datetime.date, style: str,
+               offset: int = 0) -> tuple[str, dict[str, tuple[int, int]]]:
+        """Text of ``date`` in ``style`` and the spans of year/month/day in it (+ ``offset``)."""
         parts: list[str] = []
         spans: dict[str, tuple[int, int]] = {}
-        pos = 0
+        pos = offset
         for part, table in self._compiled[style]:
             if part == "text":
-                text = table
-            elif part == "month":
+                parts.append(table)  # type: ignore[arg-type]
+                pos += len(table)  # type: ignore[arg-type]
+                continue
+            if part == "month":
                 text = table[date.month]  # type: ignore[index]
             elif part == "day":
                 text = table[date.day]  # type: ignore[index]
@@ -230,10 +233,10 @@ class _LocaleRenderer:
                 text = self._years.get(key)
                 if text is None:
                     text = self._years[key] = self.field(table[0], table[1], date)  # type: ignore[index]
-            if part != "text" and part != "weekday":
-                spans[part] = (pos, pos + len(text))  # type: ignore[arg-type]
-            parts.append(text)  # type: ignore[arg-type]
-            pos += len(text)  # type: ignore[arg-type]
+            end = pos + len(text)
+            spans[part] = (pos, end)
+            parts.append(text)
+            pos = end
         return "".join(parts), spans
 
     def month_field(self, style: str) -> tuple[str, int] | None:
@@ -321,13 +324,14 @@ class DateTask:
             raise ValueError(f"year {date.year} is outside the window {self.years[0]}-{self.years[1]}")
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        return self._render(date, locale, style, tagged)
+
+    def _render(self, date: datetime.date, locale: str, style: str, tagged: bool) -> DateExample:
         r = self.renderers.get(locale) or _renderer(locale)
-        text, spans = r.render(date, style)
         prefix = tag(locale) if tagged else ""
-        off = len(prefix)
-        s = {k: (a + off, b + off) for k, (a, b) in spans.items()}
-        return DateExample(prefix + text, date.isoformat(), locale=locale, style=style, date=date,
-                           tagged=tagged, year_span=s["year"], month_span=s["month"], day_span=s["day"])
+        text, s = r.render(date, style, len(prefix))
+        return DateExample(prefix + text, date.isoformat(), locale, style, date, tagged,
+                           s["year"], s["month"], s["day"])
 
     def generate(self, n: int, *, seed: int = 0, split: str = "train",
                  untagged: float = 0.2) -> list[DateExample]:
@@ -348,7 +352,7 @@ class DateTask:
             locale = self.locales[int(rand() * nl)]
             style = self.styles[int(rand() * ns)]
             drop = rand() < untagged and (locale, style) in self.untaggable
-            out.append(self.render(date, locale, style, tagged=not drop))
+            out.append(self._render(date, locale, style, not drop))
         return out
 
     def _split_dates(self, split: str) -> list[datetime.date]:
