@@ -1,0 +1,172 @@
+"""viz: heatmaps and the HTML explorer (no browser here; see test_browser.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from attnkit.viz.explorer import encode_weights, explorer, normalise_weights
+from attnkit.viz.heatmap import heatmap
+
+
+def softmax_weights(*shape: int, temperature: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Random attention weights: softmax over the last axis, rows sum to 1."""
+    scores = np.random.default_rng(seed).normal(size=shape) * temperature
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def page_data(path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', text, re.S)
+    assert match, "the page embeds its data"
+    return json.loads(match.group(1))
+
+
+# ------------------------------------------------------------------------------ heatmap
+
+
+def test_heatmap_writes_png_and_svg_with_labels(tmp_path) -> None:
+    x = ["<de_DE>", "24", ".", "November", "2026"]
+    y = ["2026", "-", "11", "-", "24"]
+    w = torch.softmax(torch.randn(len(y), len(x)), dim=-1)
+    fig = heatmap(w, x, y, path=tmp_path / "a.png", title="de_DE")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == x
+    assert [t.get_text() for t in ax.get_yticklabels()] == y
+    assert all(t.get_rotation() == 90 for t in ax.get_xticklabels())  # multi-char labels rotated
+    assert len(fig.axes) == 2  # the colour bar
+    heatmap(w.numpy(), x, y, path=tmp_path / "sub" / "a.svg")
+    assert (tmp_path / "sub" / "a.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_heatmap_non_latin_labels_fall_back_without_warnings(tmp_path) -> None:
+    tokens = list("<ar_EG> ١٥ نوفمبر ٢٠٢٦ 東京 한국 ქართ ไทย বাং हिन ") + ["🙂", "\u0378"]
+    w = softmax_weights(3, len(tokens))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # missing glyphs must not warn (or raise)
+        heatmap(w, tokens, ["a", "b", "c"], path=tmp_path / "scripts.png")
+    assert (tmp_path / "scripts.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("shape", "nx", "ny"),
+    [((3, 4), 4, 2), ((3, 4), 3, 3), ((2, 3, 4), 4, 3), ((4,), 4, 1)],
+)
+def test_heatmap_rejects_mismatched_shapes(shape, nx, ny) -> None:
+    with pytest.raises(ValueError, match=r"shape|2-D"):
+        heatmap(np.ones(shape), ["x"] * nx, ["y"] * ny)
+
+
+def test_heatmap_rejects_nan() -> None:
+    w = np.ones((2, 2))
+    w[0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        heatmap(w, ["a", "b"], ["c", "d"])
+
+
+def test_heatmap_empty_and_long(tmp_path) -> None:
+    heatmap(np.zeros((0, 0)), [], [], path=tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").exists()
+    n = 512
+    fig = heatmap(softmax_weights(n, n), [f"t{i}" for i in range(n)],
+                  [f"t{i}" for i in range(n)], path=tmp_path / "long.png")
+    assert 0 < len(fig.axes[0].get_xticklabels()) <= 80  # labels thinned, not 512 overlapping
+
+
+# ------------------------------------------------------------------------------ explorer
+
+
+def test_encoding_round_trip_error_is_below_half_a_step() -> None:
+    w = softmax_weights(2, 3, 17, 17)
+    enc = encode_weights(w)
+    assert enc.top_k is None and enc.q.dtype == np.uint8
+    step = enc.rowmax[..., None].astype(np.float64) / 255
+    assert np.all(np.abs(enc.dequantise() - w) <= step / 2 + 1e-7)
+    assert enc.kept_mass == pytest.approx(1.0, abs=1e-12)
+
+
+def test_topk_keeps_the_largest_weights_per_row() -> None:
+    w = softmax_weights(1, 2, 9, 40, temperature=3.0)
+    enc = encode_weights(w, top_k=5)
+    assert enc.top_k == 5
+    assert np.all(np.count_nonzero(enc.q, axis=-1) <= 5)
+    # the 5 largest of every row survive (as the row's largest quantised values)
+    top = np.sort(w, axis=-1)[..., -5:].sum(-1) / w.sum(-1)
+    assert enc.kept_mass == pytest.approx(top.mean(), rel=1e-9)
+    deq = enc.dequantise()
+    largest = np.argmax(w, axis=-1)
+    assert np.array_equal(np.argmax(deq, axis=-1), largest)
+
+
+def test_explorer_page_is_self_contained_and_decodes(tmp_path) -> None:
+    tokens = ["[CLS]", "time", "flies", "</script>", "<b>x</b>", "[SEP]"]
+    w = torch.softmax(torch.randn(2, 4, 6, 6), dim=-1)
+    path = explorer(tokens, w, tmp_path / "view.html", title="A <title> & more")
+    text = path.read_text(encoding="utf-8")
+    assert "A &lt;title&gt; &amp; more" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # no network
+    assert "<link" not in text and "@import" not in text
+    data = page_data(path)
+    assert data["left"] == tokens and data["right"] == tokens and not data["cross"]
+    assert (data["layers"], data["heads"], data["nq"], data["nk"]) == (2, 4, 6, 6)
+    q = np.frombuffer(base64.b64decode(data["q"]), np.uint8).reshape(2, 4, 6, 6)
+    rowmax = np.frombuffer(base64.b64decode(data["rowmax"]), "<f4").reshape(2, 4, 6)
+    deq = q * rowmax[..., None].astype(np.float64) / 255
+    assert np.abs(deq - w.numpy()).max() <= 1 / 510 + 1e-7
+
+
+def test_explorer_cross_attention_list(tmp_path) -> None:
+    out, src = list("2026-11-24"), list("24. November 2026")
+    layers = [softmax_weights(len(out), len(src), seed=s) for s in range(3)]  # (T, S) per layer
+    data = page_data(explorer((out, src), layers, tmp_path / "cross.html"))
+    assert data["cross"] and data["left"] == out and data["right"] == src
+    assert (data["layers"], data["heads"]) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "shape"),
+    [
+        (["a", "b", "c"], (2, 2, 4, 4)),  # T mismatch
+        (["a", "b"], (2, 2, 2, 3)),  # not square for a self-attention token list
+        ((["a"], ["b", "c"]), (1, 1, 2, 2)),  # cross pair mismatch
+        (["a", "b"], (2, 2, 2, 2, 2, 2)),  # too many dims
+    ],
+)
+def test_explorer_rejects_mismatched_shapes(tmp_path, tokens, shape) -> None:
+    with pytest.raises(ValueError, match=r"match|shape"):
+        explorer(tokens, np.full(shape, 0.5), tmp_path / "bad.html")
+    assert not (tmp_path / "bad.html").exists()
+
+
+def test_explorer_rejects_negative_and_ragged(tmp_path) -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        explorer(["a", "b"], -np.ones((1, 1, 2, 2)), tmp_path / "x.html")
+    with pytest.raises(ValueError, match="differ in shape"):
+        normalise_weights([np.ones((2, 2)), np.ones((2, 3))])
+
+
+def test_explorer_sizes_64_and_512_tokens(tmp_path) -> None:
+    small = explorer([f"t{i}" for i in range(64)], softmax_weights(6, 12, 64, 64),
+                     tmp_path / "64.html")
+    assert small.stat().st_size < 3_000_000
+    assert page_data(small)["encoding"] == "dense"
+    big = explorer([f"w{i}" for i in range(512)],
+                   softmax_weights(6, 12, 512, 512, temperature=3.0, seed=1).astype(np.float32),
+                   tmp_path / "512.html")
+    assert big.stat().st_size < 25_000_000
+    data = page_data(big)
+    assert data["encoding"] == "topk" and data["keptMass"] > 0.9
+
+
+def test_explorer_empty_text(tmp_path) -> None:
+    path = explorer([], np.zeros((6, 12, 0, 0)), tmp_path / "empty.html")
+    data = page_data(path)
+    assert data["nq"] == 0 and data["left"] == []
