@@ -283,6 +283,19 @@ def _block_plan(rank: int, src: int, P: int, n: int, causal: bool, layout: str):
     return slice(half, None), every, False  # only our late chunk 2P-1-rank sees src's chunks
 
 
+def _merge(out: Tensor, lse: Tensor, o: Tensor, l_blk: Tensor) -> None:
+    """Fold one block's ``(o (B, H, rows, dv), l_blk (B, H, rows))`` into the running
+    ``out``/``lse`` views, in place (online softmax)::
+
+        lse' = logaddexp(lse, l_blk)
+        out' = out * exp(lse - lse') + o * exp(l_blk - lse')
+             = out - sigmoid(l_blk - lse) * (out - o)
+    """
+    w = torch.sigmoid(l_blk - lse).unsqueeze(-1)  # (B, H, rows, 1); lse = -inf -> 1
+    out.sub_(w * (out - o.to(out.dtype)))
+    lse.copy_(torch.logaddexp(lse, l_blk))
+
+
 def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor]:
     ring = _Ring(group)
     P, r, n = ring.size, ring.rank, q.shape[-2]
@@ -297,11 +310,7 @@ def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor
         if plan is not None:
             qs, ks, blk_causal = plan
             o, l_blk = _block_forward(q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :], causal=blk_causal, scale=scale)
-            l_old = lse[..., qs]
-            l_new = torch.logaddexp(l_old, l_blk)  # (B, H, rows)
-            out[..., qs, :] = (out[..., qs, :] * torch.exp(l_old - l_new).unsqueeze(-1)
-                               + o.to(acc) * torch.exp(l_blk - l_new).unsqueeze(-1))
-            lse[..., qs] = l_new
+            _merge(out[..., qs, :], lse[..., qs], o, l_blk)
         if pending is not None:
             k_cur, v_cur = pending.wait()
     return out.to(q.dtype), lse
