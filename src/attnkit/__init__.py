@@ -14,6 +14,7 @@ from attnkit.attention import (
     MultiHeadAttention,
 )
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
+from attnkit.models.bert import BertConfig, BertEncoder, SentenceEncoder
 from attnkit.models.checkpoint import load, save_model
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
 from attnkit.models.seq2seq import TransformerSeq2Seq, generate, label_smoothed_cross_entropy
@@ -34,6 +35,8 @@ __all__ = [
     "AdditiveAttention",
     "AttentionDecoder",
     "AttentionHead",
+    "BertConfig",
+    "BertEncoder",
     "Decoder",
     "DecoderLayer",
     "DotAttention",
@@ -47,6 +50,7 @@ __all__ = [
     "RNNConfig",
     "RNNEncoder",
     "RNNSeq2Seq",
+    "SentenceEncoder",
     "TransformerConfig",
     "TransformerSeq2Seq",
     "causal_mask",
