@@ -22,6 +22,7 @@ initialised; each rank takes its ``rank::world_size`` slice of the global batch
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import threading
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.data.vocab import collate, pad_ids
+from attnkit.distributed import peer_guard, sync_stop
 from attnkit.models.checkpoint import (
     config_diff,
     load_optimizer,
@@ -247,8 +249,17 @@ class Trainer:
         return self.rank == 0
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Hook for DistributedDataParallel (or compile); identity here."""
-        return model
+        """DistributedDataParallel when this process is one of several ranks (gradients are
+        averaged over ranks during backward); the model itself otherwise."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        # buffers here are constant tables (positions): nothing to broadcast at every forward
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+            else "broadcast_buffers"
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **{sync: False})
 
     def batch_indices(self, step: int) -> list[int]:
         """This rank's example indices for ``step``: epoch ``e`` is a permutation drawn from a
@@ -272,8 +283,13 @@ class Trainer:
         batch = batch.to(device)
         self.model.train()
         logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # (B, T, V)
+        n_tokens = batch.num_target_tokens
         loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=mcfg.pad_id,
-                               label_smoothing=cfg.label_smoothing)
+                               label_smoothing=cfg.label_smoothing, reduction="mean" if self.world_size == 1 else "sum")
+        if self.world_size > 1:  # weight every token of the global batch alike (see ddp_token_loss)
+            from attnkit.distributed import ddp_token_loss
+
+            loss, loss_value, n_tokens = ddp_token_loss(loss, n_tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_norm is not None:
@@ -282,7 +298,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return float(loss.detach()), batch.num_target_tokens
+        return (float(loss.detach()) if self.world_size == 1 else loss_value), n_tokens
 
     def validate(self) -> dict[str, float]:
         """Exact match and character accuracy on the validation examples."""
@@ -358,13 +374,17 @@ class Trainer:
                 task = progress.add_task("train", total=cfg.steps, completed=self.step, loss="-", tps="-",
                                          val=self._val_text())
                 while self.step < cfg.steps:
-                    loss, n_tok = self.train_step(self.step)
+                    with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
+                        loss, n_tok = self.train_step(self.step)
                     self.step += 1
                     tokens += n_tok
                     loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
                     spent = time.perf_counter() - start
                     progress.update(task, completed=self.step, loss=f"{loss_avg:.3f}", tps=f"{tokens / max(spent, 1e-9):,.0f}")
                     over_time = cfg.time_budget is not None and self.elapsed + spent >= cfg.time_budget
+                    if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
+                        with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
+                            over_time, self._signal = sync_stop(over_time, self._signal)
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps or over_time or self._signal:
                         if not self._signal:
                             self._record(self.validate(), loss_avg, self.elapsed + time.perf_counter() - start)
@@ -401,4 +421,3 @@ class Trainer:
         if "exact_match" not in self.metrics:
             return "-"
         return f"em {100 * self.metrics['exact_match']:.1f}% char {100 * self.metrics['char_accuracy']:.1f}%"
-
