@@ -237,8 +237,10 @@ def _attention_math(
         # (..., Hkv*G, L, d) -> (..., Hkv, G, L, d); keys get a broadcast group dim
         q = q.unflatten(-3, (k.shape[-3], groups))
         k, v = k.unsqueeze(-3), v.unsqueeze(-3)
-        if mask is not None and mask.dim() >= 3 and mask.shape[-3] != 1:
-            mask = mask.unflatten(-3, (k.shape[-4], groups))
+        if mask is not None and mask.dim() >= 3:
+            # a per-head mask splits like the query; a broadcast heads dim (1) gets a group dim,
+            # so a (B, 1, L, S) mask keeps its batch dim aligned with the query's
+            mask = mask.unflatten(-3, (k.shape[-4], groups)) if mask.shape[-3] != 1 else mask.unsqueeze(-3)
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     scores = scaled_dot_scores(q.to(compute_dtype), k.to(compute_dtype), scale)  # (..., L, S)
     weights = masked_softmax(scores, mask, inplace=True)  # (..., L, S), float32 for half inputs
