@@ -442,7 +442,7 @@ class SentenceEncoder(nn.Module):
             out = torch.stack([h.max(0).values for h in hidden.split(lengths)])
         else:  # mean over each sequence: one reshape-and-mean per run of equal lengths
             out = hidden.new_zeros(len(lengths), hidden.shape[1])  # (b, E); empty sequences stay 0
-            seq_at = {int(start): i for i, (start, n) in enumerate(zip(cu.tolist(), lengths, strict=True)) if n}
+            seq_at = {int(start): i for i, (start, n) in enumerate(zip(cu.tolist()[:-1], lengths, strict=True)) if n}
             for first, count, L in equal_length_runs(lengths):
                 b0 = seq_at[first]  # the first sequence of the run
                 out[b0 : b0 + count] = hidden[first : first + count * L].view(count, L, -1).mean(1)
@@ -503,6 +503,16 @@ class SentenceEncoder(nn.Module):
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
         ids, _, cut = self.tokenize(texts)
         self._warn_cut(cut, len(ids))
+        return self.embed_ids(ids, batch_size=batch_size, progress=progress, packed=packed, max_tokens=max_tokens)
+
+    @torch.inference_mode()
+    def embed_ids(
+        self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False, packed: bool = True,
+        max_tokens: int = 2048,
+    ) -> Tensor:
+        """:meth:`embed` for texts already tokenized by :meth:`tokenize` -> ``(n, E)``."""
+        if batch_size <= 0 or max_tokens <= 0:
+            raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
         out = torch.empty(len(ids), self.dim)
         if not ids:
             return out
@@ -552,3 +562,48 @@ class _progress:
         if self.bar is not None:
             self.bar.stop()
 
+
+
+# --------------------------------------------------------------------------- files (CLI)
+
+EMBED_FORMATS = (".npy", ".jsonl")
+
+
+def embed_file(
+    input_path: str | Path, out_path: str | Path, *, model: str | Path = "all-MiniLM-L6-v2", batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[int, int, int]:
+    """Embed every line of a UTF-8 text file (empty lines included, so row ``i`` is line ``i``).
+
+    Writes ``.npy`` (a float32 ``(n, E)`` matrix) or ``.jsonl`` (one ``{"text", "embedding"}``
+    object per line), atomically (temp file + rename). Returns ``(texts, truncated, dim)``.
+    """
+    import numpy as np
+
+    input_path, out_path = Path(input_path), Path(out_path)
+    if out_path.suffix not in EMBED_FORMATS:
+        raise ValueError(f"--out must end in {' or '.join(EMBED_FORMATS)}, got {out_path.name!r}")
+    if not input_path.exists():
+        raise FileNotFoundError(f"input file {input_path} does not exist")
+    if not input_path.is_file():
+        raise ValueError(f"input {input_path} is not a file")
+    try:
+        texts = input_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{input_path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if not out_path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
+    encoder = SentenceEncoder.from_pretrained(model)
+    ids, _, cut = encoder.tokenize(texts)
+    emb = encoder.embed_ids(ids, batch_size=batch_size, progress=progress).numpy()  # (n, E) float32
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with open(tmp, "wb") as f:
+        if out_path.suffix == ".npy":
+            np.save(f, emb)
+        else:
+            for text, vec in zip(texts, emb.tolist(), strict=True):
+                f.write((json.dumps({"text": text, "embedding": vec}, ensure_ascii=False) + "\n").encode())
+    tmp.replace(out_path)
+    return len(texts), cut, encoder.dim
