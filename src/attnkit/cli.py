@@ -65,6 +65,28 @@ def bench(
     raise typer.Exit(code=rc)
 
 
+# ---- embed (BERT engineer) --------------------------------------------------------------
+
+
+@app.command()
+def embed(
+    input_file: str = typer.Argument(..., metavar="INPUT.txt", help="UTF-8 text file, one text per line"),
+    out: str = typer.Option(..., "--out", help="output: .npy (float32 matrix) or .jsonl ({text, embedding} per line)"),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers BERT folder or known name"),
+    batch_size: int = typer.Option(32, "--batch-size", help="texts per batch on the padded path"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Embed each line of INPUT.txt with a pretrained sentence encoder (packed: no compute on padding)."""
+    try:
+        from attnkit.models.bert import embed_file
+
+        n, cut, dim = embed_file(input_file, out, model=model, batch_size=batch_size, progress=not quiet)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    note = f", {cut} truncated to the model's max_seq_length" if cut else ""
+    console.print(f"embedded {n} lines ({dim} dims{note}) -> {out}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, mapping user errors to one red line and exit code 2."""
     try:
