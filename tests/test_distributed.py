@@ -279,6 +279,25 @@ def _ddp_rank(rank: int, world: int, port: int, out_dir: str, report: str) -> No
         os._exit(3)
 
 
+def test_peer_guard_and_init_without_torchrun(monkeypatch) -> None:
+    """A failed collective becomes a PeerLostError naming rank, step and checkpoint; other
+    errors pass through; one process is a no-op; init_distributed outside torchrun does nothing."""
+    with pytest.raises(akd.PeerLostError, match=r"rank 1 of 2: lost contact .* during step 7 .* in /ckpt is intact"):
+        with akd.peer_guard(1, 2, 7, "/ckpt"):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+    with pytest.raises(RuntimeError, match="shape mismatch") as info:
+        with akd.peer_guard(1, 2, 7, "/ckpt"):
+            raise RuntimeError("shape mismatch")
+    assert not isinstance(info.value, akd.PeerLostError)
+    with pytest.raises(RuntimeError, match="Connection closed") as info:
+        with akd.peer_guard(0, 1, 7, "/ckpt"):
+            raise RuntimeError("Connection closed by peer")
+    assert not isinstance(info.value, akd.PeerLostError)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert akd.init_distributed() is False and not dist.is_initialized()
+    assert akd.default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """Run 2 DDP ranks (global batch 8 = 4 per rank) with a checkpoint every 2 steps; rank 1 is
