@@ -255,6 +255,8 @@ class Trainer:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
+        if torch.distributed.get_backend() == "nccl":  # one GPU per process (init_distributed picked it)
+            model.to(torch.device("cuda", torch.cuda.current_device()))
         device = next(model.parameters()).device
         # buffers here are constant tables (positions): nothing to broadcast at every forward
         sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
