@@ -65,6 +65,134 @@ def bench(
     raise typer.Exit(code=rc)
 
 
+# ---- train / translate / evaluate (RNN/training engineer) ---------------------------------
+
+
+@app.command()
+def train(
+    task: str = typer.Option("dates", "--task", help="dates | reverse | copy | tsv:PATH"),
+    arch: str = typer.Option("rnn", "--arch", help="rnn | transformer"),
+    attention: str = typer.Option("additive", "--attention", help="RNN attention: additive | general | dot | none"),
+    out: str = typer.Option(..., "--out", help="checkpoint directory (written atomically)"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps (the schedule length) [default: 4000]"),
+    time_budget: float = typer.Option(None, "--time-budget", help="stop after this many seconds (validation included)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out (same result as one run)"),
+    target: float = typer.Option(None, "--target", help="stop once validation exact match reaches this (0-1)"),
+    batch_size: int = typer.Option(None, "--batch-size", help="examples per step"),
+    lr: float = typer.Option(None, "--lr", help="peak learning rate"),
+    hidden: int = typer.Option(None, "--hidden", help="RNN hidden size / Transformer embedding size"),
+    cell: str = typer.Option("gru", "--cell", help="RNN cell: gru | lstm"),
+    n_train: int = typer.Option(100_000, "--n-train", help="generated training examples (dates/reverse/copy)"),
+    tokenizer: str = typer.Option("char", "--tokenizer", help="tsv: char | bpe"),
+    eval_every: int = typer.Option(250, "--eval-every", help="validate every N steps"),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="checkpoint every N steps (0 = end only)"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Train a seq2seq model (RNN with attention, or Transformer) and save a checkpoint in --out."""
+    try:
+        from attnkit.train import train_command
+
+        result = train_command(task=task, arch=arch, attention=attention, out=out, steps=steps,
+                               time_budget=time_budget, resume=resume, target=target, batch_size=batch_size,
+                               lr=lr, hidden=hidden, cell=cell, n_train=n_train, tokenizer=tokenizer,
+                               eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
+                               threads=threads, progress=not quiet, console=console)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # under torchrun: another rank died (message names the checkpoint)
+        from attnkit.distributed import PeerLostError
+
+        if not isinstance(exc, PeerLostError):
+            raise
+        fail(str(exc))
+    m = result.metrics
+    acc = f"exact match {100 * m['exact_match']:.2f}%, char accuracy {100 * m['char_accuracy']:.2f}%" if m else "no validation"
+    console.print(f"step {result.step} ({result.stopped}, {result.seconds:.0f} s): {acc} -> {out}", highlight=False)
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(code=130 if result.stopped == "SIGINT" else 143)
+
+
+@app.command()
+def translate(
+    checkpoint: str = typer.Argument(..., help="checkpoint directory written by `attnkit train`"),
+    texts: list[str] = typer.Argument(..., help="inputs to translate; `-` reads one per line from stdin"),
+    beam: int = typer.Option(1, "--beam", help="beam size (1 = greedy)"),
+    alignment: str = typer.Option(None, "--alignment", help="write the attention heatmap (input x output characters) here"),
+    max_len: int = typer.Option(None, "--max-len", help="longest output in tokens"),
+) -> None:
+    """Translate inputs with a trained checkpoint: `attnkit translate DIR "24. November 2026"` -> 2026-11-24."""
+    try:
+        from attnkit.train import translate_command
+
+        if "-" in texts:
+            stdin = [line.rstrip("\r\n") for line in sys.stdin]
+            texts = [t for x in texts for t in (stdin if x == "-" else [x])]
+        outputs = translate_command(checkpoint, texts, beam=beam, alignment=alignment, max_len=max_len)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for line in outputs:
+        typer.echo(line)
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="checkpoint directory written by `attnkit train`"),
+    task: str = typer.Option(None, "--task", help="dates | reverse | copy | tsv:PATH (default: the checkpoint's task)"),
+    beam: int = typer.Option(1, "--beam", help="beam size (1 = greedy)"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object {"exact_match", "char_accuracy", "n"}'),
+) -> None:
+    """Exact match and character accuracy on the task's held-out split (a TSV's last 10%)."""
+    import json as _json
+
+    try:
+        from attnkit.train import evaluate_command
+
+        metrics = evaluate_command(checkpoint, task=task, beam=beam, progress=not as_json)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(_json.dumps(metrics))
+    else:
+        console.print(f"exact match {100 * metrics['exact_match']:.2f}%  char accuracy "
+                      f"{100 * metrics['char_accuracy']:.2f}%  (n={metrics['n']})", highlight=False)
+
+
+# ---- show / demo (viz engineer) --------------------------------------------------------
+
+
+@app.command()
+def show(
+    text: str = typer.Argument(..., help="the text whose self-attention to show"),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers BERT folder or known name"),
+    out: str = typer.Option("view.html", "--out", help="the explorer page to write (one offline HTML file)"),
+    png: str = typer.Option(None, "--png", help="also write one heatmap per layer (mean over heads) to this folder"),
+) -> None:
+    """Write the attention explorer (head view + model view) of a pretrained encoder for TEXT."""
+    try:
+        from attnkit.demo import show_command
+
+        path, pngs = show_command(text, model=model, out=out, png=png)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {path}" + (f" and {len(pngs)} heatmaps in {png}" if pngs else ""), highlight=False)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("attnkit-demo", "--out", help="folder for the pictures, models and index.html"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke run in under a minute (tiny training budgets)"),
+) -> None:
+    """The guided tour: train three date translators, draw their alignments, explore MiniLM's heads."""
+    try:
+        from attnkit.demo import run_demo
+
+        run_demo(out, quick=quick, console=console)  # prints the path of index.html
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 # ---- embed (BERT engineer) --------------------------------------------------------------
 
 

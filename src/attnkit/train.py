@@ -239,6 +239,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds before this process (resume)
         self.history: list[dict[str, float]] = []
         self.metrics: dict[str, float] = {}
+        self.loss_avg: float | None = None  # running mean of the training loss (progress, history)
         self._signal: str | None = None
         torch.manual_seed(self.config.seed)
 
@@ -312,7 +313,7 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "metrics": self.metrics,
-                "train_config": asdict(self.config), "rng": rng_state()}
+                "loss_avg": self.loss_avg, "train_config": asdict(self.config), "rng": rng_state()}
 
     def save(self, directory: str | Path | None = None) -> Path:
         """Write a checkpoint (model, optimizer, RNG, history, tokenizer) to ``directory``
@@ -347,6 +348,7 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         self.history = list(state.get("history", []))
         self.metrics = dict(state.get("metrics", {}))
+        self.loss_avg = state.get("loss_avg")
         set_rng_state(state["rng"])
         return self.step
 
@@ -366,7 +368,6 @@ class Trainer:
         start = time.perf_counter()
         stopped = "steps"
         tokens = 0
-        loss_avg: float | None = None
         progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                             TextColumn("val {task.fields[val]}"), TimeElapsedColumn(),
@@ -380,16 +381,16 @@ class Trainer:
                         loss, n_tok = self.train_step(self.step)
                     self.step += 1
                     tokens += n_tok
-                    loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
+                    self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
                     spent = time.perf_counter() - start
-                    progress.update(task, completed=self.step, loss=f"{loss_avg:.3f}", tps=f"{tokens / max(spent, 1e-9):,.0f}")
+                    progress.update(task, completed=self.step, loss=f"{self.loss_avg:.3f}", tps=f"{tokens / max(spent, 1e-9):,.0f}")
                     over_time = cfg.time_budget is not None and self.elapsed + spent >= cfg.time_budget
                     if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
                         with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
                             over_time, self._signal = sync_stop(over_time, self._signal)
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps or over_time or self._signal:
                         if not self._signal:
-                            self._record(self.validate(), loss_avg, self.elapsed + time.perf_counter() - start)
+                            self._record(self.validate(), self.loss_avg, self.elapsed + time.perf_counter() - start)
                             progress.update(task, val=self._val_text())
                         if self._signal:
                             stopped = self._signal
@@ -423,3 +424,205 @@ class Trainer:
         if "exact_match" not in self.metrics:
             return "-"
         return f"em {100 * self.metrics['exact_match']:.1f}% char {100 * self.metrics['char_accuracy']:.1f}%"
+
+
+
+# ----------------------------------------------------------------------------- workflows (CLI)
+
+#: Model sizes the CLI trains with, tuned to reach the issue's targets on 2 CPU cores.
+RNN_DEFAULTS: dict[str, Any] = {"embed_dim": 64, "hidden_dim": 128, "num_layers": 1, "cell": "gru"}
+TRANSFORMER_DEFAULTS: dict[str, Any] = {"embed_dim": 128, "num_heads": 4, "num_encoder_layers": 2,
+                                        "num_decoder_layers": 2, "ff_dim": 256, "dropout": 0.0}
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rnn": {"batch_size": 64, "lr": 3e-3, "warmup_steps": 100},
+    "transformer": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 200},
+}
+ARCHS = ("rnn", "transformer")
+
+
+def build_model(arch: str, vocab_size: int, *, attention: str = "additive", pad_id: int = 0, bos_id: int = 1,
+                eos_id: int = 2, max_len: int = 512, **sizes: Any) -> nn.Module:
+    """A fresh ``RNNSeq2Seq`` (``arch="rnn"``) or ``TransformerSeq2Seq`` over one shared
+    vocabulary of ``vocab_size``; ``sizes`` override :data:`RNN_DEFAULTS` /
+    :data:`TRANSFORMER_DEFAULTS`. ``attention`` applies to the RNN only."""
+    ids = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id}
+    if arch == "rnn":
+        from attnkit.models.rnn_seq2seq import RNNSeq2Seq
+        from attnkit.rnn import RNNConfig
+
+        return RNNSeq2Seq(RNNConfig(vocab_size, attention=attention, **{**RNN_DEFAULTS, **sizes}, **ids))
+    if arch == "transformer":
+        from attnkit.models.seq2seq import TransformerSeq2Seq
+        from attnkit.transformer import TransformerConfig
+
+        cfg = {**TRANSFORMER_DEFAULTS, **sizes}
+        return TransformerSeq2Seq(TransformerConfig(vocab_size, max_len=max_len, **cfg, **ids))
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+def task_from_meta(meta: dict[str, Any], spec: str | None = None, *, train: bool = True) -> Any:
+    """Rebuild the task a checkpoint was trained on (``meta`` from its config.json), or the
+    task ``spec`` with the checkpoint's generation options (seed, sizes). ``train=False``
+    skips generating a training split (evaluation needs only the held-out one)."""
+    from attnkit.data import load_task
+
+    options = dict(meta.get("task_options", {}))
+    saved = meta.get("task")
+    spec = spec or saved
+    if spec is None:
+        raise ValueError("the checkpoint does not say which task it was trained on; pass --task")
+    if spec != saved:  # another task: keep only the generic options
+        options = {k: v for k, v in options.items() if k in ("seed", "n_test")}
+    if not train:
+        options["n_train"] = 0
+    return load_task(spec, **options)
+
+
+def _encode_task(task: Any, tokenizer: Any) -> tuple[list, list]:
+    from attnkit.data import encode_pairs
+
+    return encode_pairs(tokenizer, task.train), encode_pairs(tokenizer, task.test)
+
+
+def train_command(
+    *, task: str, arch: str, attention: str, out: str | Path, steps: int | None = None,
+    time_budget: float | None = None, resume: bool = False, target: float | None = None,
+    batch_size: int | None = None, lr: float | None = None, hidden: int | None = None, cell: str = "gru",
+    n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", eval_every: int = 250,
+    checkpoint_every: int = 1000, seed: int = 0, threads: int | None = None, progress: bool = True,
+    console: Any = None,
+) -> TrainResult:
+    """``attnkit train``: build (or, with ``resume``, reload) the model and task, train, save.
+
+    Without ``resume`` an existing checkpoint in ``out`` is an error (nothing is touched);
+    with ``resume`` the task, architecture and attention must match the checkpoint's, and
+    the saved training settings are reused (``steps``/``time_budget``/``target`` may be
+    changed; the rest would change the result)."""
+    from attnkit.data import load_task, load_tokenizer
+    from attnkit.models.checkpoint import _is_checkpoint, load
+
+    if threads:
+        torch.set_num_threads(threads)
+    from attnkit.distributed import init_distributed
+
+    init_distributed()  # under torchrun: join its process group (gloo on CPU, nccl on GPU); else no-op
+    if arch not in ARCHS:
+        raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
+    out = Path(out)
+    overrides = {k: v for k, v in {"steps": steps, "time_budget": time_budget, "target_accuracy": target}.items()
+                 if v is not None}
+    if resume:
+        manifest = read_manifest(out)
+        meta = dict(manifest["meta"])
+        asked = {"task": task, "arch": arch}
+        if arch == "rnn":
+            asked["attention"] = attention
+        saved = {"task": meta.get("task"), "arch": meta.get("arch"), "attention": manifest["config"].get("attention")}
+        wrong = {k: (saved[k], v) for k, v in asked.items() if saved[k] != v}
+        if wrong:
+            raise ValueError(f"--resume: the checkpoint in {out} does not match this command (checkpoint, command): {wrong}")
+        state = load_trainer_state(out)
+        config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
+        tok = load_tokenizer(out)
+        train_data, test_data = _encode_task(task_from_meta(meta), tok)
+        model = load(out).train()
+        trainer = Trainer(model, train_data, test_data, config, tokenizer=tok, out_dir=out, meta=meta)
+        trainer.resume()
+        return trainer.fit()
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        hint = "; pass --resume to continue it" if _is_checkpoint(out) else ""
+        raise ValueError(f"--out {out} already exists and is not empty{hint}; nothing was overwritten")
+    options: dict[str, Any] = {"seed": seed, "n_test": n_test}
+    if not task.startswith("tsv:"):
+        options["n_train"] = n_train
+    else:
+        options["tokenizer"] = tokenizer
+    task_obj = load_task(task, **options)
+    tok = task_obj.tokenizer
+    train_data, test_data = _encode_task(task_obj, tok)
+    longest = max(max(len(s), len(t)) for s, t in [*train_data, *test_data])
+    sizes: dict[str, Any] = {}
+    if hidden is not None:
+        sizes["hidden_dim" if arch == "rnn" else "embed_dim"] = hidden
+    if arch == "rnn":
+        sizes["cell"] = cell
+    torch.manual_seed(seed)
+    model = build_model(arch, len(tok), attention=attention, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                        eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
+    defaults = TRAIN_DEFAULTS[arch]
+    config = TrainConfig(**{
+        "steps": 4000, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"],
+        "warmup_steps": defaults["warmup_steps"], "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides,
+    })
+    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k != "tokenizer"}, "arch": arch,
+            "max_len": max(len(t) for _, t in train_data) + 8, "task_info": task_obj.info}
+    trainer = Trainer(model, train_data, test_data, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
+    return trainer.fit()
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with anything JSON cannot hold turned into a string."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int = 1,
+                      alignment: str | Path | None = None, max_len: int | None = None) -> list[str]:
+    """``attnkit translate``: decode ``texts`` with a checkpoint; with ``alignment`` also
+    write the attention heatmap (input x output tokens) of each input (``out.png``, or
+    ``out-1.png``, ``out-2.png``, ... for several inputs)."""
+    from attnkit.data import load_tokenizer, pad_ids
+    from attnkit.models.checkpoint import load
+    from attnkit.models.seq2seq import generate
+
+    if not texts:
+        raise ValueError("nothing to translate: give one or more inputs, or - to read stdin")
+    if beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {beam}")
+    model = load(checkpoint)
+    tok = load_tokenizer(checkpoint)
+    meta = read_manifest(checkpoint, verify=False)["meta"]
+    ids = [tok.encode(t) for t in texts]
+    empty = [i + 1 for i, x in enumerate(ids) if not x]
+    if empty:
+        raise ValueError(f"input(s) number {empty} are empty")
+    src, mask = pad_ids(ids, pad_id=model.config.pad_id)  # (B, S)
+    out, attn = generate(model, src, src_mask=mask, max_len=max_len or int(meta.get("max_len", 64)),
+                         method="greedy" if beam == 1 else "beam", beam_size=beam, return_attention=True)
+    rows = out.tolist()
+    results = [tok.decode(row) for row in rows]
+    if alignment is not None:
+        from attnkit.viz.heatmap import heatmap
+
+        path = Path(alignment)
+        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
+            n_out = next((k + 1 for k, t in enumerate(row) if t == model.config.eos_id), len(row))
+            y_tokens = [tok.decode([t], skip_special=False) if t != model.config.eos_id else "</s>" for t in row[:n_out]]
+            target = path if len(texts) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
+            heatmap(attn[i, :n_out, : len(ids[i])], tok.tokenize(text), y_tokens, target,
+                    title=f"{text}  ->  {results[i]}")
+    return results
+
+
+def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: int = 1,
+                     progress: bool = True) -> dict[str, float]:
+    """``attnkit evaluate``: exact match and character accuracy of a checkpoint on the
+    held-out split of its task (or of ``task``)."""
+    from rich.progress import Progress
+
+    from attnkit.data import encode_pairs, load_tokenizer
+    from attnkit.models.checkpoint import load
+
+    manifest = read_manifest(checkpoint)
+    model = load(checkpoint)
+    tok = load_tokenizer(checkpoint)
+    data = encode_pairs(tok, task_from_meta(manifest["meta"], task, train=False).test)
+    if not data:
+        raise ValueError(f"the held-out split of task {task or manifest['meta'].get('task')!r} is empty")
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task("evaluate", total=len(data))
+        metrics = evaluate(model, data, beam_size=beam, progress=lambda n: bar.advance(job, n))
+    return metrics

@@ -1,0 +1,119 @@
+"""`attnkit train / translate / evaluate` end to end on a small TSV corpus (fast), and the
+error paths: one red line, exit code 2, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnkit.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two (much faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny TSV: upper-casing three-letter words (the last 10% is the held-out split)."""
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(300):
+        w = "".join(rng.choice("abcdef") for _ in range(3))
+        lines.append(f"{w}\t{w.upper()}")
+    path = tmp_path_factory.mktemp("tsv") / "pairs.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ck"
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--attention", "general", "--out", str(out),
+            "--steps", "12", "--eval-every", "6", "--batch-size", "16", "--hidden", "32", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "step 12" in r.output
+    return out
+
+
+def test_train_writes_a_checkpoint(trained):
+    manifest = json.loads((trained / "config.json").read_text())
+    assert manifest["model"] == "RNNSeq2Seq" and manifest["config"]["attention"] == "general"
+    assert manifest["meta"]["step"] == 12
+    assert (trained / "vocab.json").is_file() and (trained / "optimizer.safetensors").is_file()
+
+
+def test_translate_args_stdin_beam_alignment(trained, tmp_path):
+    r = run("translate", str(trained), "abc", "fed")
+    assert r.exit_code == 0, r.output
+    assert len(r.output.splitlines()) == 2
+    r2 = run("translate", str(trained), "-", input="abc\nfed\n")
+    assert r2.exit_code == 0 and r2.output == r.output
+    r3 = run("translate", str(trained), "abc", "--beam", "3", "--alignment", str(tmp_path / "a.png"))
+    assert r3.exit_code == 0, r3.output
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    run("translate", str(trained), "abc", "fed", "--alignment", str(tmp_path / "b.png"))
+    assert (tmp_path / "b-1.png").is_file() and (tmp_path / "b-2.png").is_file()
+
+
+def test_evaluate_json(trained, corpus):
+    r = run("evaluate", str(trained), "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert set(m) == {"exact_match", "char_accuracy", "n"} and m["n"] == 30
+    assert 0 <= m["exact_match"] <= m["char_accuracy"] <= 1
+    r = run("evaluate", str(trained), "--task", f"tsv:{corpus}")
+    assert r.exit_code == 0 and "exact match" in r.output
+
+
+def test_resume_continues_and_refuses_mismatch(trained, corpus, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(trained, ck)
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--attention", "dot", "--out", str(ck), "--resume")
+    assert r.exit_code == 2 and "attention" in " ".join(r.output.split())
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--attention", "general", "--out", str(ck),
+            "--steps", "12", "--quiet")
+    assert r.exit_code == 2 and "--resume" in " ".join(r.output.split())
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--attention", "general", "--out", str(ck),
+            "--resume", "--steps", "16", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((ck / "config.json").read_text())["meta"]["step"] == 16
+
+
+@pytest.mark.parametrize("args, words", [
+    (["translate", "{missing}", "abc"], "does not exist"),
+    (["translate", "{plain}", "abc"], "not an attnkit checkpoint"),
+    (["evaluate", "{missing}"], "does not exist"),
+    (["train", "--task", "bogus", "--out", "{new}", "--steps", "2"], "unknown task"),
+    (["train", "--task", "copy", "--arch", "lstm", "--out", "{new}"], "--arch"),
+    (["train", "--task", "copy", "--out", "{plain}", "--resume"], "not an attnkit checkpoint"),
+])
+def test_errors_are_one_red_line(tmp_path, args, words):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "x.txt").write_text("keep me")
+    paths = {"missing": str(tmp_path / "missing"), "plain": str(plain), "new": str(tmp_path / "new")}
+    r = run(*[a.format(**paths) for a in args])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())  # rich wraps at the (narrow) test terminal's width
+    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text
+    assert words in text
+    assert (plain / "x.txt").read_text() == "keep me"

@@ -1,0 +1,279 @@
+"""Trainer: schedules, metrics, exact resume (RNN and Transformer), signals, early stops,
+and (slow) the alignment a trained RNN learns on German long dates."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+import attnkit as ak
+from attnkit.data import encode_pairs, load_task
+from attnkit.train import TrainConfig, Trainer, build_model, evaluate, learning_rate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two (much faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reverse_task():
+    task = load_task("reverse", n_train=160, n_test=24, seed=0, lengths=(3, 6))
+    tok = task.tokenizer
+    return tok, encode_pairs(tok, task.train), encode_pairs(tok, task.test)
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def test_schedules():
+    cfg = TrainConfig(steps=1000, lr=1.0, warmup_steps=100, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(0.01)
+    assert learning_rate(cfg, 99) == pytest.approx(1.0)
+    assert learning_rate(cfg, 100) == pytest.approx(1.0)
+    assert learning_rate(cfg, 550) == pytest.approx(0.55)  # cosine half-way between 1 and 0.1
+    assert learning_rate(cfg, 1000) == pytest.approx(0.1)
+    lrs = [learning_rate(cfg, s) for s in range(100, 1001)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    inv = TrainConfig(steps=1000, lr=1.0, warmup_steps=100, schedule="inverse_sqrt")
+    assert learning_rate(inv, 399) == pytest.approx(math.sqrt(100 / 400))
+    assert learning_rate(TrainConfig(lr=0.5, warmup_steps=0, schedule="constant"), 123) == 0.5
+
+
+@pytest.mark.parametrize("kw, word", [
+    ({"steps": 0}, "steps"), ({"schedule": "linear"}, "schedule"), ({"lr": -1.0}, "lr"),
+    ({"target_accuracy": 1.5}, "target_accuracy"), ({"time_budget": 0}, "time_budget"),
+    ({"clip_norm": 0.0}, "clip_norm"), ({"eval_size": 0}, "eval_size"),
+])
+def test_config_errors(kw, word):
+    with pytest.raises(ValueError, match=word):
+        TrainConfig(**kw)
+
+
+def test_training_set_smaller_than_batch(reverse_task):
+    tok, train, test = reverse_task
+    with pytest.raises(ValueError, match="batch_size=64"):
+        Trainer(build_model("rnn", len(tok)), train[:10], test, TrainConfig(batch_size=64))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+class EchoModel(nn.Module):
+    """A protocol model that copies its source (then EOS): exact on `copy`, known on `reverse`."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.config = ak.RNNConfig(vocab, hidden_dim=2, embed_dim=2)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def encode(self, src, src_mask=None):
+        mask = src != 0 if src_mask is None else src_mask
+        return {"src": src, "mask": mask, "t": 0}
+
+    def decode_step(self, state, tokens):
+        src, mask, t = state["src"], state["mask"], state["t"]
+        B, S = src.shape
+        nxt = torch.where(mask[:, t] if t < S else torch.zeros(B, dtype=torch.bool),
+                          src[:, min(t, S - 1)], torch.full((B,), self.config.eos_id))
+        logits = torch.full((B, self.config.tgt_vocab_size), -10.0)
+        logits[torch.arange(B), nxt] = 10.0
+        attn = torch.zeros(B, S)
+        return logits, attn, {"src": src, "mask": mask, "t": t + 1}
+
+    def reorder_state(self, state, index):
+        return {"src": state["src"][index], "mask": state["mask"][index], "t": state["t"]}
+
+
+def test_evaluate_metrics():
+    task = load_task("reverse", n_train=0, n_test=50, seed=0, lengths=(3, 6))
+    tok = task.tokenizer
+    model = EchoModel(len(tok))
+    copy = [(s, s) for s, _ in encode_pairs(tok, task.test)]
+    assert evaluate(model, copy) == {"exact_match": 1.0, "char_accuracy": 1.0, "n": 50}
+    rev = encode_pairs(tok, task.test)
+    m = evaluate(model, rev, batch_size=7)
+    palindromes = sum(s == t for s, t in rev) / len(rev)
+    expected_chars = sum(sum(a == b for a, b in zip(s, t, strict=True)) for s, t in rev) / sum(len(t) for _, t in rev)
+    assert m["exact_match"] == pytest.approx(palindromes)
+    assert m["char_accuracy"] == pytest.approx(expected_chars)
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def _model(arch: str, vocab: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if arch == "rnn":
+        return build_model("rnn", vocab, embed_dim=8, hidden_dim=16, dropout=0.1)
+    return build_model("transformer", vocab, embed_dim=16, num_heads=2, num_encoder_layers=1,
+                       num_decoder_layers=1, ff_dim=32, dropout=0.1)
+
+
+class SignalAt(Trainer):
+    """Sends itself a signal during a given step, like a user pressing Ctrl-C / a kill."""
+
+    def __init__(self, *args, at: int, signum: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.at, self.signum = at, signum
+
+    def train_step(self, step):
+        out = super().train_step(step)
+        if step + 1 == self.at:
+            os.kill(os.getpid(), self.signum)
+        return out
+
+
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, reverse_task, arch):
+    """Interrupted by SIGTERM at step 7 (a checkpoint is written), resumed by a new Trainer
+    with a differently initialised model: the same weights, optimizer state and history as
+    one run, bit for bit - across an epoch boundary (10 steps per epoch) and with dropout."""
+    tok, train, test = reverse_task
+    cfg = TrainConfig(steps=16, batch_size=16, lr=3e-3, warmup_steps=4, eval_every=5, checkpoint_every=3,
+                      eval_size=8, progress=False)
+    one = Trainer(_model(arch, len(tok), 0), train, test, cfg, out_dir=tmp_path / "one", tokenizer=tok)
+    full = one.fit()
+    assert full.stopped == "steps" and full.step == 16
+
+    first = SignalAt(_model(arch, len(tok), 0), train, test, cfg, out_dir=tmp_path / "two", tokenizer=tok,
+                     at=7, signum=signal.SIGTERM)
+    part = first.fit()
+    assert part.stopped == "SIGTERM" and part.step == 7
+    assert ak.load(tmp_path / "two").state_dict().keys() == first.raw_model.state_dict().keys()
+
+    second = Trainer(_model(arch, len(tok), 123), train, test, cfg, out_dir=tmp_path / "two", tokenizer=tok)
+    assert second.resume() == 7
+    rest = second.fit()
+    assert rest.step == 16 and rest.stopped == "steps"
+    for (name, a), b in zip(one.raw_model.state_dict().items(), second.raw_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    sa, sb = one.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in rest.history]
+
+
+def test_resume_refuses_another_config(tmp_path, reverse_task):
+    tok, train, test = reverse_task
+    cfg = TrainConfig(steps=2, batch_size=16, eval_every=2, eval_size=4, progress=False)
+    Trainer(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "ck").fit()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
+    other = build_model("rnn", len(tok), embed_dim=8, hidden_dim=16, attention="dot")
+    with pytest.raises(ValueError, match="attention"):
+        Trainer(other, train, test, cfg, out_dir=tmp_path / "ck").resume()
+    with pytest.raises(ValueError, match="TransformerSeq2Seq"):
+        Trainer(_model("transformer", len(tok), 0), train, test, cfg, out_dir=tmp_path / "ck").resume()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
+
+
+# ---------------------------------------------------------------------------------- stops
+
+
+def test_sigint_saves_and_stops(tmp_path, reverse_task):
+    tok, train, test = reverse_task
+    cfg = TrainConfig(steps=50, batch_size=16, eval_every=100, eval_size=4, progress=False)
+    t = SignalAt(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "ck", at=2, signum=signal.SIGINT)
+    r = t.fit()
+    assert r.stopped == "SIGINT" and r.step == 2
+    assert ak.load(tmp_path / "ck") is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_time_budget_and_target(reverse_task, monkeypatch):
+    tok, train, test = reverse_task
+    r = Trainer(_model("rnn", len(tok), 0), train, test,
+                TrainConfig(steps=50, batch_size=16, eval_size=4, time_budget=1e-6, progress=False)).fit()
+    assert r.stopped == "time_budget" and r.step == 1 and r.metrics["n"] == 4
+    t = Trainer(_model("rnn", len(tok), 0), train, test,
+                TrainConfig(steps=50, batch_size=16, eval_every=3, target_accuracy=0.9, progress=False))
+    monkeypatch.setattr(t, "validate", lambda: {"exact_match": 0.95, "char_accuracy": 0.99, "n": 24})
+    r = t.fit()
+    assert r.stopped == "target" and r.step == 3
+
+
+def test_rnn_learns_reversal():
+    """A small attention RNN learns to reverse short strings (a real learning check)."""
+    task = load_task("reverse", n_train=3000, n_test=100, seed=0, lengths=(3, 7))
+    tok = task.tokenizer
+    torch.manual_seed(0)
+    model = build_model("rnn", len(tok), embed_dim=32, hidden_dim=64)
+    cfg = TrainConfig(steps=400, batch_size=32, lr=5e-3, warmup_steps=20, eval_every=100, target_accuracy=0.9,
+                      progress=False)
+    r = Trainer(model, encode_pairs(tok, task.train), encode_pairs(tok, task.test), cfg).fit()
+    assert r.metrics["exact_match"] >= 0.9, r.history
+
+
+# ---------------------------------------------------------------------------------- alignment
+
+
+@pytest.fixture(scope="module")
+def german_dates(tmp_path_factory):
+    """An RNN with additive attention trained on German dates (all four formats), saved as a
+    checkpoint the CLI can use."""
+    from attnkit.data.dates import make_task
+
+    task = make_task(8000, 300, seed=0, locales=("de_DE",))
+    tok = task.tokenizer
+    torch.manual_seed(0)
+    model = build_model("rnn", len(tok), embed_dim=32, hidden_dim=96, attention="additive")
+    out = tmp_path_factory.mktemp("dates") / "ck"
+    cfg = TrainConfig(steps=700, batch_size=32, lr=5e-3, warmup_steps=50, eval_every=100, eval_size=200,
+                      target_accuracy=0.98, progress=False)
+    meta = {"task": "dates", "task_options": {"seed": 0, "n_test": 300, "locales": ["de_DE"]}, "arch": "rnn",
+            "max_len": 16}
+    result = Trainer(model, encode_pairs(tok, task.train), encode_pairs(tok, task.test), cfg, tokenizer=tok,
+                     out_dir=out, meta=meta).fit()
+    return task, model.eval(), out, result
+
+
+@pytest.mark.slow
+def test_month_digits_attend_to_the_month_word(german_dates):
+    """For >= 90% of German long dates, the month digits' largest attention weight falls
+    inside the month word (the alignment the model learned, never supervised)."""
+    from attnkit.data.dates import TARGET_SPANS, DateTask, month_span
+    from attnkit.data.vocab import pad_ids
+
+    task, model, _, result = german_dates
+    assert result.metrics["exact_match"] >= 0.9, result.history
+    tok = task.tokenizer
+    examples = DateTask(("de_DE",), ("long",)).generate(200, seed=1, split="test", untagged=0.0)
+    ids = [tok.encode(ex.source) for ex in examples]
+    src, mask = pad_ids(ids)
+    tokens, attn = ak.generate(model, src, src_mask=mask, max_len=11, return_attention=True)
+    m0, m1 = TARGET_SPANS["month"]
+    hits = 0
+    for i, ex in enumerate(examples):
+        t0, t1 = tok.token_span(ex.source, month_span(ex))
+        argmax = attn[i, m0:m1].argmax(-1)  # (2,) source positions of the month digits
+        hits += bool(((argmax >= t0) & (argmax < t1)).all())
+    assert hits / len(examples) >= 0.9, hits
+
+
+@pytest.mark.slow
+def test_cli_translates_a_german_date(german_dates, tmp_path):
+    from typer.testing import CliRunner
+
+    from attnkit.cli import app
+
+    _, _, out, _ = german_dates
+    png = tmp_path / "align.png"
+    r = CliRunner().invoke(app, ["translate", str(out), "24. November 2026", "--alignment", str(png)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "2026-11-24"
+    assert png.stat().st_size > 1000
+    r = CliRunner().invoke(app, ["evaluate", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    metrics = json.loads(r.output)
+    assert metrics["n"] == 300 and metrics["exact_match"] >= 0.9
