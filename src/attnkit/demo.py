@@ -194,7 +194,7 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
             mark = "correct" if prediction == example.target else f"expected {example.target}"
             name = f"alignments/{r.spec.name}-{locale}.png"
             heatmap(attn[0, :n_out, : len(ids)], vocab.tokenize(example.source), y, out / name,
-                    title=f"{r.spec.label}: {example.source} -> {prediction} ({mark})")
+                    title=f"{r.spec.label} ({locale})\n{example.source} -> {prediction} ({mark})")
             pictures.append({"path": name, "model": r.spec.label, "locale": locale,
                              "source": example.source, "prediction": prediction,
                              "correct": prediction == example.target})
@@ -285,7 +285,7 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
         f"<tr><td>{e(name)}</td><td>{a:.3f}</td><td>{b:.3f}</td><td>{c:.3f}</td></tr>"
         for name, a, b, c in flies.rows()
     )
-    first = results[0].checkpoint.relative_to(out).as_posix() if results else "models/rnn-attention"
+    first = results[0].checkpoint.as_posix() if results else "attnkit-demo/models/rnn-attention"
     has_cross = (out / "transformer-cross.html").is_file()
     cross_link = (
         '<li><a href="transformer-cross.html">Transformer cross-attention explorer</a>: every '

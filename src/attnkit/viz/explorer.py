@@ -59,7 +59,9 @@ class EncodedWeights:
     def line_count(self, layer: int, heads: Sequence[int], threshold: float,
                    row: int | None = None, col: int | None = None) -> int:
         """How many head-view lines the page draws (same arithmetic as the page's JS)."""
-        w = self.dequantise()[layer][list(heads)]  # (h, Tq, Tk)
+        heads = list(heads)
+        q = self.q[layer, heads].astype(np.float64)  # (h, Tq, Tk)
+        w = q * self.rowmax[layer, heads].astype(np.float64)[..., None] / 255
         if row is not None:
             w = w[:, row : row + 1, :]
         if col is not None:
@@ -68,7 +70,7 @@ class EncodedWeights:
 
 
 def normalise_weights(weights: Any) -> np.ndarray:
-    """Bring attention weights to ``(layers, heads, Tq, Tk)`` float64.
+    """Bring attention weights to ``(layers, heads, Tq, Tk)`` float32.
 
     Accepts a 4-D array/tensor ``(layers, heads, Tq, Tk)``, a 5-D one with a batch of one
     ``(layers, 1, heads, Tq, Tk)`` or ``(1, layers, heads, Tq, Tk)``, a 3-D ``(heads, Tq, Tk)``
@@ -80,7 +82,7 @@ def normalise_weights(weights: Any) -> np.ndarray:
             raise ValueError("weights is an empty list: need at least one layer")
         layers = []
         for i, layer in enumerate(weights):
-            a = as_numpy(layer)
+            a = as_numpy(layer, np.float32)
             if a.ndim == 4 and a.shape[0] == 1:
                 a = a[0]  # (1, H, Tq, Tk): a batch of one
             if a.ndim == 2:
@@ -95,7 +97,7 @@ def normalise_weights(weights: Any) -> np.ndarray:
         if len(shapes) != 1:
             raise ValueError(f"the layers of the weights list differ in shape: {sorted(shapes)}")
         return np.stack(layers)  # (L, H, Tq, Tk)
-    a = as_numpy(weights)
+    a = as_numpy(weights, np.float32)
     if a.ndim == 5 and 1 in a.shape[:2]:
         a = a[:, 0] if a.shape[1] == 1 else a[0]  # drop the batch of one
     if a.ndim == 3:
@@ -126,7 +128,7 @@ def encode_weights(weights: np.ndarray, *, top_k: int | None = None,
         top_k = None
     rowmax = weights.max(axis=-1) if tk else np.zeros(weights.shape[:3])  # (L, H, Tq)
     rowmax = rowmax.astype(np.float32)
-    total = weights.sum(axis=-1)  # (L, H, Tq)
+    total = weights.sum(axis=-1, dtype=np.float64)  # (L, H, Tq)
     idx = None
     if top_k is not None:
         if top_k < 1:
@@ -139,7 +141,8 @@ def encode_weights(weights: np.ndarray, *, top_k: int | None = None,
     scale = np.where(rowmax > 0, 255.0 / np.maximum(rowmax, 1e-30), 0.0)[..., None]
     q = np.clip(np.rint(weights * scale), 0, 255).astype(np.uint8)  # (L, H, Tq, Tk)
     nonzero = total > 0
-    kept_mass = float((weights.sum(-1)[nonzero] / total[nonzero]).mean()) if nonzero.any() else 1.0
+    kept = weights.sum(axis=-1, dtype=np.float64)[nonzero] / total[nonzero]
+    kept_mass = float(kept.mean()) if nonzero.any() else 1.0
     return EncodedWeights(q=q, rowmax=rowmax, top_k=top_k, kept_mass=kept_mass,
                           topk_idx=idx)
 
@@ -447,7 +450,7 @@ _JS = r"""
     t.setAttribute("text-anchor", anchor); t.setAttribute("fill", "#5b6476");
     t.textContent = label; svg.appendChild(t);
   }
-  header(COLW, "end", D.cross ? "output (attending)" : "attending");
+  header(4, "start", D.cross ? "output (attending)" : "attending");
   header(COLW + GAP, "start", D.cross ? "input (attended to)" : "attended to");
 
   function tokenGroup(parent, tokens, side) {
@@ -462,7 +465,7 @@ _JS = r"""
       t.setAttribute("x", String(side === "left" ? COLW - 2 : COLW + GAP + 2));
       t.setAttribute("y", String(yOf(i)));
       t.setAttribute("text-anchor", side === "left" ? "end" : "start");
-      t.textContent = tok === "" ? "\u2205" : tok;
+      t.textContent = tok === "" ? "\u2205" : tok.trim() === "" ? "\u2423".repeat(tok.length) : tok;
       g.appendChild(r); g.appendChild(t);
       g.addEventListener("mouseenter", () => { state.hoverSide = side; state.hoverIndex = i;
         g.classList.add("hl"); render(); });

@@ -12,6 +12,7 @@ drawn as boxes instead of raising or spamming "Glyph missing" warnings.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Sequence
 from functools import cache, lru_cache
@@ -96,11 +97,12 @@ def fonts_for(texts: Sequence[str]) -> list[str]:
     return chosen
 
 
-def as_numpy(weights: Any) -> np.ndarray:
-    """A float64 numpy copy of a torch tensor, numpy array or nested list."""
+def as_numpy(weights: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A float numpy array (``dtype``) of a torch tensor, numpy array or nested list;
+    raises ValueError on NaN/inf."""
     if hasattr(weights, "detach"):  # torch.Tensor without importing torch here
         weights = weights.detach().to("cpu").float().numpy()
-    array = np.asarray(weights, dtype=np.float64)
+    array = np.asarray(weights, dtype=dtype)
     if not np.all(np.isfinite(array)):
         raise ValueError(
             f"attention weights contain {int(np.sum(~np.isfinite(array)))} NaN/inf values"
@@ -184,7 +186,9 @@ def heatmap(
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         if title:
-            ax.set_title(title)
+            # Wrap each line of the title to the figure's width (about 11 characters per inch).
+            limit = max(20, int(width * 11))
+            ax.set_title("\n".join(textwrap.fill(line, limit) for line in title.split("\n")))
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)

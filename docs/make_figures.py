@@ -1,0 +1,112 @@
+"""Regenerate the README's figures (``make docs-figures``); the PNGs are committed in docs/.
+
+* ``docs/alignment.png``: the alignment heatmap of the RNN with additive attention on a
+  German long date (trained here for ``--budget`` seconds with the shared Trainer, or read
+  from ``--checkpoint``, e.g. ``attnkit-demo/models/rnn-attention`` after ``make demo``).
+* ``docs/explorer.png``: a screenshot of the attention explorer (all-MiniLM-L6-v2) in
+  headless Debian chromium, hovering the token "it".
+* ``docs/flies.png``: the "flies" contextual-embedding plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+SENTENCE = "The animal didn't cross the street because it was too tired."
+
+
+def train_rnn(budget: float, seed: int = 0):
+    """An RNN with additive attention trained on the date task for ``budget`` seconds."""
+    from attnkit.data import encode_pairs, load_task
+    from attnkit.train import TRAIN_DEFAULTS, TrainConfig, Trainer, build_model
+
+    task = load_task("dates", n_train=100_000, n_test=500, seed=seed)
+    vocab = task.tokenizer
+    train, test = encode_pairs(vocab, task.train), encode_pairs(vocab, task.test)
+    torch.manual_seed(seed)
+    model = build_model("rnn", len(vocab), attention="additive", pad_id=vocab.pad_id,
+                        bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    defaults = TRAIN_DEFAULTS["rnn"]
+    config = TrainConfig(steps=4000, batch_size=defaults["batch_size"], lr=defaults["lr"],
+                         warmup_steps=defaults["warmup_steps"], eval_every=500, eval_size=300,
+                         time_budget=budget, target_accuracy=0.99, seed=seed)
+    result = Trainer(model, train, test, config).fit()
+    print(f"trained {result.step} steps in {result.seconds:.0f} s: {result.metrics}")
+    return model, vocab
+
+
+def alignment_figure(model, vocab, path: Path) -> None:
+    from attnkit.data.dates import DateTask
+    from attnkit.models.seq2seq import generate
+    from attnkit.viz.heatmap import heatmap
+
+    day = datetime.date(2026, 11, 24)
+    while not DateTask.is_test_date(day):  # a date the model never saw
+        day += datetime.timedelta(days=1)
+    example = DateTask(("de_DE",)).render(day, "de_DE", "long")
+    ids = vocab.encode(example.source)
+    tokens, attn = generate(model, torch.tensor([ids]), max_len=16, return_attention=True)
+    row = tokens[0].tolist()
+    eos = model.config.eos_id
+    n_out = next((k + 1 for k, t in enumerate(row) if t == eos), len(row))
+    y = [vocab.decode([t], skip_special=False) if t != eos else "</s>" for t in row[:n_out]]
+    heatmap(attn[0, :n_out, : len(ids)], vocab.tokenize(example.source), y, path,
+            title=f"RNN + additive attention: {example.source} -> {vocab.decode(row)}")
+    print(f"wrote {path}")
+
+
+def explorer_screenshot(path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser_support import Browser
+
+    from attnkit.models.bert import SentenceEncoder
+    from attnkit.viz.contextual import similarity_table
+    from attnkit.viz.explorer import explorer
+
+    encoder = SentenceEncoder.from_pretrained()
+    tokens, weights = encoder.attentions(SENTENCE)
+    similarity_table(encoder, path=DOCS / "flies.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        page_path = explorer(tokens, weights, Path(tmp) / "explorer.html",
+                             title=f"all-MiniLM-L6-v2: {SENTENCE}")
+        browser = Browser(Path(tmp) / "profile")
+        try:
+            view = browser.open(page_path)
+            page = view.page
+            page.set_viewport_size({"width": 1100, "height": 760})
+            page.wait_for_function("document.body.dataset.thumbs === 'done'")
+            page.select_option("#layer", "2")
+            page.hover(f".tok.left[data-index='{tokens.index('it')}']")
+            page.screenshot(path=str(path))
+            view.assert_clean()
+        finally:
+            browser.close()
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="an RNN checkpoint to draw instead of training one")
+    parser.add_argument("--budget", type=float, default=150.0, help="training seconds (default 150)")
+    args = parser.parse_args()
+    if args.checkpoint:
+        from attnkit.data import load_tokenizer
+        from attnkit.models.checkpoint import load
+
+        model, vocab = load(args.checkpoint), load_tokenizer(args.checkpoint)
+    else:
+        model, vocab = train_rnn(args.budget)
+    alignment_figure(model.eval(), vocab, DOCS / "alignment.png")
+    explorer_screenshot(DOCS / "explorer.png")
+
+
+if __name__ == "__main__":
+    main()
