@@ -53,7 +53,7 @@ class DemoPlan:
     n_train: int = 60_000
     n_test: int = 1_000
     budgets: dict[str, float] = field(default_factory=lambda: {
-        "rnn-attention": 80.0, "rnn-no-attention": 50.0, "transformer": 80.0})
+        "rnn-attention": 90.0, "rnn-no-attention": 45.0, "transformer": 90.0})
     batch_size: int = 64
     locales: tuple[str, ...] = ALIGNMENT_LOCALES
     seed: int = 0
