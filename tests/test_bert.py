@@ -60,9 +60,22 @@ def st_model(folder):
     return sentence_transformers.SentenceTransformer(str(folder), device="cpu")
 
 
-@pytest.fixture(scope="module", params=["eager", "sdpa"])
-def hf_model(request, folder):
-    return transformers.BertModel.from_pretrained(str(folder), attn_implementation=request.param).eval()
+@pytest.fixture(scope="module")
+def hf_models(folder) -> dict:
+    return {
+        impl: transformers.BertModel.from_pretrained(str(folder), attn_implementation=impl).eval()
+        for impl in ("eager", "sdpa")
+    }
+
+
+@pytest.fixture(params=["eager", "sdpa"])
+def hf_model(request, hf_models):
+    return hf_models[request.param]
+
+
+@pytest.fixture(scope="module")
+def st_reference(st_model) -> torch.Tensor:
+    return st_model.encode(TEXTS, batch_size=4, convert_to_tensor=True)  # (n, 384)
 
 
 def _padded(encoder: SentenceEncoder, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +112,8 @@ def test_packed_forward_matches_hf(encoder, hf_model):
     assert (ours - ref[mask]).abs().max() < 1e-4
 
 
-def test_attention_weights_match_hf_output_attentions(encoder, folder):
-    hf = transformers.BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+def test_attention_weights_match_hf_output_attentions(encoder, hf_models):
+    hf = hf_models["eager"]
     input_ids, mask = _padded(encoder, MIXED)
     with torch.no_grad():
         ref = hf(input_ids=input_ids, attention_mask=mask.long(), output_attentions=True).attentions
@@ -113,8 +126,8 @@ def test_attention_weights_match_hf_output_attentions(encoder, folder):
         assert not w[~mask[:, None, None, :].expand_as(w)].any()  # no weight on padded keys
 
 
-def test_attentions_single_text(encoder, folder):
-    hf = transformers.BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+def test_attentions_single_text(encoder, hf_models):
+    hf = hf_models["eager"]
     tokens, weights = encoder.attentions("The cat sat on the mat.")
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
     assert weights.shape == (6, 12, len(tokens), len(tokens))
@@ -126,8 +139,8 @@ def test_attentions_single_text(encoder, folder):
 
 
 @pytest.mark.parametrize("packed", [True, False])
-def test_embed_matches_sentence_transformers(encoder, st_model, packed):
-    ref = st_model.encode(TEXTS, batch_size=4, convert_to_tensor=True)  # (n, 384)
+def test_embed_matches_sentence_transformers(encoder, st_reference, packed):
+    ref = st_reference
     with pytest.warns(UserWarning, match=r"1 of 12 texts .*max_seq_length=256"):
         ours = encoder.embed(TEXTS, batch_size=4, packed=packed, max_tokens=64)  # several packed batches
     assert ours.shape == (len(TEXTS), 384) and ours.dtype == torch.float32
