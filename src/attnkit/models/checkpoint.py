@@ -297,6 +297,7 @@ def save_model(
                 (tmp / fname).write_text(content, encoding="utf-8")
         listing = {}
         for path in sorted(tmp.iterdir()):
+            os.chmod(path, 0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
             _fsync(path)
             listing[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         manifest = {"format": FORMAT, "version": VERSION, "model": name,
