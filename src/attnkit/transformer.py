@@ -384,23 +384,25 @@ class DecoderLayer(nn.Module):
         *,
         key_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        need_weights: bool = False,
+        need_weights: bool | str = False,
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``y (B, L, E)``, ``memory (B, S, E)``; ``key_mask (B, L)`` / ``memory_mask (B, S)``
         True at real tokens -> ``(y (B, L, E), self (B, H, L, L') | None, cross (B, H, L, S) | None)``
-        where ``L'`` counts cached steps too."""
+        where ``L'`` counts cached steps too. ``need_weights="cross"`` returns the cross weights
+        only (the self-attention keeps the fused path)."""
+        self_w, cross_w = need_weights is True, bool(need_weights)
         if self.norm_first:
-            a, ws = self._sa(self.norm1(y), key_mask, need_weights, self_cache)
+            a, ws = self._sa(self.norm1(y), key_mask, self_w, self_cache)
             y = y + a
-            c, wc = self._ca(self.norm2(y), memory, memory_mask, need_weights, cross_cache)
+            c, wc = self._ca(self.norm2(y), memory, memory_mask, cross_w, cross_cache)
             y = y + c
             y = y + self.dropout3(self.ff(self.norm3(y)))
         else:
-            a, ws = self._sa(y, key_mask, need_weights, self_cache)
+            a, ws = self._sa(y, key_mask, self_w, self_cache)
             y = self.norm1(y + a)
-            c, wc = self._ca(y, memory, memory_mask, need_weights, cross_cache)
+            c, wc = self._ca(y, memory, memory_mask, cross_w, cross_cache)
             y = self.norm2(y + c)
             y = self.norm3(y + self.dropout3(self.ff(y)))
         return y, ws, wc
@@ -580,6 +582,8 @@ class Decoder(nn.Module):
     [cross (B, H, L, S)]) | None)``. Self-attention is always causal. With
     ``cache=decoder.new_cache()``, ``y`` may be fed one step (or a chunk) at a time and gives the
     same hidden states as the full causal forward; the memory is projected once.
+    ``need_weights="last_cross"`` returns ``([], [last layer's cross (B, H, L, S)])`` and keeps
+    the fused path everywhere else (what decoding needs for its alignments).
     """
 
     def __init__(
@@ -630,21 +634,26 @@ class Decoder(nn.Module):
         *,
         key_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        need_weights: bool = False,
+        need_weights: bool | str = False,
         cache: DecoderCache | None = None,
     ) -> tuple[Tensor, tuple[list[Tensor], list[Tensor]] | None]:
+        if need_weights not in (True, False, "last_cross"):
+            raise ValueError(f"need_weights must be True, False or 'last_cross', got {need_weights!r}")
         if cache is not None and len(cache.self_caches) != len(self.layers):
             raise ValueError(f"cache has {len(cache.self_caches)} layers, decoder has {len(self.layers)}")
         self_w: list[Tensor] = []
         cross_w: list[Tensor] = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            layer_weights = ("cross" if i == last else False) if need_weights == "last_cross" else need_weights
             y, ws, wc = layer(
-                y, memory, key_mask=key_mask, memory_mask=memory_mask, need_weights=need_weights,
+                y, memory, key_mask=key_mask, memory_mask=memory_mask, need_weights=layer_weights,
                 self_cache=None if cache is None else cache.self_caches[i],
                 cross_cache=None if cache is None else cache.cross_caches[i],
             )
-            if need_weights:
+            if ws is not None:
                 self_w.append(ws)
+            if wc is not None:
                 cross_w.append(wc)
         if self.norm is not None:
             y = self.norm(y)
