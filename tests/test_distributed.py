@@ -160,8 +160,8 @@ def _check_encoder_sequence_parallel(rank: int, world: int, layout: str) -> None
 
 
 def _ring_suite(rank: int, world: int, full: bool) -> None:
-    for layout in akd.LAYOUTS:
-        for causal in (False, True):
+    for layout, causal in (("contiguous", True), ("zigzag", True), ("zigzag", False), ("contiguous", False)):
+        if full or causal or layout == "zigzag":  # non-causal: the layout is only a permutation
             _check_ring(rank, world, layout=layout, causal=causal)
     _check_shard_roundtrip(rank, world)
     if full:
@@ -170,7 +170,6 @@ def _ring_suite(rank: int, world: int, full: bool) -> None:
         akd._fused_ok = lambda *a: False  # the math fallback of the block functions
         try:
             _check_ring(rank, world, layout="zigzag", causal=True)
-            _check_ring(rank, world, layout="contiguous", causal=False)
         finally:
             akd._fused_ok = fused
         for layout in akd.LAYOUTS:
@@ -184,11 +183,16 @@ def _ring_suite(rank: int, world: int, full: bool) -> None:
 def test_ring_attention_single_process_matches_sdpa() -> None:
     """Without torch.distributed the ring has one rank: plain attention, fused and fallback."""
     q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    for causal in (False, True):
-        torch.testing.assert_close(
-            akd.ring_attention(q, k, v, causal=causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        )
-        assert torch.autograd.gradcheck(lambda a, b, c, cz=causal: akd.ring_attention(a, b, c, causal=cz), (q, k, v))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # hundreds of tiny calls: a thread pool only adds waiting on a busy machine
+    try:
+        for causal in (False, True):
+            torch.testing.assert_close(
+                akd.ring_attention(q, k, v, causal=causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            )
+            assert torch.autograd.gradcheck(lambda a, b, c, cz=causal: akd.ring_attention(a, b, c, causal=cz), (q, k, v))
+    finally:
+        torch.set_num_threads(threads)
     torch.testing.assert_close(akd.shard(q, layout="zigzag"), q)
     torch.testing.assert_close(akd.unshard(q), q)
 
@@ -216,7 +220,7 @@ def test_ring_attention_2_ranks() -> None:
 
 @pytest.mark.slow
 def test_ring_attention_4_ranks() -> None:
-    """4 ranks: both layouts, causal and not, forward and gradients, shard/unshard."""
+    """4 ranks: both layouts causal, zigzag non-causal, forward and gradients, shard/unshard."""
     _spawn(_ring_suite, 4, False)
 
 
