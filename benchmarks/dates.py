@@ -37,7 +37,7 @@ BENCH = "dates"
 
 # name -> (arch, model sizes, train settings, target exact match in %)
 MODELS: dict[str, tuple[str, dict, dict, float]] = {
-    "rnn": ("rnn", {"attention": "additive", "embed_dim": 64, "hidden_dim": 128},
+    "rnn": ("rnn", {"attention": "additive", "embed_dim": 64, "hidden_dim": 128, "attention_dim": 64},
             {"batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "steps": 1600}, 99.0),
     "transformer": ("transformer", {"embed_dim": 128, "num_heads": 4, "num_encoder_layers": 2,
                                     "num_decoder_layers": 2, "ff_dim": 256, "dropout": 0.0},

@@ -225,8 +225,9 @@ class AttentionDecoder(nn.Module):
         feed = memory.new_zeros(memory.shape[0], self.config.hidden_dim)  # (B, H)
         return DecoderState(memory, keys_proj, mask, last, feed, hidden)
 
-    def step(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
-        """``tokens (B,)`` long -> ``(logits (B, V), weights (B, S), new state)``."""
+    def _advance(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, DecoderState]:
+        """One step up to the attentional state: ``tokens (B,)`` -> ``(weights (B, S), state)``;
+        ``state.feed`` is the new attentional state ``h~_t (B, H)``."""
         x = self.dropout(self.embed(tokens))  # (B, E)
         if self.config.input_feeding:
             x = torch.cat([x, state.feed], dim=-1)  # (B, E + H)
@@ -238,15 +239,20 @@ class AttentionDecoder(nn.Module):
         else:
             context, weights = self.attention(h, state.memory, key_mask=state.mask, keys_proj=state.keys_proj)
         attentional = torch.tanh(self.combine(torch.cat([h, context], dim=-1)))  # (B, H)
-        logits = self.out(self.dropout(attentional))  # (B, V)
-        new = DecoderState(state.memory, state.keys_proj, state.mask, state.last, attentional, hidden)
-        return logits, weights, new
+        return weights, DecoderState(state.memory, state.keys_proj, state.mask, state.last, attentional, hidden)
+
+    def step(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
+        """``tokens (B,)`` long -> ``(logits (B, V), weights (B, S), new state)``."""
+        weights, state = self._advance(state, tokens)
+        return self.out(self.dropout(state.feed)), weights, state
 
     def forward(self, state: DecoderState, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing over ``tgt_in (B, T)`` -> ``(logits (B, T, V), weights (B, T, S))``."""
-        logits, weights = [], []
+        """Teacher forcing over ``tgt_in (B, T)`` -> ``(logits (B, T, V), weights (B, T, S))``.
+        The output projection runs once over all steps (one large matmul, not T small ones)."""
+        attentional, weights = [], []
         for t in range(tgt_in.shape[1]):
-            step_logits, step_weights, state = self.step(state, tgt_in[:, t])
-            logits.append(step_logits)
+            step_weights, state = self._advance(state, tgt_in[:, t])
+            attentional.append(state.feed)
             weights.append(step_weights)
-        return torch.stack(logits, dim=1), torch.stack(weights, dim=1)
+        logits = self.out(self.dropout(torch.stack(attentional, dim=1)))  # (B, T, V)
+        return logits, torch.stack(weights, dim=1)
