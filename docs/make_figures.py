@@ -23,12 +23,14 @@ ROOT = DOCS.parent
 SENTENCE = "The animal didn't cross the street because it was too tired."
 
 
-def train_rnn(budget: float, seed: int = 0):
-    """An RNN with additive attention trained on the date task for ``budget`` seconds."""
+def train_rnn(budget: float, seed: int = 0, locales: list[str] | None = None):
+    """An RNN with additive attention trained on the date task (all 48 locales, or
+    ``locales``) for ``budget`` seconds or until 97% held-out exact match."""
     from attnkit.data import encode_pairs, load_task
     from attnkit.train import TRAIN_DEFAULTS, TrainConfig, Trainer, build_model
 
-    task = load_task("dates", n_train=100_000, n_test=500, seed=seed)
+    options = {"locales": tuple(locales)} if locales else {}
+    task = load_task("dates", n_train=100_000, n_test=500, seed=seed, **options)
     vocab = task.tokenizer
     train, test = encode_pairs(vocab, task.train), encode_pairs(vocab, task.test)
     torch.manual_seed(seed)
@@ -37,7 +39,7 @@ def train_rnn(budget: float, seed: int = 0):
     defaults = TRAIN_DEFAULTS["rnn"]
     config = TrainConfig(steps=4000, batch_size=defaults["batch_size"], lr=defaults["lr"],
                          warmup_steps=defaults["warmup_steps"], eval_every=500, eval_size=300,
-                         time_budget=budget, target_accuracy=0.99, seed=seed)
+                         time_budget=budget, target_accuracy=0.97, seed=seed)
     result = Trainer(model, train, test, config).fit()
     print(f"trained {result.step} steps in {result.seconds:.0f} s: {result.metrics}")
     return model, vocab
@@ -96,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="an RNN checkpoint to draw instead of training one")
     parser.add_argument("--budget", type=float, default=150.0, help="training seconds (default 150)")
+    parser.add_argument("--locales", nargs="*", help="train on these locales only (default: all 48)")
     args = parser.parse_args()
     if args.checkpoint:
         from attnkit.data import load_tokenizer
@@ -103,7 +106,7 @@ def main() -> None:
 
         model, vocab = load(args.checkpoint), load_tokenizer(args.checkpoint)
     else:
-        model, vocab = train_rnn(args.budget)
+        model, vocab = train_rnn(args.budget, locales=args.locales)
     alignment_figure(model.eval(), vocab, DOCS / "alignment.png")
     explorer_screenshot(DOCS / "explorer.png")
 

@@ -44,7 +44,8 @@ def test_heatmap_writes_png_and_svg_with_labels(tmp_path) -> None:
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == x
     assert [t.get_text() for t in ax.get_yticklabels()] == y
-    assert all(t.get_rotation() == 90 for t in ax.get_xticklabels())  # multi-char labels rotated
+    rotations = {t.get_text(): t.get_rotation() for t in ax.get_xticklabels()}
+    assert rotations == {"<de_DE>": 90, "24": 90, ".": 0, "November": 90, "2026": 90}
     assert len(fig.axes) == 2  # the colour bar
     heatmap(w.numpy(), x, y, path=tmp_path / "sub" / "a.svg")
     assert (tmp_path / "sub" / "a.svg").read_text().lstrip().startswith("<?xml")

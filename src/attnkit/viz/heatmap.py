@@ -179,8 +179,9 @@ def heatmap(
             fig.colorbar(image, ax=ax, label="attention weight", shrink=0.9)
             xs, ys = _label_positions(cols), _label_positions(rows)
             # Rotate the input labels (long tokens would overlap); single characters stay upright.
-            rotation = 0 if all(len(t) <= 1 for t in x_tokens) else 90
-            ax.set_xticks(xs, [_visible(x_tokens[i]) for i in xs], rotation=rotation, fontsize=9)
+            ax.set_xticks(xs, [_visible(x_tokens[i]) for i in xs], fontsize=9)
+            for label in ax.get_xticklabels():
+                label.set_rotation(90 if len(label.get_text()) > 1 else 0)
             ax.set_yticks(ys, [_visible(y_tokens[i]) for i in ys], fontsize=9)
             ax.tick_params(length=0)
         ax.set_xlabel(x_label)
