@@ -117,3 +117,16 @@ def test_errors_are_one_red_line(tmp_path, args, words):
     assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text
     assert words in text
     assert (plain / "x.txt").read_text() == "keep me"
+
+
+def test_tsv_bad_lines_strict_and_skipped(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("abc\tABC\nno tab here\n" + "".join(f"ab{c}\tAB{c.upper()}\n" for c in "cdefghij"), encoding="utf-8")
+    r = run("train", "--task", f"tsv:{bad}", "--out", str(tmp_path / "s"), "--steps", "1", "--batch-size", "2",
+            "--strict", "--quiet")
+    assert r.exit_code == 2 and ":2" in " ".join(r.output.split())
+    assert not (tmp_path / "s").exists()
+    r = run("train", "--task", f"tsv:{bad}", "--out", str(tmp_path / "ok"), "--steps", "1", "--batch-size", "2",
+            "--hidden", "8", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "skipped 1" in " ".join(r.output.split())

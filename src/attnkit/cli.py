@@ -84,6 +84,7 @@ def train(
     cell: str = typer.Option("gru", "--cell", help="RNN cell: gru | lstm"),
     n_train: int = typer.Option(100_000, "--n-train", help="generated training examples (dates/reverse/copy)"),
     tokenizer: str = typer.Option("char", "--tokenizer", help="tsv: char | bpe"),
+    strict: bool = typer.Option(False, "--strict", help="tsv: fail on the first bad line (default: skip and count)"),
     eval_every: int = typer.Option(250, "--eval-every", help="validate every N steps"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="checkpoint every N steps (0 = end only)"),
     seed: int = typer.Option(0, "--seed"),
@@ -96,7 +97,7 @@ def train(
 
         result = train_command(task=task, arch=arch, attention=attention, out=out, steps=steps,
                                time_budget=time_budget, resume=resume, target=target, batch_size=batch_size,
-                               lr=lr, hidden=hidden, cell=cell, n_train=n_train, tokenizer=tokenizer,
+                               lr=lr, hidden=hidden, cell=cell, n_train=n_train, tokenizer=tokenizer, strict=strict,
                                eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
                                threads=threads, progress=not quiet, console=console)
     except (ValueError, FileNotFoundError) as exc:

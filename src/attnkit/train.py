@@ -488,7 +488,8 @@ def train_command(
     *, task: str, arch: str, attention: str, out: str | Path, steps: int | None = None,
     time_budget: float | None = None, resume: bool = False, target: float | None = None,
     batch_size: int | None = None, lr: float | None = None, hidden: int | None = None, cell: str = "gru",
-    n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", eval_every: int = 250,
+    n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", strict: bool = False,
+    eval_every: int = 250,
     checkpoint_every: int = 1000, seed: int = 0, threads: int | None = None, progress: bool = True,
     console: Any = None,
 ) -> TrainResult:
@@ -537,8 +538,10 @@ def train_command(
     if not task.startswith("tsv:"):
         options["n_train"] = n_train
     else:
-        options["tokenizer"] = tokenizer
+        options.update(tokenizer=tokenizer, strict=strict)
     task_obj = load_task(task, **options)
+    if task_obj.info.get("report") and console is not None:
+        console.print(f"[yellow]{task_obj.info['report']}[/yellow]", highlight=False)
     tok = task_obj.tokenizer
     train_data, test_data = _encode_task(task_obj, tok)
     longest = max(max(len(s), len(t)) for s, t in [*train_data, *test_data])
@@ -556,7 +559,7 @@ def train_command(
         "warmup_steps": defaults["warmup_steps"], "eval_every": eval_every,
         "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides,
     })
-    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k != "tokenizer"}, "arch": arch,
+    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
             "max_len": max(len(t) for _, t in train_data) + 8, "task_info": task_obj.info}
     trainer = Trainer(model, train_data, test_data, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
     return trainer.fit()
