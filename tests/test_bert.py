@@ -151,10 +151,11 @@ def test_embed_matches_sentence_transformers(encoder, st_reference, packed):
 
 
 def test_awkward_texts_no_nan_and_truncation_warning(encoder):
+    ids, tokens, cut = encoder.tokenize([LONG, "short"], with_tokens=True)
+    assert cut == 1 and len(ids[0]) == len(tokens[0]) == 256 and tokens[0][-1] == "[SEP]"
     with pytest.warns(UserWarning, match="1 of 1 texts"):
-        tokens, weights = encoder.attentions(LONG)
-    assert len(tokens) == 256 and tokens[-1] == "[SEP]"
-    assert torch.isfinite(weights).all()
+        tokens, weights = encoder.attentions(" ".join(LONG.split()[:300]))  # 300 words > 256 tokens
+    assert len(tokens) == 256 and torch.isfinite(weights).all()
     for text in ("", "   ", "🙂", "注意"):
         tokens, weights = encoder.attentions(text)
         assert tokens[0] == "[CLS]" and torch.isfinite(weights).all()
