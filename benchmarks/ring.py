@@ -78,21 +78,22 @@ def _init(rank: int, world: int, port: int) -> None:
                             timeout=datetime.timedelta(minutes=10))
 
 
-def _memory_worker(rank: int, world: int, port: int, sizes: list[int], out: dict) -> None:
-    """Ring forward at each size; record (peak, baseline) RSS per rank."""
+def _memory_worker(rank: int, world: int, port: int, N: int, out: dict) -> None:
+    """Ring forward at N tokens in fresh processes (so no earlier run's freed memory is reused);
+    record (peak, baseline) RSS of this rank."""
     _init(rank, world, port)
-    for N in sizes:
-        n = N // world
-        dist.barrier()
-        _reset_peak()
-        base = _peak_mib()[1]
-        g = torch.Generator().manual_seed(rank)
-        q, k, v = (torch.randn(1, H, n, D, generator=g) for _ in range(3))  # (1, H, N/P, d)
-        with torch.inference_mode():
-            o = akd.ring_attention(q, k, v)
-        peak, _ = _peak_mib()
-        out[(N, rank)] = (peak, base)
-        del q, k, v, o
+    n = N // world
+    g = torch.Generator().manual_seed(rank)
+    with torch.inference_mode():  # warm up gloo and the kernel on a small problem first
+        akd.ring_attention(*(torch.randn(1, H, 64, D, generator=g) for _ in range(3)))
+    dist.barrier()
+    _reset_peak()
+    base = _peak_mib()[1]
+    q, k, v = (torch.randn(1, H, n, D, generator=g) for _ in range(3))  # (1, H, N/P, d)
+    with torch.inference_mode():
+        akd.ring_attention(q, k, v)
+    peak, _ = _peak_mib()
+    out[(N, rank)] = (peak, base)
     dist.destroy_process_group()
 
 
@@ -198,9 +199,11 @@ def main() -> None:
     extra: dict = {"load average at start": f"{load:.1f} on {os.cpu_count()} cores"}
 
     with Progress() as bar:
-        task = bar.add_task("ring benchmark", total=3)
-        mem = _run(_memory_worker, 4, sizes)
-        bar.advance(task)
+        task = bar.add_task("ring benchmark", total=len(sizes) + 2)
+        mem: dict = {}
+        for N in sizes:
+            mem.update(_run(_memory_worker, 4, N))
+            bar.advance(task)
         math = _run(_math_worker, 0, sizes[0])["math"]
         bar.advance(task)
         speed = _run(_speed_worker, 2, speed_N, rounds)
