@@ -211,6 +211,7 @@ def test_ring_attention_rejects_bad_input() -> None:
         ak.MultiHeadAttention(8, 2, sequence_layout="striped")
 
 
+@pytest.mark.slow
 def test_ring_attention_2_ranks() -> None:
     """2 ranks: both layouts, causal and not, forward and gradients, GQA, the math fallback,
     shard/unshard round trips, MultiHeadAttention(sequence_parallel=...) vs nn.MultiheadAttention
