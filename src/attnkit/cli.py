@@ -74,7 +74,7 @@ def train(
     arch: str = typer.Option("rnn", "--arch", help="rnn | transformer"),
     attention: str = typer.Option("additive", "--attention", help="RNN attention: additive | general | dot | none"),
     out: str = typer.Option(..., "--out", help="checkpoint directory (written atomically)"),
-    steps: int = typer.Option(None, "--steps", help="optimizer steps (the schedule length) [default: 4000]"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 1000, transformer 2000]"),
     time_budget: float = typer.Option(None, "--time-budget", help="stop after this many seconds (validation included)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out (same result as one run)"),
     target: float = typer.Option(None, "--target", help="stop once validation exact match reaches this (0-1)"),
