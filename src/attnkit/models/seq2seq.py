@@ -326,10 +326,12 @@ def beam_search(
 
     At each step every live hypothesis is extended by every token; of the ``2K`` best
     candidates, those ending in EOS among the top ``K`` become finished hypotheses (scored
-    ``sum log p / length ** length_penalty``, length counting EOS) and the ``K`` best others stay
-    live. A source is done when it has ``K`` finished hypotheses; at ``max_len`` its live ones
-    count as finished (without EOS). The best finished hypothesis wins. With ``beam_size=1``
-    this is exactly greedy search.
+    ``sum log p / length ** length_penalty``, length counting EOS; the ``K`` best are kept) and
+    the ``K`` best others stay live. A source is done when it has ``K`` finished hypotheses and
+    its best live one, scored at its current length, is no better than the worst of them (so an
+    unlikely early EOS cannot end the search while a likely hypothesis is still growing); at
+    ``max_len`` its live ones count as finished (without EOS). The best finished hypothesis
+    wins. With ``beam_size=1`` this is exactly greedy search.
     """
     _check_args(src, max_len, beam_size, length_penalty)
     pad_id, bos_id, eos_id = _ids(model)
@@ -345,8 +347,12 @@ def beam_search(
     finished: list[list[tuple[float, Tensor, Tensor | None]]] = [[] for _ in range(B)]
     last = src.new_full((B * K, 1), bos_id)
 
-    def finish(a: int, k: int, score: float, length: int, toks: Tensor, att: Tensor | None) -> None:
-        finished[int(sources[a])].append((score / length**length_penalty, toks, att))
+    def finish(a: int, score: float, length: int, toks: Tensor, att: Tensor | None) -> None:
+        """Add a hypothesis of source ``sources[a]``, keeping its K best."""
+        done = finished[int(sources[a])]
+        done.append((score / length**length_penalty, toks, att))
+        if len(done) > K:
+            done.remove(min(done, key=lambda h: h[0]))
 
     for t in range(max_len):
         A = sources.shape[0]
@@ -360,11 +366,10 @@ def beam_search(
 
         # hypotheses that end here: EOS among the top K candidates
         for a, j in is_eos[:, :K].nonzero().tolist():
-            if len(finished[int(sources[a])]) < K:
-                k = int(beam[a, j])
-                toks = torch.cat([hist[a, k], tok[a, j : j + 1]])
-                att = None if attn is None else torch.cat([attn_hist[a, k], attn[a, k : k + 1]])
-                finish(a, k, float(top_v[a, j]), t + 1, toks, att)
+            k = int(beam[a, j])
+            toks = torch.cat([hist[a, k], tok[a, j : j + 1]])
+            att = None if attn is None else torch.cat([attn_hist[a, k], attn[a, k : k + 1]])
+            finish(a, float(top_v[a, j]), t + 1, toks, att)
 
         # the K best non-EOS candidates stay live (stable sort keeps score order)
         pick = torch.sort(is_eos.to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (A, K)
@@ -380,10 +385,14 @@ def beam_search(
                 for k in range(K):
                     if math.isfinite(float(scores[a, k])):
                         att = None if attn_hist is None else attn_hist[a, k]
-                        finished[int(sources[a])].append((float(scores[a, k]) / max_len**length_penalty, hist[a, k], att))
+                        finish(a, float(scores[a, k]), max_len, hist[a, k], att)
             break
 
-        alive = torch.tensor([len(finished[int(s)]) < K for s in sources], device=device)
+        best_live = (scores.max(dim=1).values / (t + 1) ** length_penalty).tolist()  # (A,)
+        alive = torch.tensor(
+            [len(finished[int(s)]) < K or best_live[a] > min(h[0] for h in finished[int(s)])
+             for a, s in enumerate(sources.tolist())], device=device,
+        )
         alive &= torch.isfinite(scores).any(dim=1)
         if not bool(alive.any()):
             break
