@@ -102,7 +102,7 @@ class CharVocab:
         counts: dict[str, int] = {}
         probe = cls(list(SPECIAL_TOKENS), tags=tags)
         for text in texts:
-            for tok in probe.tokenize(text):
+            for tok in probe._split(text, known_tags_only=False)[0]:
                 counts[tok] = counts.get(tok, 0) + 1
         kept = sorted(t for t, c in counts.items() if c >= min_freq and t not in SPECIAL_TOKENS)
         return cls([*SPECIAL_TOKENS, *kept], tags=tags)
@@ -115,13 +115,15 @@ class CharVocab:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    def _split(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    def _split(self, text: str, known_tags_only: bool = True) -> tuple[list[str], list[tuple[int, int]]]:
+        """Tokens and spans. A leading tag the vocabulary does not know is spelled out in
+        characters (so text that merely looks like a tag round-trips)."""
         toks: list[str] = []
         offs: list[tuple[int, int]] = []
         start = 0
         if self.tags:
             m = _TAG.match(text)
-            if m:
+            if m and (m.group(0) in self.index or not known_tags_only):
                 toks.append(m.group(0))
                 offs.append((0, m.end()))
                 start = m.end()
