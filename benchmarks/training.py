@@ -44,7 +44,7 @@ class TorchSeq2Seq(nn.Module):
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         src_pad = src == self.cfg.pad_id
         T = tgt_in.shape[1]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=src.device)
+        causal = ~ak.causal_mask(T, device=src.device)  # torch: True = masked
         tgt_pad = (tgt_in == self.cfg.pad_id) if self.full_masks else None
         h = self.transformer(
             self.embed(src), self.embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
@@ -93,7 +93,7 @@ def main() -> None:
     fns = {"ours": make_step(ours, data)} | {name: make_step(m, data) for name, m in peers.items()}
     with Progress(transient=True) as progress:
         progress.add_task("training-step benchmark (interleaved rounds)", total=None)
-        t = harness.timeit(fns, rounds=3 if args.quick else 7, min_time=0.1 if args.quick else 1.0)
+        t = harness.timeit(fns, rounds=3 if args.quick else 5, min_time=0.1 if args.quick else 0.5)
     tokens = B * T
     for name in peers:
         harness.record(BENCH, f"seq2seq train step, batch {B}, src {S}, tgt {T}: tokens/s",
