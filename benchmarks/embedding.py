@@ -96,7 +96,7 @@ def main() -> None:
           f"(mean {real_tokens / len(texts):.1f}, max {max(len(r) for r in ids)})", flush=True)
 
     @torch.inference_mode()
-    def naive_hf(batch: int = 256) -> None:
+    def naive_hf(batch: int = 256, texts: list[str] = texts) -> None:
         for i in range(0, len(texts), batch):
             enc = hf_tok(texts[i : i + batch], padding=True, truncation=True, max_length=ours.max_seq_length,
                          return_tensors="pt")
@@ -112,13 +112,14 @@ def main() -> None:
     def attnkit_embed() -> None:
         ours.embed(texts, batch_size=32)
 
-    rounds = 2 if args.quick else 5
+    rounds = 2 if args.quick else 3
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     times = harness.timeit({"sentence-transformers": lambda: st.encode(texts, batch_size=32),
-                            "attnkit": attnkit_embed, "matmul": lambda: a @ b}, rounds=rounds, min_time=0.0, warmup=1)
+                            "attnkit": attnkit_embed, "matmul": lambda: a @ b}, rounds=rounds, min_time=0.0, warmup=0)
     # The naive padded peer computes ~8x more tokens than are real: run it fewer times, each
     # run next to a run of ours, and compare those pairs (same machine state).
-    pairs = [(once(naive_hf), once(attnkit_embed)) for _ in range(1 if args.quick else 2)]
+    naive_hf(texts=texts[:16])  # warm-up
+    pairs = [(once(naive_hf), once(attnkit_embed)) for _ in range(1)]
     times["transformers padded 256"] = statistics.median(p[0] for p in pairs)
     ours_beside_naive = statistics.median(p[1] for p in pairs)
     roof = 2 * 2048**3 / times.pop("matmul") / 1e9  # measured between the embedding runs

@@ -70,5 +70,7 @@ def test_varlen_attention_matches_padded_torch_sdpa(lengths, kv_heads, causal, s
     def packed(t):  # (B, h, T, d) -> (N, h, d)
         return varlen.pack(t.transpose(1, 2), mask)[0]
 
+    threads = torch.get_num_threads()
     out = varlen.varlen_attention(packed(q), packed(k), packed(v), lengths, causal=causal)  # (N, H, d)
+    assert torch.get_num_threads() == threads  # small runs go single-threaded, then it is restored
     torch.testing.assert_close(out, packed(ref), atol=1e-10, rtol=1e-10)

