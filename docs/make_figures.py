@@ -97,7 +97,7 @@ def explorer_screenshot(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="an RNN checkpoint to draw instead of training one")
-    parser.add_argument("--budget", type=float, default=150.0, help="training seconds (default 150)")
+    parser.add_argument("--budget", type=float, default=180.0, help="training seconds (default 180)")
     parser.add_argument("--locales", nargs="*", help="train on these locales only (default: all 48)")
     args = parser.parse_args()
     if args.checkpoint:
