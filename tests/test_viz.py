@@ -173,3 +173,12 @@ def test_explorer_empty_text(tmp_path) -> None:
     path = explorer([], np.zeros((6, 12, 0, 0)), tmp_path / "empty.html")
     data = page_data(path)
     assert data["nq"] == 0 and data["left"] == []
+
+
+def test_package_exports_functions_not_submodules() -> None:
+    import attnkit.viz.explorer  # noqa: F401  (the submodules share the functions' names)
+    import attnkit.viz.heatmap  # noqa: F401
+    from attnkit.viz import explorer as explorer_fn
+    from attnkit.viz import heatmap as heatmap_fn
+
+    assert callable(heatmap_fn) and callable(explorer_fn)
