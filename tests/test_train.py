@@ -227,7 +227,7 @@ def german_dates(tmp_path_factory):
     task = make_task(8000, 300, seed=0, locales=("de_DE",))
     tok = task.tokenizer
     torch.manual_seed(0)
-    model = build_model("rnn", len(tok), embed_dim=32, hidden_dim=96, attention="additive")
+    model = build_model("rnn", len(tok), embed_dim=32, hidden_dim=96, attention_dim=96, attention="additive")
     out = tmp_path_factory.mktemp("dates") / "ck"
     cfg = TrainConfig(steps=400, batch_size=32, lr=5e-3, warmup_steps=50, eval_every=100, eval_size=200,
                       target_accuracy=0.99, progress=False)
