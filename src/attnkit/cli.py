@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="attnkit",
@@ -30,7 +31,7 @@ def _root() -> None:
 
 def fail(message: str) -> None:
     """Print one red line and exit with code 2."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -221,7 +222,7 @@ def main() -> None:
     try:
         app()
     except (ValueError, FileNotFoundError, NotADirectoryError, UnicodeDecodeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
