@@ -332,7 +332,7 @@ and how self-attention turns a word's fixed vector into a contextual one.</p>
 {quick_note}
 
 <h2>1. Learning to align: dates in 48 locales</h2>
-<p>Three models learned to rewrite dates written in 48 locales and 19 scripts (month names,
+<p>Three models learned to rewrite dates written in 48 locales and 18 scripts (month names,
 native digits, every CLDR format) as ISO <code>YYYY-MM-DD</code>. Held-out accuracy on dates
 never seen in training:</p>
 <table>
