@@ -41,6 +41,56 @@ class Tokenizer(Protocol):
     def save(self, directory: Any) -> None: ...
 
 
+class SpecialIdsTokenizer:
+    """Shared ``encode``/``decode`` of attnkit's tokenizers around the fixed special ids.
+
+    Subclasses provide ``_ids(text) -> list[int]`` (no specials), ``_text(ids) -> str`` and
+    ``__len__``; this class adds BOS/EOS on the way in and, on the way out, stops at the
+    first EOS, drops pad/bos when ``skip_special`` and rejects ids outside the vocabulary.
+    """
+
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    unk_id = UNK_ID
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _text(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Ids of ``text`` (unknown pieces become ``unk_id``), optionally framed by BOS/EOS."""
+        ids = self._ids(text)
+        if add_bos:
+            ids.insert(0, BOS_ID)
+        if add_eos:
+            ids.append(EOS_ID)
+        return ids
+
+    def decode(self, ids: Any, *, skip_special: bool = True) -> str:
+        """Text of ``ids`` (list or tensor); stops at the first EOS; pad/bos dropped when
+        ``skip_special`` (unk stays)."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        size = len(self)
+        kept: list[int] = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i in (PAD_ID, BOS_ID) and skip_special:
+                continue
+            if not 0 <= i < size:
+                raise ValueError(f"id {i} is outside the vocabulary of size {size}")
+            kept.append(i)
+        return self._text(kept)
+
+
 @dataclass
 class Task:
     """A task ready to train on: ``train``/``test`` pairs and the shared ``tokenizer``.

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from attnkit.data.base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID, Pair, Task
+from attnkit.data.base import SPECIAL_TOKENS, UNK, Pair, SpecialIdsTokenizer, Task
 from attnkit.data.vocab import BPE_FILE, CharVocab, _write_atomic, tokens_covering
 
 
@@ -141,17 +139,12 @@ def split_holdout(pairs: list[Pair], holdout: float = 0.1) -> tuple[list[Pair], 
     return pairs[: len(pairs) - k], pairs[len(pairs) - k:]
 
 
-class BPETokenizer:
+class BPETokenizer(SpecialIdsTokenizer):
     """Byte-level BPE (``tokenizers``) with attnkit's special ids ``pad=0, bos=1, eos=2, unk=3``.
 
     Same interface as :class:`~attnkit.data.vocab.CharVocab`: ``encode``, ``decode``,
     ``tokenize``, ``offsets``, ``token_span``, ``save``/``load``, ``len()``.
     """
-
-    pad_id = PAD_ID
-    bos_id = BOS_ID
-    eos_id = EOS_ID
-    unk_id = UNK_ID
 
     def __init__(self, tokenizer: Any) -> None:
         for i, tok in enumerate(SPECIAL_TOKENS):
@@ -185,29 +178,11 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return len(self)
 
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if add_bos:
-            ids.insert(0, BOS_ID)
-        if add_eos:
-            ids.append(EOS_ID)
-        return ids
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special: bool = True) -> str:
-        """Text of ``ids``; stops at the first EOS; pad/bos dropped when ``skip_special``."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        kept: list[int] = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i in (PAD_ID, BOS_ID) and skip_special:
-                continue
-            if not 0 <= i < len(self):
-                raise ValueError(f"id {i} is outside the vocabulary of size {len(self)}")
-            kept.append(i)
-        return self.tokenizer.decode(kept, skip_special_tokens=False)
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def tokenize(self, text: str) -> list[str]:
         """Token strings of ``text`` (the text each token covers, not byte-level symbols)."""

@@ -44,6 +44,7 @@ from attnkit.data.base import (
     SPECIAL_TOKENS,
     UNK_ID,
     Pair,
+    SpecialIdsTokenizer,
     Tokenizer,
 )
 
@@ -76,13 +77,8 @@ def tokens_covering(offsets: Sequence[tuple[int, int]], span: tuple[int, int],
     return hit[0], hit[-1] + 1
 
 
-class CharVocab:
+class CharVocab(SpecialIdsTokenizer):
     """One id per character (plus one per leading ``<tag>``); ids 0..3 are pad/bos/eos/unk."""
-
-    pad_id = PAD_ID
-    bos_id = BOS_ID
-    eos_id = EOS_ID
-    unk_id = UNK_ID
 
     def __init__(self, tokens: Sequence[str], *, tags: bool = True) -> None:
         tokens = list(tokens)
@@ -144,31 +140,12 @@ class CharVocab:
         """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
         return tokens_covering(self.offsets(text), span, text)
 
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Ids of ``text``; unknown characters/tags become ``unk_id``."""
+    def _ids(self, text: str) -> list[int]:
         get = self.index.get
-        ids = [get(t, UNK_ID) for t in self.tokenize(text)]
-        if add_bos:
-            ids.insert(0, BOS_ID)
-        if add_eos:
-            ids.append(EOS_ID)
-        return ids
+        return [get(t, UNK_ID) for t in self.tokenize(text)]
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special: bool = True) -> str:
-        """Text of ``ids``; stops at the first EOS. ``skip_special`` drops pad/bos (unk stays)."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out: list[str] = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i in (PAD_ID, BOS_ID) and skip_special:
-                continue
-            if not 0 <= i < len(self.tokens):
-                raise ValueError(f"id {i} is outside the vocabulary of size {len(self.tokens)}")
-            out.append(self.tokens[i])
-        return "".join(out)
+    def _text(self, ids: list[int]) -> str:
+        return "".join(self.tokens[i] for i in ids)
 
     # ------------------------------------------------------------------ save / load
     def to_dict(self) -> dict:
