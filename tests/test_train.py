@@ -15,14 +15,7 @@ import attnkit as ak
 from attnkit.data import encode_pairs, load_task
 from attnkit.train import TrainConfig, Trainer, build_model, evaluate, learning_rate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two (much faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
