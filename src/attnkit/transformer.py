@@ -16,6 +16,7 @@ Attention scores are ``q·k / sqrt(d_k)`` with ``d_k`` the head dimension (the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -450,6 +451,37 @@ def _final_norm(final_norm: bool | None, norm_first: bool, embed_dim: int, eps: 
     return nn.LayerNorm(embed_dim, eps=eps, bias=bias) if use else None
 
 
+def _stack_from_torch(cls: type, m: nn.Module, torch_type: type, copy_extra: Callable) -> nn.Module:
+    """Shared body of ``Encoder.from_torch``/``Decoder.from_torch``: build the stack with the
+    torch module's sizes, copy self-attention, feed-forward and norms layer by layer (plus
+    ``copy_extra(ours, theirs)`` for what only decoders have) and the optional final norm."""
+    if not isinstance(m, torch_type):
+        raise ValueError(f"{cls.__name__}.from_torch expects nn.{torch_type.__name__}, got {type(m).__name__}")
+    if len(m.layers) == 0:
+        raise ValueError(f"nn.{torch_type.__name__} has no layers")
+    first = m.layers[0]
+    sa = first.self_attn
+    new = cls(
+        len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
+        final_norm=m.norm is not None, **_layer_kwargs(first),
+    )
+    if m.norm is not None:
+        new.norm.eps = m.norm.eps
+    p = first.linear1.weight
+    new = new.to(device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        for ours, theirs in zip(new.layers, m.layers, strict=True):
+            ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
+            _copy_linear(ours.ff.linear1, theirs.linear1)
+            _copy_linear(ours.ff.linear2, theirs.linear2)
+            _copy_norm(ours.norm1, theirs.norm1)
+            _copy_norm(ours.norm2, theirs.norm2)
+            copy_extra(ours, theirs)
+        if m.norm is not None:
+            _copy_norm(new.norm, m.norm)
+    return new.train(m.training)
+
+
 class Encoder(nn.Module):
     """A stack of :class:`EncoderLayer` with an optional final LayerNorm (``norm``).
 
@@ -528,30 +560,7 @@ class Encoder(nn.Module):
     def from_torch(cls, m: nn.TransformerEncoder) -> Encoder:
         """Exact weight import from ``nn.TransformerEncoder`` (post-LN or ``norm_first``,
         ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
-        if not isinstance(m, nn.TransformerEncoder):
-            raise ValueError(f"Encoder.from_torch expects nn.TransformerEncoder, got {type(m).__name__}")
-        if len(m.layers) == 0:
-            raise ValueError("nn.TransformerEncoder has no layers")
-        first = m.layers[0]
-        sa = first.self_attn
-        new = cls(
-            len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
-            final_norm=m.norm is not None, **_layer_kwargs(first),
-        )
-        if m.norm is not None:
-            new.norm.eps = m.norm.eps
-        p = first.linear1.weight
-        new = new.to(device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            for ours, theirs in zip(new.layers, m.layers, strict=True):
-                ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
-                _copy_linear(ours.ff.linear1, theirs.linear1)
-                _copy_linear(ours.ff.linear2, theirs.linear2)
-                _copy_norm(ours.norm1, theirs.norm1)
-                _copy_norm(ours.norm2, theirs.norm2)
-            if m.norm is not None:
-                _copy_norm(new.norm, m.norm)
-        return new.train(m.training)
+        return _stack_from_torch(cls, m, nn.TransformerEncoder, lambda ours, theirs: None)
 
 
 class DecoderCache:
@@ -663,28 +672,9 @@ class Decoder(nn.Module):
     def from_torch(cls, m: nn.TransformerDecoder) -> Decoder:
         """Exact weight import from ``nn.TransformerDecoder`` (post-LN or ``norm_first``,
         ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
-        if not isinstance(m, nn.TransformerDecoder):
-            raise ValueError(f"Decoder.from_torch expects nn.TransformerDecoder, got {type(m).__name__}")
-        if len(m.layers) == 0:
-            raise ValueError("nn.TransformerDecoder has no layers")
-        first = m.layers[0]
-        sa = first.self_attn
-        new = cls(
-            len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
-            final_norm=m.norm is not None, **_layer_kwargs(first),
-        )
-        if m.norm is not None:
-            new.norm.eps = m.norm.eps
-        p = first.linear1.weight
-        new = new.to(device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            for ours, theirs in zip(new.layers, m.layers, strict=True):
-                ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
-                ours.cross_attn = MultiHeadAttention.from_torch(theirs.multihead_attn)
-                _copy_linear(ours.ff.linear1, theirs.linear1)
-                _copy_linear(ours.ff.linear2, theirs.linear2)
-                for k in ("norm1", "norm2", "norm3"):
-                    _copy_norm(getattr(ours, k), getattr(theirs, k))
-            if m.norm is not None:
-                _copy_norm(new.norm, m.norm)
-        return new.train(m.training)
+
+        def copy_cross(ours: DecoderLayer, theirs: nn.TransformerDecoderLayer) -> None:
+            ours.cross_attn = MultiHeadAttention.from_torch(theirs.multihead_attn)
+            _copy_norm(ours.norm3, theirs.norm3)
+
+        return _stack_from_torch(cls, m, nn.TransformerDecoder, copy_cross)
