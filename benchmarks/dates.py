@@ -40,8 +40,8 @@ MODELS: dict[str, tuple[str, dict, dict, float]] = {
     "rnn": ("rnn", {"attention": "additive", "embed_dim": 64, "hidden_dim": 128, "attention_dim": 64},
             {"batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "steps": 1000}, 99.0),
     "transformer": ("transformer", {"embed_dim": 128, "num_heads": 4, "num_encoder_layers": 2,
-                                    "num_decoder_layers": 2, "ff_dim": 256, "dropout": 0.0},
-                    {"batch_size": 64, "lr": 1e-3, "warmup_steps": 200, "steps": 2400}, 99.5),
+                                    "num_decoder_layers": 2, "ff_dim": 256, "dropout": 0.0, "norm_first": True},
+                    {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "steps": 2800}, 99.5),
 }
 LABELS = {"rnn": "RNN + additive attention", "transformer": "Transformer seq2seq"}
 
