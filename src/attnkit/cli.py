@@ -109,9 +109,12 @@ def train(
         if not isinstance(exc, PeerLostError):
             raise
         fail(str(exc))
+    import torch.distributed as dist
+
     m = result.metrics
     acc = f"exact match {100 * m['exact_match']:.2f}%, char accuracy {100 * m['char_accuracy']:.2f}%" if m else "no validation"
-    console.print(f"step {result.step} ({result.stopped}, {result.seconds:.0f} s): {acc} -> {out}", highlight=False)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):  # rank 0 reports
+        console.print(f"step {result.step} ({result.stopped}, {result.seconds:.0f} s): {acc} -> {out}", highlight=False)
     if result.stopped in ("SIGINT", "SIGTERM"):
         raise typer.Exit(code=130 if result.stopped == "SIGINT" else 143)
 
