@@ -8,6 +8,7 @@ turns both sides into ids (one shared vocabulary for source and target; special 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,6 +42,16 @@ class Tokenizer(Protocol):
     def save(self, directory: Any) -> None: ...
 
 
+def tokens_covering(offsets: Sequence[tuple[int, int]], span: tuple[int, int],
+                    text: str = "") -> tuple[int, int]:
+    """Token positions ``[t0, t1)`` whose character ``offsets`` overlap ``span = (start, end)``."""
+    start, end = span
+    hit = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+    if not hit:
+        raise ValueError(f"character span {span} lies outside {text!r} (length {len(text)})")
+    return hit[0], hit[-1] + 1
+
+
 class SpecialIdsTokenizer:
     """Shared ``encode``/``decode`` of attnkit's tokenizers around the fixed special ids.
 
@@ -62,6 +73,13 @@ class SpecialIdsTokenizer:
 
     def _text(self, ids: list[int]) -> str:
         raise NotImplementedError
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def token_span(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
+        """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
+        return tokens_covering(self.offsets(text), span, text)
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text`` (unknown pieces become ``unk_id``), optionally framed by BOS/EOS."""

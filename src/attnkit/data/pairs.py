@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attnkit.data.base import SPECIAL_TOKENS, UNK, Pair, SpecialIdsTokenizer, Task
-from attnkit.data.vocab import BPE_FILE, CharVocab, _write_atomic, tokens_covering
+from attnkit.data.vocab import BPE_FILE, CharVocab, _existing_file, _write_atomic
 
 
 @dataclass(frozen=True)
@@ -192,10 +192,6 @@ class BPETokenizer(SpecialIdsTokenizer):
         """``(start, end)`` character span of each token of ``text``."""
         return [tuple(o) for o in self.tokenizer.encode(text, add_special_tokens=False).offsets]
 
-    def token_span(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
-        """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
-        return tokens_covering(self.offsets(text), span, text)
-
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/tokenizer.json`` atomically; returns its path."""
         path = Path(directory) / BPE_FILE
@@ -207,11 +203,7 @@ class BPETokenizer(SpecialIdsTokenizer):
         """Read a ``tokenizer.json`` (or a directory holding one)."""
         from tokenizers import Tokenizer
 
-        path = Path(path)
-        if path.is_dir():
-            path = path / BPE_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"no BPE tokenizer at {path}")
+        path = _existing_file(path, BPE_FILE, "BPE tokenizer")
         try:
             tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
         except Exception as exc:  # tokenizers raises its own Exception subclass

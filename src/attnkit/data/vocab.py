@@ -67,14 +67,15 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def tokens_covering(offsets: Sequence[tuple[int, int]], span: tuple[int, int],
-                    text: str = "") -> tuple[int, int]:
-    """Token positions ``[t0, t1)`` whose character ``offsets`` overlap ``span = (start, end)``."""
-    start, end = span
-    hit = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
-    if not hit:
-        raise ValueError(f"character span {span} lies outside {text!r} (length {len(text)})")
-    return hit[0], hit[-1] + 1
+def _existing_file(path: str | os.PathLike, filename: str, what: str) -> Path:
+    """``path`` itself, or ``path/filename`` when it is a directory; FileNotFoundError naming
+    ``what`` when nothing is there."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / filename
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    return path
 
 
 class CharVocab(SpecialIdsTokenizer):
@@ -136,10 +137,6 @@ class CharVocab(SpecialIdsTokenizer):
         """``(start, end)`` character span of each token of ``text``."""
         return self._split(text)[1]
 
-    def token_span(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
-        """Token positions ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
-        return tokens_covering(self.offsets(text), span, text)
-
     def _ids(self, text: str) -> list[int]:
         get = self.index.get
         return [get(t, UNK_ID) for t in self.tokenize(text)]
@@ -160,11 +157,7 @@ class CharVocab(SpecialIdsTokenizer):
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharVocab:
         """Read a ``vocab.json`` (or a directory holding one)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / VOCAB_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"no character vocabulary at {path}")
+        path = _existing_file(path, VOCAB_FILE, "character vocabulary")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
