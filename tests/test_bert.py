@@ -112,6 +112,37 @@ def test_packed_forward_matches_hf(encoder, hf_model):
     assert (ours - ref[mask]).abs().max() < 1e-4
 
 
+def test_packed_workspace_and_training_path_match_hf(encoder, hf_models):
+    """A workspace reused by a longer then a shorter batch (buffers larger than the batch)
+    gives HF's hidden states each time; with autograd the allocating path gives them too and
+    backpropagates; a workspace under autograd is refused."""
+    from attnkit.models.bert import PackedWorkspace
+
+    hf = hf_models["sdpa"]
+    ws = PackedWorkspace()
+    for texts in (MIXED, MIXED[:2]):
+        input_ids, mask = _padded(encoder, texts)
+        lengths = mask.sum(1).tolist()
+        with torch.inference_mode():
+            ref = hf(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state[mask]  # (N, E)
+            ours = encoder.encoder.forward_packed(input_ids[mask], lengths, workspace=ws)
+        assert (ours - ref).abs().max() < 1e-4
+    bert = encoder.encoder
+    flags = [p.requires_grad for p in bert.parameters()]
+    bert.requires_grad_(True)
+    try:
+        with pytest.raises(ValueError, match="workspace"):
+            bert.forward_packed(input_ids[mask], lengths, workspace=ws)
+        hidden = bert.forward_packed(input_ids[mask], lengths)  # (N, E), with a graph
+        assert (hidden.detach() - ref).abs().max() < 1e-4
+        hidden.square().mean().backward()
+        assert bert.layers[0].ff.linear1.weight.grad.abs().sum() > 0
+    finally:
+        for p, flag in zip(bert.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        bert.zero_grad(set_to_none=True)
+
+
 def test_attention_weights_match_hf_output_attentions(encoder, hf_models):
     hf = hf_models["eager"]
     input_ids, mask = _padded(encoder, MIXED)
