@@ -73,36 +73,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-class LengthBucketTrainer(Trainer):
-    """The Trainer with batches of similar source length (less padding, same examples).
-
-    Epoch ``e`` is a permutation seeded by ``(seed, e)`` as in :class:`Trainer`; each run of
-    50 batches is sorted by source length, cut into batches, and the batches shuffled, so the
-    order stays a pure function of ``(seed, step)``."""
-
-    _epoch: tuple[int, list[list[int]]] | None = None
-
-    def batch_indices(self, step: int) -> list[int]:
-        n, bs = len(self.train_data), self.config.batch_size
-        per_epoch = n // bs
-        epoch, pos = divmod(step, per_epoch)
-        if self._epoch is None or self._epoch[0] != epoch:
-            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=g)[: per_epoch * bs].tolist()
-            batches: list[list[int]] = []
-            chunk = 50 * bs
-            for start in range(0, len(perm), chunk):
-                part = sorted(perm[start:start + chunk], key=lambda i: len(self.train_data[i][0]))
-                batches += [part[j:j + bs] for j in range(0, len(part) - bs + 1, bs)]
-            order = torch.randperm(len(batches), generator=g).tolist()
-            self._epoch = (epoch, [batches[i] for i in order])
-        return self._epoch[1][pos % len(self._epoch[1])]
-
-
 def calibrate_steps(model: torch.nn.Module, data: list, config: TrainConfig, budget: float) -> int:
     """Steps that fit in ``budget`` seconds, timed on a copy of ``model`` (so the cosine
     schedule ends about when the budget does; the budget still stops training)."""
-    probe = LengthBucketTrainer(copy.deepcopy(model), data, None, config)
+    probe = Trainer(copy.deepcopy(model), data, None, config)
     probe.train_step(0)  # warm-up
     start, n = time.perf_counter(), 6
     for step in range(1, n + 1):
@@ -116,7 +90,8 @@ def train(name: str, task: Task, model: torch.nn.Module, budget: float, *, batch
     """Train ``model`` on ``task`` for ``budget`` seconds (warm-up, then ``schedule``; no
     validation during training: all of the budget goes to optimisation)."""
     data = encode_pairs(task.tokenizer, task.train)
-    settings = {"batch_size": batch_size, "lr": lr, "seed": 0}
+    # batches of similar length (runs of 50 batches sorted by length): padding costs little
+    settings = {"batch_size": batch_size, "lr": lr, "seed": 0, "length_group": 50}
     if schedule == "constant":
         steps = 10**7  # the budget stops it
     else:
@@ -126,7 +101,7 @@ def train(name: str, task: Task, model: torch.nn.Module, budget: float, *, batch
                        time_budget=budget, eval_every=steps, **settings)
     print(f"-- {task.name}: RNN, {name} ({sum(p.numel() for p in model.parameters()):,} parameters), "
           f"{budget:.0f} s, " + (f"about {steps} steps" if steps < 10**7 else "constant rate"), flush=True)
-    result = LengthBucketTrainer(model, data, None, tcfg).fit()
+    result = Trainer(model, data, None, tcfg).fit()
     print(f"   {result.step} steps in {result.seconds:.0f} s, stopped by {result.stopped}", flush=True)
     return model, result
 

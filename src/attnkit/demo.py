@@ -118,7 +118,8 @@ def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[Mod
         model = build_model(spec.arch, len(vocab), attention=spec.attention if spec.arch == "rnn" else "additive",
                             pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
         defaults = TRAIN_DEFAULTS[spec.arch]
-        settings = {"batch_size": plan.batch_size, "lr": defaults["lr"], "seed": plan.seed}
+        settings = {"batch_size": plan.batch_size, "lr": defaults["lr"], "seed": plan.seed,
+                    "length_group": defaults.get("length_group", 0)}
         steps = _calibrate_steps(model, train, TrainConfig(steps=10, progress=False, warmup_steps=1,
                                                            **settings), budget)
         config = TrainConfig(steps=steps, warmup_steps=min(defaults["warmup_steps"], steps // 5),
