@@ -31,7 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 from attnkit.data import encode_pairs, load_task  # noqa: E402
-from attnkit.train import TRAIN_DEFAULTS, TrainConfig, Trainer, build_model, evaluate  # noqa: E402
+from attnkit.train import (  # noqa: E402
+    TRAIN_DEFAULTS,
+    TrainConfig,
+    Trainer,
+    build_model,
+    evaluate,
+    keep_freed_memory,
+)
 
 BENCH = "dates"
 
@@ -58,6 +65,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `attnkit train` does
     budget = args.budget or (15.0 if args.quick else 180.0)
     n_train = args.n_train or (5_000 if args.quick else 100_000)
     n_test = 200 if args.quick else 2_000

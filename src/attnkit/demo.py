@@ -101,8 +101,16 @@ def _calibrate_steps(model: Any, train: list, config: Any, budget: float) -> int
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
     from attnkit.data import encode_pairs, load_task
-    from attnkit.train import TRAIN_DEFAULTS, TrainConfig, Trainer, build_model, evaluate
+    from attnkit.train import (
+        TRAIN_DEFAULTS,
+        TrainConfig,
+        Trainer,
+        build_model,
+        evaluate,
+        keep_freed_memory,
+    )
 
+    keep_freed_memory()  # no page faults on every step's activations (see its docstring)
     with console.status("generating the multilingual date task (CLDR data via babel)"):
         task = load_task("dates", n_train=plan.n_train, n_test=plan.n_test, seed=plan.seed)
         vocab = task.tokenizer
