@@ -251,21 +251,21 @@ def test_rnn_learns_reversal():
 
 
 @pytest.fixture(scope="module")
-def german_dates(tmp_path_factory):
-    """An RNN with additive attention trained on German dates (all four formats), saved as a
-    checkpoint the CLI can use."""
-    from attnkit.data.dates import make_task
+def date_model(tmp_path_factory):
+    """The RNN `attnkit train --task dates --arch rnn` builds (additive attention, the CLI's
+    sizes and training defaults: 1000 steps of 64), trained on the whole multilingual date
+    task (48 locales) and saved as a checkpoint the CLI can use."""
+    from attnkit.train import TRAIN_DEFAULTS
 
     threads = torch.get_num_threads()  # module fixtures run before the per-test _one_thread
     torch.set_num_threads(1)
-    task = make_task(8000, 300, seed=0, locales=("de_DE",))
+    task = load_task("dates", n_train=100_000, n_test=300, seed=0)
     tok = task.tokenizer
     torch.manual_seed(0)
-    model = build_model("rnn", len(tok), embed_dim=32, hidden_dim=96, attention_dim=96, attention="additive")
+    model = build_model("rnn", len(tok), attention="additive")
     out = tmp_path_factory.mktemp("dates") / "ck"
-    cfg = TrainConfig(steps=400, batch_size=32, lr=5e-3, warmup_steps=50, eval_every=100, eval_size=200,
-                      target_accuracy=0.99, progress=False)
-    meta = {"task": "dates", "task_options": {"seed": 0, "n_test": 300, "locales": ["de_DE"]}, "arch": "rnn",
+    cfg = TrainConfig(**TRAIN_DEFAULTS["rnn"], eval_every=500, eval_size=300, progress=False)
+    meta = {"task": "dates", "task_options": {"seed": 0, "n_test": 300, "n_train": 100_000}, "arch": "rnn",
             "max_len": 16}
     result = Trainer(model, encode_pairs(tok, task.train), encode_pairs(tok, task.test), cfg, tokenizer=tok,
                      out_dir=out, meta=meta).fit()
@@ -274,42 +274,42 @@ def german_dates(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_month_digits_attend_to_the_month_word(german_dates):
-    """The alignment the model learned (never supervised) on German long dates: for >= 90% of
-    held-out examples each month digit's largest attention weight lies on the month word or
-    the delimiter right beside it, and the last month digit's lies inside the word itself.
+def test_month_digits_attend_to_the_month_word(date_model):
+    """The alignment the model learned (never supervised): on held-out German long dates
+    (``24. November 2026``), for >= 90% of examples both month digits' largest attention
+    weight lies inside the month word. Measured: 200 of 200.
 
-    (The issue asks for both digits strictly inside the word; measured ~35-45% for that: the
-    first month digit's argmax sits on the space after the word, whose forward state has
-    read the whole word. Reported in the closing note.)"""
+    (A model trained on German dates alone found a shortcut: its first month digit peaked on
+    the space after the word, whose forward state has read the whole word - only ~50% of
+    examples met this. Trained on 48 locales, where no single delimiter follows the month, the
+    peaks move into the word.)"""
     from attnkit.data.dates import TARGET_SPANS, DateTask, month_span
     from attnkit.data.vocab import pad_ids
 
-    task, model, _, result = german_dates
-    assert result.metrics["exact_match"] >= 0.95, result.history
+    task, model, _, result = date_model
+    assert result.metrics["exact_match"] >= 0.99, result.history  # the issue's RNN target, 300 held out
     tok = task.tokenizer
     examples = DateTask(("de_DE",), ("long",)).generate(200, seed=1, split="test", untagged=0.0)
     ids = [tok.encode(ex.source) for ex in examples]
     src, mask = pad_ids(ids)
     tokens, attn = ak.generate(model, src, src_mask=mask, max_len=11, return_attention=True)
+    assert [tok.decode(row.tolist()) for row in tokens] == [ex.target for ex in examples]
     m0, m1 = TARGET_SPANS["month"]
-    near = inside_last = 0
+    inside = 0
     for i, ex in enumerate(examples):
         t0, t1 = tok.token_span(ex.source, month_span(ex))
         argmax = attn[i, m0:m1].argmax(-1)  # (2,) source positions of the month digits' peaks
-        near += bool(((argmax >= t0 - 1) & (argmax <= t1)).all())
-        inside_last += t0 <= int(argmax[-1]) < t1
-    assert near / len(examples) >= 0.9, near
-    assert inside_last / len(examples) >= 0.9, inside_last
+        inside += bool(((argmax >= t0) & (argmax < t1)).all())
+    assert inside / len(examples) >= 0.9, inside
 
 
 @pytest.mark.slow
-def test_cli_translates_a_german_date(german_dates, tmp_path):
+def test_cli_translates_a_german_date(date_model, tmp_path):
     from typer.testing import CliRunner
 
     from attnkit.cli import app
 
-    _, _, out, _ = german_dates
+    _, _, out, _ = date_model
     png = tmp_path / "align.png"
     r = CliRunner().invoke(app, ["translate", str(out), "24. November 2026", "--alignment", str(png)])
     assert r.exit_code == 0, r.output
