@@ -217,10 +217,11 @@ def test_sigint_saves_and_stops(tmp_path, reverse_task):
     tok, train, test = reverse_task
     cfg = TrainConfig(steps=50, batch_size=16, eval_every=100, eval_size=4, progress=False)
     t = SignalAt(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "ck", at=2, signum=signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     r = t.fit()
     assert r.stopped == "SIGINT" and r.step == 2
     assert ak.load(tmp_path / "ck") is not None
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
 
 
 def test_time_budget_and_target(reverse_task, monkeypatch):
