@@ -192,9 +192,10 @@ def varlen_attention(
         out = q.new_empty(N, H, dv)  # (N, H, dv)
     elif out.shape != (N, H, dv):
         raise ValueError(f"varlen_attention: out must have shape {(N, H, dv)}, got {tuple(out.shape)}")
-    runs = equal_length_runs(lens)
-    small = [r for r in runs if r[1] * r[2] * r[2] * H * (d + dv) < SERIAL_WORK]  # count * L^2 * H * (d + dv)
-    large = [r for r in runs if r[1] * r[2] * r[2] * H * (d + dv) >= SERIAL_WORK]
+    small: list[tuple[int, int, int]] = []
+    large: list[tuple[int, int, int]] = []
+    for run in equal_length_runs(lens):  # work = count * L^2 * H * (d + dv) multiply-adds
+        (small if run[1] * run[2] * run[2] * H * (d + dv) < SERIAL_WORK else large).append(run)
 
     def attend(first: int, count: int, L: int) -> None:
         rows = slice(first, first + count * L)

@@ -18,8 +18,10 @@ Mask convention: ``key_mask`` is True at real tokens (Hugging Face's ``attention
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -291,10 +293,11 @@ class BertEncoder(nn.Module):
         else:
             x = torch.index_select(word, 0, input_ids, out=ws.take("embed", (N, E), word))
             x.add_(torch.index_select(pos, 0, positions(cu_seqlens), out=ws.take("proj", (N, E), word)))
+        # x is a fresh sum (or our buffer) on both paths, so the type embedding goes in in place
         if token_type_ids is None:
-            x = x.add_(emb.token_type_embeddings.weight[0]) if ws else x + emb.token_type_embeddings.weight[0]
+            x.add_(emb.token_type_embeddings.weight[0])  # type 0 everywhere: one row, broadcast
         else:
-            x = x.add_(emb.token_type_embeddings(token_type_ids)) if ws else x + emb.token_type_embeddings(token_type_ids)
+            x.add_(emb.token_type_embeddings(token_type_ids))
         return emb.dropout(_layer_norm(x, emb.norm, ws, "x0"))
 
     @staticmethod
@@ -338,9 +341,7 @@ class PackedWorkspace:
 
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A contiguous ``shape`` view of buffer ``name`` (dtype and device of ``like``)."""
-        n = 1
-        for size in shape:
-            n *= size
+        n = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
             buf = self._buffers[name] = like.new_empty(n)
@@ -606,13 +607,8 @@ class SentenceEncoder(nn.Module):
         else:
             order = sorted(range(len(ids)), key=lambda i: -lengths[i])
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if packed:
-            workspace = PackedWorkspace()  # buffers reused by every batch of this call
-
-            def run(batch_ids: list[list[int]]) -> Tensor:
-                return self._embed_packed(batch_ids, workspace)
-        else:
-            run = self._embed_padded
+        # packed: one workspace whose buffers every batch of this call reuses
+        run = functools.partial(self._embed_packed, workspace=PackedWorkspace()) if packed else self._embed_padded
         with _progress(progress, len(ids), "embedding") as advance:
             for batch in batches:
                 out[batch] = run([ids[i] for i in batch]).float()
