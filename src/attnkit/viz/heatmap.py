@@ -4,97 +4,34 @@
 (an output token, ``y_tokens[i]``), column ``j`` the key it may attend to (an input token,
 ``x_tokens[j]``), and each row of a softmax attention matrix sums to 1.
 
-Token labels in any script: matplotlib (>= 3.6) falls back glyph by glyph through the
-``font.family`` list, so we list every Noto/DejaVu family installed on the machine
-(Debian: ``fonts-noto-core``, ``fonts-noto-cjk``). Characters that no installed font has are
-drawn as boxes instead of raising or spamming "Glyph missing" warnings.
+Token labels in any script: :mod:`attnkit.viz.fonts` registers the packaged Noto fonts and
+picks the fallback list the labels need (matplotlib falls back glyph by glyph and shapes with
+libraqm). A character that no font has is not hidden: matplotlib draws a box and warns
+``Glyph ... missing from font(s)``.
+
+Right-to-left text in a left-to-right title (``<he_IL> 24 בנובמבר 2026 -> 2026-11-24``):
+libraqm runs the Unicode bidi algorithm over the whole line, so the RTL run would pull the
+arrow and the digits after it into itself and the line would read reversed. Each RTL run of
+the title and the axis labels is therefore wrapped in directional isolates (U+2068 FSI ...
+U+2069 PDI, which libraqm honours and HarfBuzz draws as nothing), and the line around the
+runs stays left to right (matplotlib < 3.11 has no bidi layout: there the text is left as is).
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
-import warnings
+import unicodedata
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# Families tried in order for each glyph; only the installed ones are used.
-_FONT_PREFERENCE = (
-    "DejaVu Sans",
-    "Noto Sans",
-    "Noto Sans CJK JP",
-    "Noto Sans CJK SC",
-    "Noto Sans Arabic",
-    "Noto Sans Hebrew",
-    "Noto Sans Devanagari",
-    "Noto Sans Bengali",
-    "Noto Sans Thai",
-    "Noto Sans Georgian",
-    "Noto Sans Armenian",
-    "Noto Sans Ethiopic",
-    "Noto Sans Tamil",
-    "Noto Sans Telugu",
-    "Noto Sans Kannada",
-    "Noto Sans Malayalam",
-    "Noto Sans Gujarati",
-    "Noto Sans Gurmukhi",
-    "Noto Sans Sinhala",
-    "Noto Sans Khmer",
-    "Noto Sans Lao",
-    "Noto Sans Myanmar",
-    "Noto Sans Symbols",
-    "Noto Sans Symbols 2",
-    "Noto Sans Math",
-)
+from attnkit.viz.fonts import fonts_for
 
 _MAX_LABELS = 80  # more tokens than this on an axis: label every k-th one
-
-
-@lru_cache(maxsize=1)
-def font_fallback_list() -> list[str]:
-    """The installed font families, in fallback order, for labels in any script."""
-    from matplotlib import font_manager
-
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    families = [name for name in _FONT_PREFERENCE if name in installed]
-    return families or ["sans-serif"]
-
-
-@cache
-def _charmap(family: str) -> frozenset[int]:
-    """The code points a font family covers (empty if it cannot be read)."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
-
-    try:
-        path = font_manager.findfont(font_manager.FontProperties(family=family),
-                                     fallback_to_default=False)
-        return frozenset(FT2Font(path).get_charmap())
-    except (ValueError, OSError, RuntimeError):
-        return frozenset()
-
-
-def fonts_for(texts: Sequence[str]) -> list[str]:
-    """The shortest fallback list (in preference order) that covers the characters of ``texts``.
-
-    Searching a long fallback list costs matplotlib time for every label, so a plain ASCII
-    plot gets one family and a multilingual one only the families its characters need.
-    """
-    families = font_fallback_list()
-    missing = {ord(c) for text in texts for c in text if not c.isspace()}
-    chosen = [families[0]]
-    missing -= _charmap(families[0])
-    for family in families[1:]:
-        if not missing:
-            break
-        covered = missing & _charmap(family)
-        if covered:
-            chosen.append(family)
-            missing -= covered
-    return chosen
 
 
 def as_numpy(weights: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -163,9 +100,7 @@ def heatmap(
     height = float(np.clip(1.4 + 0.22 * rows, 3.0, 16.0))
 
     texts = [*x_tokens, *y_tokens, title or "", x_label, y_label]
-    with warnings.catch_warnings(), _font_context(fonts_for(texts)):
-        warnings.filterwarnings("ignore", message=r"Glyph .* missing from font")
-        warnings.filterwarnings("ignore", message=r".*findfont.*")
+    with _font_context(fonts_for(texts)):
         fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
@@ -184,12 +119,15 @@ def heatmap(
                 label.set_rotation(90 if len(label.get_text()) > 1 else 0)
             ax.set_yticks(ys, [_visible(y_tokens[i]) for i in ys], fontsize=9)
             ax.tick_params(length=0)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(y_label)
+        bidi = isolate_rtl if _lays_out_bidi() else str
+        ax.set_xlabel(bidi(x_label))
+        ax.set_ylabel(bidi(y_label))
         if title:
-            # Wrap each line of the title to the figure's width (about 11 characters per inch).
+            # Wrap each line of the title to the figure's width (about 11 characters per inch),
+            # then isolate the RTL runs of each drawn line (an isolate must not span lines).
             limit = max(20, int(width * 11))
-            ax.set_title("\n".join(textwrap.fill(line, limit) for line in title.split("\n")))
+            lines = [row for line in title.split("\n") for row in textwrap.wrap(line, limit) or [""]]
+            ax.set_title("\n".join(bidi(row) for row in lines))
         if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,3 +149,64 @@ def _font_context(families: list[str]) -> Any:
     import matplotlib
 
     return matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False})
+
+
+@cache
+def _lays_out_bidi() -> bool:
+    """True if matplotlib lays text out with libraqm (>= 3.11: bidi order, shaping, isolates);
+    older versions draw each character left to right and would draw the isolates as boxes."""
+    from matplotlib import ft2font
+
+    return hasattr(ft2font, "__libraqm_version__")
+
+
+_FSI, _PDI = "\u2068", "\u2069"  # FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE
+_ARROW = re.compile(r"(\s*(?:->|=>|\u2192)\s*)")  # "source -> target": segments of a title
+_WORDS = re.compile(r"\S+|\s+")
+
+
+def _direction(word: str) -> str:
+    """"rtl" if ``word`` has a right-to-left letter, "ltr" if it has a left-to-right one,
+    else "weak" (digits, Arabic-Indic digits, punctuation: they take their neighbours' side)."""
+    kinds = {unicodedata.bidirectional(c) for c in word}
+    if kinds & {"R", "AL"}:
+        return "rtl"
+    return "ltr" if "L" in kinds else "weak"
+
+
+def isolate_rtl(line: str) -> str:
+    """``line`` with each right-to-left run wrapped in U+2068 FSI ... U+2069 PDI.
+
+    A run is a stretch of words between arrows (``->``, ``=>``, ``→``) and left-to-right words
+    that holds at least one right-to-left word; the digits and punctuation inside the stretch
+    belong to it (``24 בנובמבר 2026`` is one run and reads right to left, ``-> 2026-11-24``
+    after it stays left to right). Lines without RTL letters come back unchanged.
+    """
+    if not any(unicodedata.bidirectional(c) in ("R", "AL") for c in line):
+        return line
+    parts = _ARROW.split(line)  # odd items are the arrows
+    return "".join(part if i % 2 else _isolate_segment(part) for i, part in enumerate(parts))
+
+
+def _isolate_segment(segment: str) -> str:
+    tokens = _WORDS.findall(segment)
+    out: list[str] = []
+    stretch: list[str] = []  # words and spaces since the last left-to-right word
+
+    def flush() -> None:
+        words = [k for k, t in enumerate(stretch) if not t.isspace()]
+        if words and any(_direction(stretch[k]) == "rtl" for k in words):
+            first, last = words[0], words[-1]
+            stretch[first] = _FSI + stretch[first]
+            stretch[last] = stretch[last] + _PDI
+        out.extend(stretch)
+        stretch.clear()
+
+    for token in tokens:
+        if not token.isspace() and _direction(token) == "ltr":
+            flush()
+            out.append(token)
+        else:
+            stretch.append(token)
+    flush()
+    return "".join(out)
