@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench docs-figures clean
+.PHONY: demo test test-fast lint bench docs-figures wheel-smoke clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+wheel-smoke: $(STAMP)
+	PY=$(BIN)/python bash .ci/wheel-smoke
 
 docs-figures: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python docs/make_figures.py

