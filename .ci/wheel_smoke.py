@@ -62,7 +62,7 @@ def bare(work: Path, wheel: Path) -> None:
     code = (
         "import sys; sys.modules['rich'] = None\n"  # any `import rich...` now raises ImportError
         "from attnkit.data import encode_pairs, load_task\n"
-        "from attnkit.train import TrainConfig, Trainer, build_model\n"
+        "from attnkit.training import TrainConfig, Trainer, build_model\n"
         "task = load_task('reverse', n_train=64, n_test=8, seed=0, lengths=(3, 5))\n"
         "tok = task.tokenizer\n"
         "model = build_model('rnn', len(tok), embed_dim=8, hidden_dim=16, attention_dim=8)\n"

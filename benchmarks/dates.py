@@ -1,13 +1,13 @@
 """The date task's training targets: held-out exact match after a fixed wall-clock budget.
 
-Issue 4: an RNN with additive attention reaches >= 99% exact match on the held-out split of
+The targets: an RNN with additive attention reaches >= 99% exact match on the held-out split of
 the multilingual date task (48 locales, native digits, ``attnkit.data.dates``) within 3
 minutes of training on 2 CPU cores; the Transformer seq2seq model >= 99.5%.
 
-Each model trains with :class:`attnkit.train.Trainer` for ``--budget`` seconds (validation
+Each model trains with :func:`attnkit.training.train_date_model` (the Trainer) for ``--budget`` seconds (validation
 included; the cosine schedule is sized to end near the budget on a quiet machine), then
 decodes the whole held-out split greedily (dates never seen in training, every locale and
-format). Rows: ``peer`` = the issue's target, ``attnkit`` = the measured exact match (%),
+format). Rows: ``peer`` = the target, ``attnkit`` = the measured exact match (%),
 ratio >= 1 = target met. Also printed: steps, steps/s, the second at which the validation
 subset first reached the target, and the machine's load average, because on a shared
 machine the same budget buys fewer steps (the figures are then pessimistic).
@@ -30,23 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from attnkit.data import encode_pairs, load_task  # noqa: E402
-from attnkit.train import (  # noqa: E402
-    TRAIN_DEFAULTS,
-    TrainConfig,
-    Trainer,
-    build_model,
-    evaluate,
-    keep_freed_memory,
-)
+from attnkit.training import date_data, evaluate, keep_freed_memory, train_date_model  # noqa: E402
 
 BENCH = "dates"
 
-# name -> (arch, model sizes, train settings, target exact match in %): what `attnkit train` uses
-MODELS: dict[str, tuple[str, dict, dict, float]] = {
-    "rnn": ("rnn", {"attention": "additive"}, TRAIN_DEFAULTS["rnn"], 99.0),
-    "transformer": ("transformer", {}, TRAIN_DEFAULTS["transformer"], 99.5),
-}
+# name -> (arch, target exact match in %): the models `attnkit train --task dates` builds
+MODELS: dict[str, tuple[str, float]] = {"rnn": ("rnn", 99.0), "transformer": ("transformer", 99.5)}
 LABELS = {"rnn": "RNN + additive attention", "transformer": "Transformer seq2seq"}
 
 
@@ -70,25 +59,20 @@ def main() -> None:
     n_train = args.n_train or (5_000 if args.quick else 100_000)
     n_test = 200 if args.quick else 2_000
     t0 = time.perf_counter()
-    task = load_task("dates", n_train=n_train, n_test=n_test, seed=0)
-    tok = task.tokenizer
-    train_data, test_data = encode_pairs(tok, task.train), encode_pairs(tok, task.test)
-    print(f"date task: {len(train_data):,} train / {len(test_data):,} held-out examples, vocabulary "
-          f"{len(tok)}, built in {time.perf_counter() - t0:.1f} s", flush=True)
+    data = date_data(n_train=n_train, n_test=n_test, seed=0)
+    test_data = data.test
+    print(f"date task: {len(data.train):,} train / {len(test_data):,} held-out examples, vocabulary "
+          f"{len(data.tokenizer)}, built in {time.perf_counter() - t0:.1f} s", flush=True)
     extra: dict[str, str] = {}
     for name in args.models:
-        arch, sizes, train_kw, target = MODELS[name]
-        torch.manual_seed(0)
-        model = build_model(arch, len(tok), pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, **sizes)
-        if args.steps:
-            train_kw = {**train_kw, "steps": args.steps}
-        cfg = TrainConfig(**train_kw, time_budget=budget, eval_every=250, eval_size=500,
-                          max_decode_len=12, seed=0, progress=sys.stdout.isatty())
+        arch, target = MODELS[name]
+        steps = {"steps": args.steps} if args.steps else {}
         load = os.getloadavg()[0]
-        print(f"-- {LABELS[name]}: {sum(p.numel() for p in model.parameters()):,} parameters, {budget:.0f} s budget, "
-              f"{args.threads} thread(s), load average {load:.1f} on {os.cpu_count()} cores", flush=True)
+        print(f"-- {LABELS[name]}: {budget:.0f} s budget, {args.threads} thread(s), load average {load:.1f} "
+              f"on {os.cpu_count()} cores", flush=True)
         cpu0 = time.process_time()
-        result = Trainer(model, train_data, test_data, cfg).fit()
+        model, result = train_date_model(arch, data, seed=0, time_budget=budget, eval_every=250, eval_size=500,
+                                         max_decode_len=12, progress=sys.stdout.isatty(), **steps)
         cpu_per_step = (time.process_time() - cpu0) / max(result.step, 1)
         first = next((h for h in result.history if 100 * h["exact_match"] >= target), None)
         reached = None if first is None else first["seconds"]

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 import attnkit as ak  # noqa: E402
-from attnkit.models.seq2seq import Recompute, greedy_search  # noqa: E402
+from attnkit.models import Recompute, greedy_search  # noqa: E402
+from attnkit.progress import progress_bar  # noqa: E402
 
 BENCH = "decoding"
 
@@ -84,8 +84,7 @@ def main() -> None:
     src = torch.randint(3, cfg.src_vocab_size, (B, S))
     cached, full = NoEOS(model), NoEOS(Recompute(model))
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task("decoding benchmark", total=2)
+    with progress_bar("decoding benchmark", 2, transient=True) as bar:
         with torch.no_grad():  # recompute is slow (O(t^2) per row): one run; cached: median of 5
             t = harness.timeit({"recompute": lambda: greedy_search(full, src, max_len=steps)},
                                rounds=1, min_time=0.0, warmup=0)
@@ -95,7 +94,7 @@ def main() -> None:
         harness.record(BENCH, f"greedy {steps} tokens, batch {B}: tokens/s", "full recompute",
                        tokens / t["recompute"], tokens / t["cached"], "tokens/s", target=5.0,
                        note="ak.generate protocol, E=256, 4 heads, 3+3 layers, vocab 1000")
-        progress.advance(task)
+        bar.update(advance=1)
 
         early = 32 if not args.quick else 16
         with torch.no_grad():
@@ -104,7 +103,7 @@ def main() -> None:
                        window(times, early) * 1e3, window(times, steps) * 1e3, "ms/token-step",
                        higher_is_better=False, target=0.5,
                        note="ratio = t(step early) / t(step late); >= 0.5 means late <= 2x early")
-        progress.advance(task)
+        bar.update(advance=1)
     if not args.no_save and not args.quick:
         print(f"saved {harness.save(BENCH, {'threads': torch.get_num_threads()})}")
 

@@ -39,7 +39,7 @@ import harness  # noqa: E402
 import attnkit as ak  # noqa: E402
 from attnkit.data import Task, encode_pairs, load_task, synthetic  # noqa: E402
 from attnkit.rnn import RNNConfig  # noqa: E402
-from attnkit.train import (  # noqa: E402
+from attnkit.training import (  # noqa: E402
     TRAIN_DEFAULTS,
     TrainConfig,
     Trainer,

@@ -190,7 +190,7 @@ def _k(N: int) -> str:
 def main() -> None:
     args = harness.parse_args(__doc__)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from rich.progress import Progress
+    from attnkit.progress import progress_bar
 
     sizes = [2048, 4096] if args.quick else [8192, 16384, 32768]
     speed_N = 4096 if args.quick else 16384
@@ -198,16 +198,15 @@ def main() -> None:
     load = os.getloadavg()[0]
     extra: dict = {"load average at start": f"{load:.1f} on {os.cpu_count()} cores"}
 
-    with Progress() as bar:
-        task = bar.add_task("ring benchmark", total=len(sizes) + 2)
+    with progress_bar("ring benchmark", len(sizes) + 2) as bar:
         mem: dict = {}
         for N in sizes:
             mem.update(_run(_memory_worker, 4, N))
-            bar.advance(task)
+            bar.update(advance=1)
         math = _run(_math_worker, 0, sizes[0])["math"]
-        bar.advance(task)
+        bar.update(advance=1)
         speed = _run(_speed_worker, 2, speed_N, rounds)
-        bar.advance(task)
+        bar.update(advance=1)
 
     # memory: worst rank per size
     peaks = {N: max(mem[(N, r)][0] for r in range(4)) for N in sizes}

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 import attnkit as ak  # noqa: E402
+from attnkit.progress import progress_bar  # noqa: E402
 
 BENCH = "training"
 
@@ -91,8 +91,7 @@ def main() -> None:
     peers = {"usual masks": TorchSeq2Seq(cfg, full_masks=True).train(),
              "causal + src padding": TorchSeq2Seq(cfg, full_masks=False).train()}
     fns = {"ours": make_step(ours, data)} | {name: make_step(m, data) for name, m in peers.items()}
-    with Progress(transient=True) as progress:
-        progress.add_task("training-step benchmark (interleaved rounds)", total=None)
+    with progress_bar("training-step benchmark (interleaved rounds)", None, transient=True):
         t = harness.timeit(fns, rounds=3 if args.quick else 5, min_time=0.1 if args.quick else 0.5)
     tokens = B * T
     for name in peers:

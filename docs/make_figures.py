@@ -16,8 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 SENTENCE = "The animal didn't cross the street because it was too tired."
@@ -26,42 +24,26 @@ SENTENCE = "The animal didn't cross the street because it was too tired."
 def train_rnn(budget: float, seed: int = 0, locales: list[str] | None = None):
     """An RNN with additive attention trained on the date task (all 48 locales, or
     ``locales``) for ``budget`` seconds or until 97% held-out exact match."""
-    from attnkit.data import encode_pairs, load_task
-    from attnkit.train import TRAIN_DEFAULTS, TrainConfig, Trainer, build_model
+    from attnkit.training import date_data, train_date_model
 
     options = {"locales": tuple(locales)} if locales else {}
-    task = load_task("dates", n_train=100_000, n_test=500, seed=seed, **options)
-    vocab = task.tokenizer
-    train, test = encode_pairs(vocab, task.train), encode_pairs(vocab, task.test)
-    torch.manual_seed(seed)
-    model = build_model("rnn", len(vocab), attention="additive", pad_id=vocab.pad_id,
-                        bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    defaults = TRAIN_DEFAULTS["rnn"]
-    config = TrainConfig(steps=4000, batch_size=defaults["batch_size"], lr=defaults["lr"],
-                         warmup_steps=defaults["warmup_steps"], eval_every=500, eval_size=300,
-                         time_budget=budget, target_accuracy=0.97, seed=seed)
-    result = Trainer(model, train, test, config).fit()
+    data = date_data(n_train=100_000, n_test=500, seed=seed, **options)
+    model, result = train_date_model("rnn", data, seed=seed, steps=4000, eval_every=500, eval_size=300,
+                                     time_budget=budget, target_accuracy=0.97)
     print(f"trained {result.step} steps in {result.seconds:.0f} s: {result.metrics}")
-    return model, vocab
+    return model, data.tokenizer
 
 
 def alignment_figure(model, vocab, path: Path) -> None:
     from attnkit.data.dates import DateTask
-    from attnkit.models.seq2seq import generate
-    from attnkit.viz.heatmap import heatmap
+    from attnkit.viz.alignment import align, draw
 
     day = datetime.date(2026, 11, 24)
     while not DateTask.is_test_date(day):  # a date the model never saw
         day += datetime.timedelta(days=1)
     example = DateTask(("de_DE",)).render(day, "de_DE", "long")
-    ids = vocab.encode(example.source)
-    tokens, attn = generate(model, torch.tensor([ids]), max_len=16, return_attention=True)
-    row = tokens[0].tolist()
-    eos = model.config.eos_id
-    n_out = next((k + 1 for k, t in enumerate(row) if t == eos), len(row))
-    y = [vocab.decode([t], skip_special=False) if t != eos else "</s>" for t in row[:n_out]]
-    heatmap(attn[0, :n_out, : len(ids)], vocab.tokenize(example.source), y, path,
-            title=f"RNN + additive attention: {example.source} -> {vocab.decode(row)}")
+    [a] = align(model, vocab, [example.source], max_len=16)
+    draw(a, path, title=f"RNN + additive attention: {example.source} -> {a.prediction}")
     print(f"wrote {path}")
 
 

@@ -23,3 +23,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TSV_CORPUS = [
+    ("Go.", "Va !"), ("Hi.", "Salut !"), ("Run!", "Cours !"), ("Who?", "Qui ?"),
+    ("I see.", "Je comprends."), ("Thank you.", "Merci."), ("Good morning.", "Bonjour."),
+    ("Tokyo is big.", "東京は大きい。"), ("Moscow", "Москва"), ("Cairo", "القاهرة"),
+]
+
+
+@pytest.fixture
+def tsv_corpus() -> list[tuple[str, str]]:
+    """Ten (source, target) pairs in several scripts, as an Anki/Tatoeba export holds them."""
+    return list(TSV_CORPUS)
+
+
+@pytest.fixture
+def good_tsv(tmp_path):
+    """``good_tsv(n=10)`` writes ``tmp_path/c.tsv``: the first ``n`` lines cycling through
+    :data:`TSV_CORPUS`, each with an Anki attribution column, and returns its path."""
+
+    def write(n: int = 10):
+        lines = [f"{s}\t{t}\tCC-BY 2.0 (France) Attribution: tatoeba.org #{i}" for i, (s, t) in
+                 enumerate(TSV_CORPUS * (n // len(TSV_CORPUS) + 1))][:n]
+        path = tmp_path / "c.tsv"
+        path.write_bytes(("\n".join(lines) + "\n").encode())
+        return path
+
+    return write

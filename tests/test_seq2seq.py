@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import attnkit as ak
-from attnkit.models.seq2seq import (
+from attnkit.models import (
     Recompute,
     TransformerSeq2Seq,
     beam_search,

@@ -13,7 +13,7 @@ from torch import nn
 
 import attnkit as ak
 from attnkit.data import encode_pairs, load_task
-from attnkit.train import TrainConfig, Trainer, build_model, evaluate, learning_rate
+from attnkit.training import TrainConfig, Trainer, build_model, evaluate, learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,7 +186,7 @@ def test_keep_freed_memory_stops_page_faults():
     reuses the memory: almost no minor page faults (glibc's default faults ~2,000 per round)."""
     import resource
 
-    from attnkit.train import keep_freed_memory
+    from attnkit.training import keep_freed_memory
 
     assert keep_freed_memory()  # Linux with glibc (this platform and CI)
     for _ in range(3):
@@ -258,7 +258,7 @@ def date_model(tmp_path_factory):
     """The RNN `attnkit train --task dates --arch rnn` builds (additive attention, the CLI's
     sizes and training defaults: 1000 steps of 64), trained on the whole multilingual date
     task (48 locales) and saved as a checkpoint the CLI can use."""
-    from attnkit.train import TRAIN_DEFAULTS
+    from attnkit.training import TRAIN_DEFAULTS
 
     threads = torch.get_num_threads()  # module fixtures run before the per-test _one_thread
     torch.set_num_threads(1)
@@ -286,11 +286,11 @@ def test_month_digits_attend_to_the_month_word(date_model):
     the space after the word, whose forward state has read the whole word - only ~50% of
     examples met this. Trained on 48 locales, where no single delimiter follows the month, the
     peaks move into the word.)"""
+    from attnkit.data.batching import pad_ids
     from attnkit.data.dates import TARGET_SPANS, DateTask, month_span
-    from attnkit.data.vocab import pad_ids
 
     task, model, _, result = date_model
-    assert result.metrics["exact_match"] >= 0.99, result.history  # the issue's RNN target, 300 held out
+    assert result.metrics["exact_match"] >= 0.99, result.history  # the RNN's target, 300 held out
     tok = task.tokenizer
     examples = DateTask(("de_DE",), ("long",)).generate(200, seed=1, split="test", untagged=0.0)
     ids = [tok.encode(ex.source) for ex in examples]

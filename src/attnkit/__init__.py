@@ -16,8 +16,10 @@ from attnkit.attention import (
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
 from attnkit.models.bert import BertConfig, BertEncoder, SentenceEncoder
 from attnkit.models.checkpoint import load, save_model
+from attnkit.models.generation import generate
+from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
-from attnkit.models.seq2seq import TransformerSeq2Seq, generate, label_smoothed_cross_entropy
+from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 from attnkit.transformer import (
     Decoder,

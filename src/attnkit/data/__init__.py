@@ -10,24 +10,18 @@ One entry point for the CLI's ``--task`` values::
     batch = collate(enc[:64])    # Batch(src, src_mask, tgt_in, tgt_out, tgt_mask), masks True = real
     tok.save(checkpoint_dir); load_tokenizer(checkpoint_dir)
 
-Modules: :mod:`~attnkit.data.dates` (multilingual CLDR dates, needs babel),
-:mod:`~attnkit.data.synthetic` (reverse/copy), :mod:`~attnkit.data.pairs` (TSV corpora,
-BPE via ``tokenizers``), :mod:`~attnkit.data.vocab` (CharVocab, batching). Importing this
-package does not import babel or tokenizers; the task modules load them when used.
+Modules: :mod:`~attnkit.data.base` (Pair, Task, special ids), :mod:`~attnkit.data.tokenizers`
+(CharVocab, BPE via ``tokenizers``, load), :mod:`~attnkit.data.batching` (padding, seq2seq
+batches), :mod:`~attnkit.data.tsv` (a user's TSV corpus), :mod:`~attnkit.data.dates`
+(multilingual CLDR dates, via babel), :mod:`~attnkit.data.synthetic` (reverse/copy).
+Importing this package does not import babel or tokenizers; the task modules load them when used.
 """
 
 from __future__ import annotations
 
 from attnkit.data.base import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Pair, Task, Tokenizer
-from attnkit.data.vocab import (
-    Batch,
-    CharVocab,
-    batch_encode,
-    collate,
-    encode_pairs,
-    load_tokenizer,
-    pad_ids,
-)
+from attnkit.data.batching import Batch, batch_encode, collate, encode_pairs, pad_ids
+from attnkit.data.tokenizers import BPETokenizer, CharVocab, load_tokenizer
 
 TASK_NAMES = ("dates", "reverse", "copy", "tsv:PATH")
 
@@ -52,9 +46,9 @@ def load_task(spec: str, *, n_train: int = 100_000, n_test: int = 2_000, seed: i
 
         return synthetic.make_task(spec, n_train, n_test, seed=seed, **options)  # type: ignore[arg-type]
     if spec.startswith("tsv:"):
-        from attnkit.data import pairs
+        from attnkit.data import tsv
 
-        return pairs.make_task(spec[4:], tokenizer=tokenizer, vocab_size=vocab_size, strict=strict,
+        return tsv.make_task(spec[4:], tokenizer=tokenizer, vocab_size=vocab_size, strict=strict,
                                holdout=holdout, **options)  # type: ignore[arg-type]
     raise ValueError(f"unknown task {spec!r}; expected one of {', '.join(TASK_NAMES)}")
 
@@ -65,6 +59,7 @@ __all__ = [
     "PAD_ID",
     "TASK_NAMES",
     "UNK_ID",
+    "BPETokenizer",
     "Batch",
     "CharVocab",
     "Pair",

@@ -14,7 +14,7 @@ CLDR ``short/medium/long/full`` date formats of one of :data:`DEFAULT_LOCALES` (
 Rules that make every input have exactly one right answer:
 
 * The input starts with the locale tag ``<xx_YY>`` and a space (one token for
-  :class:`~attnkit.data.vocab.CharVocab`): numeric formats differ between locales
+  :class:`~attnkit.data.tokenizers.CharVocab`): numeric formats differ between locales
   (``03/04/26`` is March in en_US, April in en_GB).
 * Years come from a window of at most 100 years (``years=(1950, 2049)`` by default), so a
   two-digit year ``yy`` means the one year of the window ending in ``yy`` (26 -> 2026,
@@ -61,7 +61,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import DateTimeFormat, get_date_format, tokenize_pattern
 
 from attnkit.data.base import Pair, Task
-from attnkit.data.vocab import CharVocab
+from attnkit.data.tokenizers import CharVocab
 
 STYLES: tuple[str, ...] = ("short", "medium", "long", "full")
 YEAR_WINDOW: tuple[int, int] = (1950, 2049)

@@ -1,7 +1,7 @@
 """Synthetic sequence tasks: ``reverse`` and ``copy`` of random token strings.
 
 Each token is one character drawn uniformly from :data:`ALPHABET` (26 lowercase letters),
-so the :class:`~attnkit.data.vocab.CharVocab` has 30 entries and a length-``L`` source is
+so the :class:`~attnkit.data.tokenizers.CharVocab` has 30 entries and a length-``L`` source is
 ``L`` encoder steps. Lengths are uniform in ``[min_len, max_len]`` (default 10..80, the
 range of the Bahdanau et al. (2015) length experiment, see ``benchmarks/length.py``)::
 
@@ -20,7 +20,7 @@ import string
 import zlib
 
 from attnkit.data.base import Pair, Task
-from attnkit.data.vocab import CharVocab
+from attnkit.data.tokenizers import CharVocab
 
 ALPHABET = string.ascii_lowercase
 TASKS = ("reverse", "copy")

@@ -42,17 +42,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from attnkit.io import fsync_path
+
 __all__ = [
     "FORMAT",
     "register_model",
     "save_model",
     "load",
+    "load_weights",
+    "new_model",
     "read_manifest",
     "load_optimizer",
     "load_trainer_state",
     "rng_state",
     "set_rng_state",
     "config_diff",
+    "is_checkpoint",
 ]
 
 FORMAT = "attnkit-checkpoint"
@@ -62,7 +67,7 @@ VERSION = 1
 # RNN checkpoint never imports the Transformer (and the other way round).
 _REGISTRY: dict[str, str | type[nn.Module]] = {
     "RNNSeq2Seq": "attnkit.models.rnn_seq2seq:RNNSeq2Seq",
-    "TransformerSeq2Seq": "attnkit.models.seq2seq:TransformerSeq2Seq",
+    "TransformerSeq2Seq": "attnkit.models.transformer_seq2seq:TransformerSeq2Seq",
 }
 
 
@@ -162,10 +167,12 @@ def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, meta
 
 
-def load_optimizer(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    """Load the optimizer state saved with the checkpoint into ``optimizer`` (same params)."""
+def load_optimizer(directory: str | os.PathLike, optimizer: torch.optim.Optimizer, *,
+                   manifest: dict[str, Any] | None = None) -> None:
+    """Load the optimizer state saved with the checkpoint into ``optimizer`` (same params).
+    Files are verified first unless ``manifest`` is one :func:`read_manifest` verified."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
     if "optimizer.json" not in manifest["files"]:
         raise ValueError(f"checkpoint {directory} holds no optimizer state")
     meta = json.loads((directory / "optimizer.json").read_text())
@@ -203,14 +210,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
     try:
@@ -223,7 +222,9 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _is_checkpoint(directory: Path) -> bool:
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds an attnkit checkpoint (its config.json says so)."""
+    directory = Path(directory)
     try:
         return json.loads((directory / "config.json").read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
@@ -271,7 +272,7 @@ def save_model(
         register_model(type(model))
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint path {directory} exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not _is_checkpoint(directory):
+    if directory.is_dir() and any(directory.iterdir()) and not is_checkpoint(directory):
         raise ValueError(f"refusing to overwrite {directory}: it is not empty and not an attnkit checkpoint")
     directory.parent.mkdir(parents=True, exist_ok=True)
 
@@ -298,12 +299,12 @@ def save_model(
         listing = {}
         for path in sorted(tmp.iterdir()):
             os.chmod(path, 0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
-            _fsync(path)
+            fsync_path(path)
             listing[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         manifest = {"format": FORMAT, "version": VERSION, "model": name,
                     "config": dataclasses.asdict(config), "files": listing, "meta": meta or {}}
         (tmp / "config.json").write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / "config.json")
+        fsync_path(tmp / "config.json")
         os.chmod(tmp, 0o755)
         if directory.exists():
             if not _exchange(tmp, directory):  # fallback: two renames, a microsecond apart
@@ -313,6 +314,7 @@ def save_model(
                 tmp = old
         else:
             os.rename(tmp, directory)
+        fsync_path(directory.parent)  # the rename itself is durable
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -375,13 +377,16 @@ def build_config(manifest: dict[str, Any]) -> Any:
         raise ValueError(f"checkpoint config does not fit {config_cls.__name__}: {exc}") from exc
 
 
-def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model a checkpoint holds (any registered class), weights loaded, in eval mode."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    config = build_config(manifest)
-    model = _model_class(manifest["model"])(config)
-    state = _load_tensors(directory / "model.safetensors")
+def new_model(manifest: dict[str, Any]) -> nn.Module:
+    """A freshly initialised model of the class and config a manifest describes (no weights)."""
+    return _model_class(manifest["model"])(build_config(manifest))
+
+
+def load_weights(directory: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Copy a checkpoint's ``model.safetensors`` into ``model`` (built from the same config),
+    refusing mis-shaped, unexpected or missing tensors. Does not verify hashes: read the
+    manifest with :func:`read_manifest` first."""
+    state = _load_tensors(Path(directory) / "model.safetensors")
     expected = model.state_dict()
     bad = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
            if k in expected and v.shape != expected[k].shape}
@@ -397,13 +402,25 @@ def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cp
     if missing:
         raise ValueError(f"checkpoint lacks weights {missing[:5]} (of {len(missing)} missing)")
     model.load_state_dict(state, strict=False)
+    return model
+
+
+def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+         manifest: dict[str, Any] | None = None) -> nn.Module:
+    """Rebuild the model a checkpoint holds (any registered class), weights loaded, in eval mode.
+
+    Every file's size and hash are checked first, unless ``manifest`` is one that
+    :func:`read_manifest` already verified."""
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    model = load_weights(directory, new_model(manifest))
     return model.to(map_location).eval()
 
 
-def load_trainer_state(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``trainer_state.json`` of a checkpoint (step, RNG states, ...)."""
+def load_trainer_state(directory: str | os.PathLike, *, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint (step, RNG states, ...); ``manifest`` as read
+    by :func:`read_manifest` (read here, unverified, when omitted)."""
     directory = Path(directory)
-    manifest = read_manifest(directory, verify=False)
+    manifest = manifest if manifest is not None else read_manifest(directory, verify=False)
     if "trainer_state.json" not in manifest["files"]:
         raise ValueError(f"checkpoint {directory} holds no trainer state (saved without a Trainer?)")
     return json.loads((directory / "trainer_state.json").read_text())

@@ -13,9 +13,9 @@ It implements the seq2seq decoding protocol shared with ``TransformerSeq2Seq`` s
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
+from attnkit.models.generation import source_mask
 from attnkit.rnn import AttentionDecoder, DecoderState, RNNConfig, RNNEncoder
 
 __all__ = ["RNNSeq2Seq"]
@@ -35,18 +35,9 @@ class RNNSeq2Seq(nn.Module):
         self.encoder = RNNEncoder(config)
         self.decoder = AttentionDecoder(config)
 
-    def _src_mask(self, src: Tensor, src_mask: Tensor | None) -> Tensor:
-        if src.dim() != 2:
-            raise ValueError(f"src must be (B, S) token ids, got shape {tuple(src.shape)}")
-        if src_mask is None:
-            return src != self.config.pad_id  # (B, S)
-        if src_mask.shape != src.shape or src_mask.dtype != torch.bool:
-            raise ValueError(f"src_mask must be bool {tuple(src.shape)}, got {src_mask.dtype} {tuple(src_mask.shape)}")
-        return src_mask
-
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> DecoderState:
         """Run the encoder once: ``src (B, S)`` -> the decoder's initial state."""
-        mask = self._src_mask(src, src_mask)
+        mask = source_mask(src, src_mask, self.config.pad_id)  # (B, S)
         memory, final = self.encoder(src, mask)  # (B, S, H)
         return self.decoder.init_state(memory, mask, final)
 

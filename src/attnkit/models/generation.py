@@ -1,5 +1,5 @@
-"""Sequence-to-sequence: the Transformer encoder-decoder and the ONE ``generate`` that decodes
-every seq2seq model (Transformer and RNN) greedily or with beam search.
+"""The ONE ``generate`` that decodes every seq2seq model of attnkit (Transformer and RNN),
+greedily or with beam search.
 
 Decoding protocol (what ``generate`` needs from a model)::
 
@@ -8,39 +8,19 @@ Decoding protocol (what ``generate`` needs from a model)::
     model.decode_step(state, tokens (B, 1)) -> (logits (B, V), attention (B, S), state)
     model.reorder_state(state, index (B',)) -> state      # keep rows ``index`` (beam search)
 
-``src_mask`` is True at real source tokens; its default is ``src != config.pad_id``.
+``src_mask`` is True at real source tokens; its default is ``src != config.pad_id``
+(:func:`source_mask`, which every model's ``encode`` applies).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from attnkit.transformer import (
-    Decoder,
-    DecoderCache,
-    Embeddings,
-    Encoder,
-    RotaryEmbedding,
-    TransformerConfig,
-)
-
-__all__ = [
-    "Seq2SeqModel",
-    "TransformerState",
-    "TransformerSeq2Seq",
-    "Recompute",
-    "Generation",
-    "generate",
-    "greedy_search",
-    "beam_search",
-    "label_smoothed_cross_entropy",
-]
+__all__ = ["Generation", "Seq2SeqModel", "beam_search", "generate", "greedy_search", "source_mask"]
 
 
 class Seq2SeqModel(Protocol):
@@ -67,184 +47,6 @@ def source_mask(src: Tensor, src_mask: Tensor | None, pad_id: int) -> Tensor:
             f"{src_mask.dtype} {tuple(src_mask.shape)}"
         )
     return src_mask
-
-
-# --------------------------------------------------------------------------- the model
-
-
-@dataclass
-class TransformerState:
-    """Per-batch decoding state of :class:`TransformerSeq2Seq`.
-
-    ``memory (B, S, E)`` and ``src_mask (B, S)`` from the encoder; ``cache`` holds the decoder's
-    keys/values (None = recompute the whole prefix each step); ``prefix (B, t)`` are the
-    tokens fed so far (kept only without a cache).
-    """
-
-    memory: Tensor
-    src_mask: Tensor
-    cache: DecoderCache | None
-    prefix: Tensor | None = None
-
-
-class TransformerSeq2Seq(nn.Module):
-    """Encoder-decoder Transformer: :class:`Embeddings` + :class:`Encoder` + :class:`Decoder` +
-    output projection, like ``nn.Transformer`` (whose ``encoder``/``decoder`` import through
-    ``Encoder.from_torch``/``Decoder.from_torch``; both stacks end with a LayerNorm, as there).
-
-    With one shared vocabulary (``tgt_vocab_size=None``) source and target share the embedding;
-    ``tie_embeddings`` shares the target embedding with the output projection.
-    """
-
-    config_class = TransformerConfig
-
-    def __init__(self, config: TransformerConfig) -> None:
-        super().__init__()
-        if not isinstance(config, TransformerConfig):
-            raise ValueError(f"TransformerSeq2Seq takes a TransformerConfig, got {type(config).__name__}")
-        self.config = c = config
-        rotary = RotaryEmbedding(c.embed_dim // c.num_heads, c.max_len) if c.position == "rope" else None
-
-        def embeddings(vocab: int) -> Embeddings:
-            return Embeddings(
-                vocab, c.embed_dim, position=c.position, max_len=c.max_len, dropout=c.dropout, padding_idx=c.pad_id
-            )
-
-        self.src_embed = embeddings(c.src_vocab_size)
-        self.tgt_embed = self.src_embed if c.tgt_vocab_size is None else embeddings(c.tgt_vocab_size)
-        self.encoder = Encoder.from_config(c, rotary)
-        self.decoder = Decoder.from_config(c, rotary)
-        self.out_proj = nn.Linear(c.embed_dim, c.target_vocab_size, bias=False)
-        self._init_weights()
-        if c.tie_embeddings:
-            self.out_proj.weight = self.tgt_embed.word_embeddings.weight
-
-    def _init_weights(self) -> None:
-        # embeddings ~ N(0, 1/E): times sqrt(E) in Embeddings gives unit variance, and the tied
-        # output projection starts with logits of order one
-        std = self.config.embed_dim**-0.5
-        for emb in {self.src_embed, self.tgt_embed}:
-            nn.init.normal_(emb.word_embeddings.weight, std=std)
-            with torch.no_grad():
-                emb.word_embeddings.weight[self.config.pad_id].zero_()
-        nn.init.normal_(self.out_proj.weight, std=std)
-
-    # -- training forward ------------------------------------------------------------------
-
-    def encode_memory(self, src: Tensor, src_mask: Tensor, need_weights: bool = False):
-        """``src (B, S)`` -> ``(memory (B, S, E), encoder weights | None)``."""
-        return self.encoder(self.src_embed(src), key_mask=src_mask, need_weights=need_weights)
-
-    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """``src (B, S)``, ``tgt_in (B, T)`` (BOS + target, right-padded) -> logits ``(B, T, V)``.
-
-        The target needs no mask: self-attention is causal and padding comes last, so a real
-        position never sees a padded one (padded positions' logits are meaningless; the loss
-        ignores them).
-        """
-        src_mask = source_mask(src, src_mask, self.config.pad_id)
-        memory, _ = self.encode_memory(src, src_mask)
-        hidden, _ = self.decoder(self.tgt_embed(tgt_in), memory, memory_mask=src_mask)
-        return self.out_proj(hidden)
-
-    def forward_with_weights(
-        self, src: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """Like :meth:`forward`, plus every attention map: ``{"encoder": [(B, H, S, S)],
-        "decoder_self": [(B, H, T, T)], "cross": [(B, H, T, S)]}``, one entry per layer."""
-        src_mask = source_mask(src, src_mask, self.config.pad_id)
-        memory, enc_w = self.encode_memory(src, src_mask, need_weights=True)
-        hidden, (self_w, cross_w) = self.decoder(
-            self.tgt_embed(tgt_in), memory, memory_mask=src_mask, need_weights=True
-        )
-        return self.out_proj(hidden), {"encoder": enc_w, "decoder_self": self_w, "cross": cross_w}
-
-    # -- decoding protocol -----------------------------------------------------------------
-
-    def encode(self, src: Tensor, src_mask: Tensor | None = None, *, use_cache: bool = True) -> TransformerState:
-        """Run the encoder once. ``use_cache=False`` makes :meth:`decode_step` recompute the
-        whole prefix each step (the reference for tests and benchmarks)."""
-        src_mask = source_mask(src, src_mask, self.config.pad_id)
-        memory, _ = self.encode_memory(src, src_mask)
-        if use_cache:
-            return TransformerState(memory, src_mask, self.decoder.new_cache())
-        return TransformerState(memory, src_mask, None, src.new_zeros(src.shape[0], 0))
-
-    def decode_step(self, state: TransformerState, tokens: Tensor) -> tuple[Tensor, Tensor, TransformerState]:
-        """``tokens (B, 1)`` -> ``(logits (B, V), attention (B, S), state)``; attention is the last
-        layer's cross-attention for this step, averaged over heads."""
-        if tokens.dim() != 2 or tokens.shape[1] != 1:
-            raise ValueError(f"decode_step takes tokens of shape (B, 1), got {tuple(tokens.shape)}")
-        if state.cache is not None:
-            y = self.tgt_embed(tokens, offset=len(state.cache))  # (B, 1, E)
-            hidden, (_, cross) = self.decoder(
-                y, state.memory, memory_mask=state.src_mask, need_weights="last_cross", cache=state.cache
-            )
-        else:
-            state = replace(state, prefix=torch.cat([state.prefix, tokens], dim=1))
-            hidden, (_, cross) = self.decoder(
-                self.tgt_embed(state.prefix), state.memory, memory_mask=state.src_mask, need_weights="last_cross"
-            )
-        logits = self.out_proj(hidden[:, -1])  # (B, V)
-        attention = cross[-1][:, :, -1].mean(dim=1)  # (B, H, S) -> (B, S)
-        return logits, attention, state
-
-    def reorder_state(self, state: TransformerState, index: Tensor) -> TransformerState:
-        """Keep rows ``index (B',)`` (the cache is reordered in place)."""
-        if state.cache is not None:
-            state.cache.reorder(index)
-        return TransformerState(
-            state.memory.index_select(0, index),
-            state.src_mask.index_select(0, index),
-            state.cache,
-            None if state.prefix is None else state.prefix.index_select(0, index),
-        )
-
-
-class Recompute:
-    """A view of a :class:`TransformerSeq2Seq` that decodes without a KV cache, recomputing the
-    whole prefix at every step: the O(t^2)-per-token reference that cached decoding must equal."""
-
-    def __init__(self, model: TransformerSeq2Seq) -> None:
-        self.model, self.config = model, model.config
-
-    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> TransformerState:
-        return self.model.encode(src, src_mask, use_cache=False)
-
-    def decode_step(self, state, tokens):
-        return self.model.decode_step(state, tokens)
-
-    def reorder_state(self, state, index):
-        return self.model.reorder_state(state, index)
-
-    def eval(self) -> Recompute:
-        self.model.eval()
-        return self
-
-
-# --------------------------------------------------------------------------- loss
-
-
-def label_smoothed_cross_entropy(
-    logits: Tensor, target: Tensor, *, smoothing: float = 0.1, ignore_index: int | None = 0
-) -> Tensor:
-    """Mean cross-entropy over non-ignored positions with label smoothing.
-
-    ``logits (B, T, V)`` (or ``(N, V)``), ``target (B, T)`` (or ``(N,)``). The smoothed target puts
-    ``1 - smoothing`` on the true class and spreads ``smoothing`` uniformly over all ``V``
-    classes; positions equal to ``ignore_index`` (the pad id) count for nothing.
-    """
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    if logits.shape[:-1] != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match")
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-        ignore_index=-100 if ignore_index is None else ignore_index, label_smoothing=smoothing,
-    )
-
-
-# --------------------------------------------------------------------------- decoding
 
 
 class Generation(NamedTuple):

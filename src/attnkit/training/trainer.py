@@ -1,4 +1,4 @@
-"""Trainer for every seq2seq model of attnkit (RNNSeq2Seq, TransformerSeq2Seq).
+"""The Trainer of every seq2seq model of attnkit (RNNSeq2Seq, TransformerSeq2Seq).
 
 Teacher forcing with cross-entropy, AdamW, linear warm-up then cosine decay or
 inverse-square-root, gradient clipping, periodic validation by greedy decoding (exact match
@@ -33,21 +33,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attnkit.data.vocab import collate, pad_ids
-from attnkit.distributed import peer_guard, sync_stop
+from attnkit.data.batching import collate, pad_ids
 from attnkit.models.checkpoint import (
     config_diff,
     load_optimizer,
     load_trainer_state,
+    load_weights,
     read_manifest,
     rng_state,
     save_model,
     set_rng_state,
 )
+from attnkit.models.generation import generate
+from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.progress import progress_bar
+from attnkit.training.ddp import ddp_token_loss, peer_guard, sync_stop
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "evaluate", "keep_freed_memory", "learning_rate"]
 
@@ -157,8 +159,6 @@ def evaluate(
     target; character accuracy = matching positions / the longer of output and target,
     summed over the set. Greedy decoding (``beam_size=1``) or beam search.
     """
-    from attnkit.models.seq2seq import generate
-
     if len(data) == 0:
         raise ValueError("evaluate needs at least one example")
     cfg = model.config
@@ -311,11 +311,9 @@ class Trainer:
         self.model.train()
         logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # (B, T, V)
         n_tokens = batch.num_target_tokens
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=mcfg.pad_id,
-                               label_smoothing=cfg.label_smoothing, reduction="mean" if self.world_size == 1 else "sum")
+        loss = label_smoothed_cross_entropy(logits, batch.tgt_out, smoothing=cfg.label_smoothing,
+                                            ignore_index=mcfg.pad_id, reduction="mean" if self.world_size == 1 else "sum")
         if self.world_size > 1:  # weight every token of the global batch alike (see ddp_token_loss)
-            from attnkit.distributed import ddp_token_loss
-
             loss, loss_value, n_tokens = ddp_token_loss(loss, n_tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -349,25 +347,24 @@ class Trainer:
         return save_model(self.raw_model, directory, optimizer=self.optimizer, trainer_state=self.trainer_state(),
                           tokenizer=self.tokenizer, meta=meta)
 
-    def resume(self, directory: str | Path | None = None) -> int:
+    def resume(self, directory: str | Path | None = None, *, manifest: dict[str, Any] | None = None) -> int:
         """Continue from a checkpoint written by :meth:`save`: weights, optimizer, RNG states,
         step and history. The model config must match the checkpoint's (ValueError naming the
-        differing fields otherwise; nothing is written). Returns the step reached."""
+        differing fields otherwise; nothing is written). ``manifest`` is the checkpoint's as
+        :func:`~attnkit.models.checkpoint.read_manifest` verified it (its files are hashed once,
+        here, when omitted). Returns the step reached."""
         directory = Path(directory) if directory is not None else self.out_dir
         if directory is None:
             raise ValueError("Trainer.resume needs a directory (no out_dir was given)")
-        manifest = read_manifest(directory)
+        manifest = manifest if manifest is not None else read_manifest(directory)
         if manifest["model"] != type(self.raw_model).__name__:
             raise ValueError(f"checkpoint {directory} holds a {manifest['model']}, this run trains a {type(self.raw_model).__name__}")
         diff = config_diff(manifest["config"], self.raw_model.config)
         if diff:
             raise ValueError(f"checkpoint {directory} config does not match this run (checkpoint, run): {diff}")
-        from attnkit.models.checkpoint import load
-
-        loaded = load(directory)
-        self.raw_model.load_state_dict(loaded.state_dict())
-        load_optimizer(directory, self.optimizer)
-        state = load_trainer_state(directory)
+        load_weights(directory, self.raw_model)
+        load_optimizer(directory, self.optimizer, manifest=manifest)
+        state = load_trainer_state(directory, manifest=manifest)
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.history = list(state.get("history", []))
@@ -443,10 +440,6 @@ class Trainer:
         return f"em {100 * self.metrics['exact_match']:.1f}% char {100 * self.metrics['char_accuracy']:.1f}%"
 
 
-
-# ----------------------------------------------------------------------------- workflows (CLI)
-
-
 def keep_freed_memory() -> bool:
     """Ask the C allocator (glibc's ``mallopt``) to keep freed memory for reuse instead of
     handing it back to the operating system, for the rest of this process.
@@ -469,209 +462,3 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
-#: Model sizes the CLI trains with, tuned to reach the issue's targets on 2 CPU cores.
-RNN_DEFAULTS: dict[str, Any] = {"embed_dim": 64, "hidden_dim": 128, "attention_dim": 64, "num_layers": 1, "cell": "gru"}
-# transformer: pre-LN (norm_first) trains this small model far faster than post-LN at lr 3e-3
-TRANSFORMER_DEFAULTS: dict[str, Any] = {"embed_dim": 128, "num_heads": 4, "num_encoder_layers": 2,
-                                        "num_decoder_layers": 2, "ff_dim": 256, "dropout": 0.0,
-                                        "norm_first": True}
-TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    # rnn: 1000 steps reach 99.9% held-out on the date task (benchmarks/dates.py)
-    "rnn": {"steps": 1000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100},
-    # transformer (pre-LN), batches of 32 grouped by length (~0.057 s/step on 2 quiet cores with
-    # keep_freed_memory): 3200 steps reach 99.75% held-out on the date task in 192 s; stopped by
-    # --time-budget 180 (2798 steps at a slower moment) 99.55%. 2800 steps: 99.45%; random batches
-    # pad twice as much (~0.07 s/step). Batch 64 for 1400 steps: 99.2%; lr 5e-3 diverges;
-    # length_group 2: 98.8%; label smoothing 0.1: 99.4%; 2 heads: 97.4% (benchmarks/dates.py)
-    "transformer": {"steps": 3200, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "length_group": 4},
-}
-ARCHS = ("rnn", "transformer")
-
-
-def build_model(arch: str, vocab_size: int, *, attention: str = "additive", pad_id: int = 0, bos_id: int = 1,
-                eos_id: int = 2, max_len: int = 512, **sizes: Any) -> nn.Module:
-    """A fresh ``RNNSeq2Seq`` (``arch="rnn"``) or ``TransformerSeq2Seq`` over one shared
-    vocabulary of ``vocab_size``; ``sizes`` override :data:`RNN_DEFAULTS` /
-    :data:`TRANSFORMER_DEFAULTS`. ``attention`` applies to the RNN only."""
-    ids = {"pad_id": pad_id, "bos_id": bos_id, "eos_id": eos_id}
-    if arch == "rnn":
-        from attnkit.models.rnn_seq2seq import RNNSeq2Seq
-        from attnkit.rnn import RNNConfig
-
-        return RNNSeq2Seq(RNNConfig(vocab_size, attention=attention, **{**RNN_DEFAULTS, **sizes}, **ids))
-    if arch == "transformer":
-        from attnkit.models.seq2seq import TransformerSeq2Seq
-        from attnkit.transformer import TransformerConfig
-
-        cfg = {**TRANSFORMER_DEFAULTS, **sizes}
-        return TransformerSeq2Seq(TransformerConfig(vocab_size, max_len=max_len, **cfg, **ids))
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
-
-
-def task_from_meta(meta: dict[str, Any], spec: str | None = None, *, train: bool = True) -> Any:
-    """Rebuild the task a checkpoint was trained on (``meta`` from its config.json), or the
-    task ``spec`` with the checkpoint's generation options (seed, sizes). ``train=False``
-    skips generating a training split (evaluation needs only the held-out one)."""
-    from attnkit.data import load_task
-
-    options = dict(meta.get("task_options", {}))
-    saved = meta.get("task")
-    spec = spec or saved
-    if spec is None:
-        raise ValueError("the checkpoint does not say which task it was trained on; pass --task")
-    if spec != saved:  # another task: keep only the generic options
-        options = {k: v for k, v in options.items() if k in ("seed", "n_test")}
-    if not train:
-        options["n_train"] = 0
-    return load_task(spec, **options)
-
-
-def _encode_task(task: Any, tokenizer: Any) -> tuple[list, list]:
-    from attnkit.data import encode_pairs
-
-    return encode_pairs(tokenizer, task.train), encode_pairs(tokenizer, task.test)
-
-
-def train_command(
-    *, task: str, arch: str, attention: str, out: str | Path, steps: int | None = None,
-    time_budget: float | None = None, resume: bool = False, target: float | None = None,
-    batch_size: int | None = None, lr: float | None = None, hidden: int | None = None, cell: str = "gru",
-    n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", strict: bool = False,
-    eval_every: int = 250,
-    checkpoint_every: int = 1000, seed: int = 0, threads: int | None = None, progress: bool = True,
-    console: Any = None,
-) -> TrainResult:
-    """``attnkit train``: build (or, with ``resume``, reload) the model and task, train, save.
-
-    Without ``resume`` an existing checkpoint in ``out`` is an error (nothing is touched);
-    with ``resume`` the task, architecture and attention must match the checkpoint's, and
-    the saved training settings are reused (``steps``/``time_budget``/``target`` may be
-    changed; the rest would change the result)."""
-    from attnkit.data import load_task, load_tokenizer
-    from attnkit.models.checkpoint import _is_checkpoint, load
-
-    if threads:
-        torch.set_num_threads(threads)
-    keep_freed_memory()
-    from attnkit.distributed import init_distributed
-
-    init_distributed()  # under torchrun: join its process group (gloo on CPU, nccl on GPU); else no-op
-    if arch not in ARCHS:
-        raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
-    out = Path(out)
-    overrides = {k: v for k, v in {"steps": steps, "time_budget": time_budget, "target_accuracy": target}.items()
-                 if v is not None}
-    if resume:
-        manifest = read_manifest(out)
-        meta = dict(manifest["meta"])
-        asked = {"task": task, "arch": arch}
-        if arch == "rnn":
-            asked["attention"] = attention
-        saved = {"task": meta.get("task"), "arch": meta.get("arch"), "attention": manifest["config"].get("attention")}
-        wrong = {k: (saved[k], v) for k, v in asked.items() if saved[k] != v}
-        if wrong:
-            raise ValueError(f"--resume: the checkpoint in {out} does not match this command (checkpoint, command): {wrong}")
-        state = load_trainer_state(out)
-        config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
-        tok = load_tokenizer(out)
-        train_data, test_data = _encode_task(task_from_meta(meta), tok)
-        model = load(out).train()
-        trainer = Trainer(model, train_data, test_data, config, tokenizer=tok, out_dir=out, meta=meta)
-        trainer.resume()
-        return trainer.fit()
-
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        hint = "; pass --resume to continue it" if _is_checkpoint(out) else ""
-        raise ValueError(f"--out {out} already exists and is not empty{hint}; nothing was overwritten")
-    options: dict[str, Any] = {"seed": seed, "n_test": n_test}
-    if not task.startswith("tsv:"):
-        options["n_train"] = n_train
-    else:
-        options.update(tokenizer=tokenizer, strict=strict)
-    task_obj = load_task(task, **options)
-    if task_obj.info.get("report") and console is not None:
-        console.print(f"[yellow]{task_obj.info['report']}[/yellow]", highlight=False)
-    tok = task_obj.tokenizer
-    train_data, test_data = _encode_task(task_obj, tok)
-    longest = max(max(len(s), len(t)) for s, t in [*train_data, *test_data])
-    sizes: dict[str, Any] = {}
-    if hidden is not None:
-        sizes["hidden_dim" if arch == "rnn" else "embed_dim"] = hidden
-    if arch == "rnn":
-        sizes["cell"] = cell
-    torch.manual_seed(seed)
-    model = build_model(arch, len(tok), attention=attention, pad_id=tok.pad_id, bos_id=tok.bos_id,
-                        eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
-    defaults = TRAIN_DEFAULTS[arch]
-    config = TrainConfig(**{
-        **defaults, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"], "eval_every": eval_every,
-        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides,
-    })
-    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
-            "max_len": max(len(t) for _, t in train_data) + 8, "task_info": task_obj.info}
-    trainer = Trainer(model, train_data, test_data, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
-    return trainer.fit()
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` with anything JSON cannot hold turned into a string."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
-def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int = 1,
-                      alignment: str | Path | None = None, max_len: int | None = None) -> list[str]:
-    """``attnkit translate``: decode ``texts`` with a checkpoint; with ``alignment`` also
-    write the attention heatmap (input x output tokens) of each input (``out.png``, or
-    ``out-1.png``, ``out-2.png``, ... for several inputs)."""
-    from attnkit.data import load_tokenizer, pad_ids
-    from attnkit.models.checkpoint import load
-    from attnkit.models.seq2seq import generate
-
-    if not texts:
-        raise ValueError("nothing to translate: give one or more inputs, or - to read stdin")
-    if beam < 1:
-        raise ValueError(f"--beam must be >= 1, got {beam}")
-    model = load(checkpoint)
-    tok = load_tokenizer(checkpoint)
-    meta = read_manifest(checkpoint, verify=False)["meta"]
-    ids = [tok.encode(t) for t in texts]
-    empty = [i + 1 for i, x in enumerate(ids) if not x]
-    if empty:
-        raise ValueError(f"input(s) number {empty} are empty")
-    src, mask = pad_ids(ids, pad_id=model.config.pad_id)  # (B, S)
-    out, attn = generate(model, src, src_mask=mask, max_len=max_len or int(meta.get("max_len", 64)),
-                         method="greedy" if beam == 1 else "beam", beam_size=beam, return_attention=True)
-    rows = out.tolist()
-    results = [tok.decode(row) for row in rows]
-    if alignment is not None:
-        from attnkit.viz.heatmap import heatmap
-
-        path = Path(alignment)
-        for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
-            n_out = next((k + 1 for k, t in enumerate(row) if t == model.config.eos_id), len(row))
-            y_tokens = [tok.decode([t], skip_special=False) if t != model.config.eos_id else "</s>" for t in row[:n_out]]
-            target = path if len(texts) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
-            heatmap(attn[i, :n_out, : len(ids[i])], tok.tokenize(text), y_tokens, target,
-                    title=f"{text}  ->  {results[i]}")
-    return results
-
-
-def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: int = 1,
-                     progress: bool = True) -> dict[str, float]:
-    """``attnkit evaluate``: exact match and character accuracy of a checkpoint on the
-    held-out split of its task (or of ``task``)."""
-    from attnkit.data import encode_pairs, load_tokenizer
-    from attnkit.models.checkpoint import load
-
-    manifest = read_manifest(checkpoint)
-    model = load(checkpoint)
-    tok = load_tokenizer(checkpoint)
-    data = encode_pairs(tok, task_from_meta(manifest["meta"], task, train=False).test)
-    if not data:
-        raise ValueError(f"the held-out split of task {task or manifest['meta'].get('task')!r} is empty")
-    with progress_bar("evaluate", len(data), enabled=progress, transient=True) as bar:
-        return evaluate(model, data, beam_size=beam, progress=lambda n: bar.update(advance=n))

@@ -1,28 +1,24 @@
-"""Character-level vocabulary, batching into padded LongTensors, tokenizer save/load.
+"""attnkit's tokenizers: characters (:class:`CharVocab`) and byte-level BPE (:class:`BPETokenizer`).
 
-Special ids are fixed for every attnkit tokenizer: ``pad=0, bos=1, eos=2, unk=3``.
+Special ids are fixed for every attnkit tokenizer: ``pad=0, bos=1, eos=2, unk=3``; both
+share ``encode``/``decode``/``token_span`` (:class:`~attnkit.data.base.SpecialIdsTokenizer`).
 
 >>> v = CharVocab.build(["<de_DE> 24. November 2026", "2026-11-24"])
 >>> v.tokenize("<de_DE> 24. Nov")       # a leading locale tag is ONE token
-['<de_DE>', '2', '4', '.', ' ', 'N', 'o', 'v']
+['<de_DE> ', '2', '4', '.', ' ', 'N', 'o', 'v']
 >>> v.decode(v.encode("<de_DE> 24. Nov", add_eos=True))
 '<de_DE> 24. Nov'
 
 A leading tag ``<name>`` followed by one space (the date task's locale prefix) is a single
 token when ``tags=True``; the space after it is part of the tag token. ``offsets(text)``
 gives each token's ``(start, end)`` character span in ``text`` so character spans (e.g.
-:func:`attnkit.data.dates.month_span`) map onto token positions with
-:meth:`CharVocab.token_span`.
+:func:`attnkit.data.dates.month_span`) map onto token positions with ``token_span``.
 
-Batching (used by the Trainer): :func:`batch_encode` pads a list of strings into
-``ids (B, L) long`` and ``mask (B, L) bool`` (True = real token, the attnkit mask rule);
-:func:`collate` builds a seq2seq :class:`Batch` (``src``, ``src_mask``, ``tgt_in`` =
-BOS + target, ``tgt_out`` = target + EOS, ``tgt_mask``) from pre-encoded id lists
-(:func:`encode_pairs`, do it once per dataset, not per step).
+:class:`BPETokenizer` is a byte-level BPE trained with the ``tokenizers`` library (imported
+when one is trained or loaded), lossless for any text.
 
-Save/load: ``tokenizer.save(dir)`` writes ``vocab.json`` (char) or ``tokenizer.json``
-(BPE, :class:`attnkit.data.pairs.BPETokenizer`); :func:`load_tokenizer` reads whichever
-the directory holds.
+Save/load: ``tokenizer.save(dir)`` writes ``vocab.json`` (char) or ``tokenizer.json`` (BPE),
+atomically; :func:`load_tokenizer` reads whichever the directory holds.
 """
 
 from __future__ import annotations
@@ -30,41 +26,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+from attnkit.data.base import SPECIAL_TOKENS, UNK, UNK_ID, SpecialIdsTokenizer, Tokenizer
+from attnkit.io import atomic_write
 
-from attnkit.data.base import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    UNK_ID,
-    Pair,
-    SpecialIdsTokenizer,
-    Tokenizer,
-)
+__all__ = ["BPE_FILE", "VOCAB_FILE", "BPETokenizer", "CharVocab", "load_tokenizer"]
 
 VOCAB_FILE = "vocab.json"
 BPE_FILE = "tokenizer.json"
 
 _TAG = re.compile(r"<[A-Za-z][A-Za-z0-9_]*> ")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _existing_file(path: str | os.PathLike, filename: str, what: str) -> Path:
@@ -151,7 +125,7 @@ class CharVocab(SpecialIdsTokenizer):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/vocab.json`` atomically; returns its path."""
         path = Path(directory) / VOCAB_FILE
-        _write_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
+        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
         return path
 
     @classmethod
@@ -173,6 +147,81 @@ class CharVocab(SpecialIdsTokenizer):
         return f"CharVocab(size={len(self.tokens)}, tags={self.tags})"
 
 
+class BPETokenizer(SpecialIdsTokenizer):
+    """Byte-level BPE (``tokenizers``) with attnkit's special ids ``pad=0, bos=1, eos=2, unk=3``.
+
+    Same interface as :class:`CharVocab`: ``encode``, ``decode``,
+    ``tokenize``, ``offsets``, ``token_span``, ``save``/``load``, ``len()``.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        for i, tok in enumerate(SPECIAL_TOKENS):
+            if tokenizer.token_to_id(tok) != i:
+                raise ValueError(f"not an attnkit BPE tokenizer: {tok!r} must have id {i}, "
+                                 f"has {tokenizer.token_to_id(tok)}")
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], *, vocab_size: int = 4000, min_frequency: int = 2) -> BPETokenizer:
+        """Learn merges on ``texts`` (both sides of the train split) up to ``vocab_size`` entries."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size {vocab_size} is too small for byte-level BPE "
+                             f"(need >= {len(alphabet) + len(SPECIAL_TOKENS)})")
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    def __len__(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Token strings of ``text`` (the text each token covers, not byte-level symbols)."""
+        return [text[s:e] for s, e in self.offsets(text)]
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character span of each token of ``text``."""
+        return [tuple(o) for o in self.tokenizer.encode(text, add_special_tokens=False).offsets]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/tokenizer.json`` atomically; returns its path."""
+        path = Path(directory) / BPE_FILE
+        atomic_write(path, self.tokenizer.to_str())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        """Read a ``tokenizer.json`` (or a directory holding one)."""
+        from tokenizers import Tokenizer
+
+        path = _existing_file(path, BPE_FILE, "BPE tokenizer")
+        try:
+            tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
+        except Exception as exc:  # tokenizers raises its own Exception subclass
+            raise ValueError(f"{path} is not a valid tokenizer.json: {exc}") from exc
+        return cls(tok)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(size={len(self)})"
+
+
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Load the tokenizer saved in ``directory`` (``vocab.json`` = char, ``tokenizer.json`` = BPE)."""
     directory = Path(directory)
@@ -181,67 +230,5 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     if (directory / VOCAB_FILE).exists():
         return CharVocab.load(directory / VOCAB_FILE)
     if (directory / BPE_FILE).exists():
-        from attnkit.data.pairs import BPETokenizer
-
         return BPETokenizer.load(directory)
     raise FileNotFoundError(f"no {VOCAB_FILE} or {BPE_FILE} in {directory}")
-
-
-# ---------------------------------------------------------------------- batching
-@dataclass
-class Batch:
-    """A padded seq2seq batch. Masks are bool, True = real token.
-
-    src (B, S), src_mask (B, S); tgt_in (B, T) = BOS + target; tgt_out (B, T) = target + EOS;
-    tgt_mask (B, T) marks the real positions of both tgt_in and tgt_out.
-    """
-
-    src: torch.Tensor
-    src_mask: torch.Tensor
-    tgt_in: torch.Tensor
-    tgt_out: torch.Tensor
-    tgt_mask: torch.Tensor
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out, self.tgt_mask)))
-
-    @property
-    def num_target_tokens(self) -> int:
-        return int(self.tgt_mask.sum())
-
-
-def pad_ids(seqs: Sequence[Sequence[int]], *, pad_id: int = PAD_ID,
-            max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad id lists into ``ids (B, L) long`` and ``mask (B, L) bool`` (True = real token).
-
-    ``max_len`` truncates longer rows (and fixes L); by default L is the longest row.
-    """
-    if len(seqs) == 0:
-        raise ValueError("cannot pad an empty list of sequences")
-    lengths = [len(s) if max_len is None else min(len(s), max_len) for s in seqs]
-    width = max(lengths) if max_len is None else max_len
-    rows = [[*s[:n], *([pad_id] * (width - n))] for s, n in zip(seqs, lengths, strict=True)]
-    ids = torch.tensor(rows, dtype=torch.long).reshape(len(seqs), width)  # (B, L)
-    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # (B, L)
-    return ids, mask
-
-
-def batch_encode(tokenizer: Tokenizer, texts: Sequence[str], *, add_bos: bool = False,
-                 add_eos: bool = False, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode and pad ``texts``: ``ids (B, L) long``, ``mask (B, L) bool`` (True = real token)."""
-    seqs = [tokenizer.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
-    return pad_ids(seqs, pad_id=tokenizer.pad_id, max_len=max_len)
-
-
-def encode_pairs(tokenizer: Tokenizer, pairs: Iterable[Pair]) -> list[tuple[list[int], list[int]]]:
-    """``(source ids, target ids)`` of each pair, without BOS/EOS (collate adds them)."""
-    return [(tokenizer.encode(p.source), tokenizer.encode(p.target)) for p in pairs]
-
-
-def collate(encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = PAD_ID,
-            bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> Batch:
-    """Build a :class:`Batch` from ``(source ids, target ids)`` pairs (see :func:`encode_pairs`)."""
-    src, src_mask = pad_ids([s for s, _ in encoded], pad_id=pad_id)  # (B, S)
-    tgt_in, tgt_mask = pad_ids([[bos_id, *t] for _, t in encoded], pad_id=pad_id)  # (B, T)
-    tgt_out, _ = pad_ids([[*t, eos_id] for _, t in encoded], pad_id=pad_id)  # (B, T)
-    return Batch(src, src_mask, tgt_in, tgt_out, tgt_mask)

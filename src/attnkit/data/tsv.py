@@ -13,7 +13,7 @@ line or one that is not UTF-8 at all (e.g. UTF-16) -> ``ValueError`` saying so.
 Held-out split: the last 10% of the valid pairs (``holdout=0.1``), so it is the same for
 every run and a user can put their test sentences at the end.
 
-Tokenisation: :class:`~attnkit.data.vocab.CharVocab` (``tokenizer="char"``) or
+Tokenisation: :class:`~attnkit.data.tokenizers.CharVocab` (``tokenizer="char"``) or
 :class:`BPETokenizer` (``tokenizer="bpe"``), a byte-level BPE trained with the
 ``tokenizers`` library on the train split (both sides, one shared vocabulary), lossless
 for any text, with ``pad=0, bos=1, eos=2, unk=3``. ``tok.save(dir)`` writes
@@ -29,13 +29,11 @@ for any text, with ``pad=0, bos=1, eos=2, unk=3``. ``tok.save(dir)`` writes
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from attnkit.data.base import SPECIAL_TOKENS, UNK, Pair, SpecialIdsTokenizer, Task
-from attnkit.data.vocab import BPE_FILE, CharVocab, _existing_file, _write_atomic
+from attnkit.data.base import Pair, Task
+from attnkit.data.tokenizers import BPETokenizer, CharVocab
 
 
 @dataclass(frozen=True)
@@ -137,81 +135,6 @@ def split_holdout(pairs: list[Pair], holdout: float = 0.1) -> tuple[list[Pair], 
         raise ValueError(f"need at least 2 pairs to hold some out, got {len(pairs)}")
     k = min(len(pairs) - 1, max(1, round(len(pairs) * holdout)))
     return pairs[: len(pairs) - k], pairs[len(pairs) - k:]
-
-
-class BPETokenizer(SpecialIdsTokenizer):
-    """Byte-level BPE (``tokenizers``) with attnkit's special ids ``pad=0, bos=1, eos=2, unk=3``.
-
-    Same interface as :class:`~attnkit.data.vocab.CharVocab`: ``encode``, ``decode``,
-    ``tokenize``, ``offsets``, ``token_span``, ``save``/``load``, ``len()``.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        for i, tok in enumerate(SPECIAL_TOKENS):
-            if tokenizer.token_to_id(tok) != i:
-                raise ValueError(f"not an attnkit BPE tokenizer: {tok!r} must have id {i}, "
-                                 f"has {tokenizer.token_to_id(tok)}")
-        self.tokenizer = tokenizer
-
-    @classmethod
-    def train(cls, texts: Iterable[str], *, vocab_size: int = 4000, min_frequency: int = 2) -> BPETokenizer:
-        """Learn merges on ``texts`` (both sides of the train split) up to ``vocab_size`` entries."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
-            raise ValueError(f"vocab_size {vocab_size} is too small for byte-level BPE "
-                             f"(need >= {len(alphabet) + len(SPECIAL_TOKENS)})")
-        tok = Tokenizer(models.BPE(unk_token=UNK))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
-                                      show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok)
-
-    def __len__(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self)
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def tokenize(self, text: str) -> list[str]:
-        """Token strings of ``text`` (the text each token covers, not byte-level symbols)."""
-        return [text[s:e] for s, e in self.offsets(text)]
-
-    def offsets(self, text: str) -> list[tuple[int, int]]:
-        """``(start, end)`` character span of each token of ``text``."""
-        return [tuple(o) for o in self.tokenizer.encode(text, add_special_tokens=False).offsets]
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``directory/tokenizer.json`` atomically; returns its path."""
-        path = Path(directory) / BPE_FILE
-        _write_atomic(path, self.tokenizer.to_str())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Read a ``tokenizer.json`` (or a directory holding one)."""
-        from tokenizers import Tokenizer
-
-        path = _existing_file(path, BPE_FILE, "BPE tokenizer")
-        try:
-            tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
-        except Exception as exc:  # tokenizers raises its own Exception subclass
-            raise ValueError(f"{path} is not a valid tokenizer.json: {exc}") from exc
-        return cls(tok)
-
-    def __repr__(self) -> str:
-        return f"BPETokenizer(size={len(self)})"
 
 
 def make_task(path: str | os.PathLike, *, tokenizer: str = "char", vocab_size: int = 4000,

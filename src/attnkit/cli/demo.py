@@ -1,12 +1,14 @@
 """``attnkit demo``: the guided tour (the README's first command).
 
-1. Train three models on the multilingual date task with the shared :class:`~attnkit.train.Trainer`:
-   the RNN with additive (Bahdanau) attention, the same RNN without attention (its context is
-   the encoder's last state), and the Transformer. Print their held-out accuracy side by side
-   and draw the alignment heatmaps of a few locales.
+1. Train three models on the multilingual date task with the shared recipe
+   (:func:`attnkit.training.train_date_model`): the RNN with additive (Bahdanau) attention,
+   the same RNN without attention (its context is the encoder's last state), and the
+   Transformer. Print their held-out accuracy side by side and draw the alignment heatmaps of
+   a few locales.
 2. Load the shipped MiniLM (all-MiniLM-L6-v2), write the attention explorer for a sentence and
    the "flies" contextual-embedding comparison.
-3. Write ``index.html`` linking everything, with a short explanation of each picture.
+3. Write ``index.html`` (from ``cli/assets/demo_index.html``) linking everything, with a short
+   explanation of each picture.
 
 Time: each model trains for a fixed wall-clock budget (``DemoPlan``), about 4 minutes in all
 by default and under a minute with ``--quick``.
@@ -18,12 +20,20 @@ import copy
 import datetime
 import html
 import shutil
+import string
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+import typer
+
+from attnkit.cli.console import console as default_console
+from attnkit.cli.console import user_errors
+
+__all__ = ["MODELS", "DemoPlan", "ModelResult", "demo", "run_demo"]
 
 ALIGNMENT_LOCALES = ("de_DE", "fr_FR", "ru_RU", "ar_EG", "hi_IN", "ja_JP")
 SENTENCE = "The animal didn't cross the street because it was too tired."
@@ -87,7 +97,7 @@ class ModelResult:
 
 def _calibrate_steps(model: Any, train: list, config: Any, budget: float) -> int:
     """Steps that fit in ``budget`` seconds, from timing a few steps on a copy of the model."""
-    from attnkit.train import Trainer
+    from attnkit.training import Trainer
 
     probe = Trainer(copy.deepcopy(model), train, None, config)
     probe.train_step(0)  # warm-up (allocations, first-call overheads)
@@ -100,51 +110,46 @@ def _calibrate_steps(model: Any, train: list, config: Any, budget: float) -> int
 
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
-    from attnkit.data import encode_pairs, load_task
-    from attnkit.train import (
+    from attnkit.training import (
         TRAIN_DEFAULTS,
         TrainConfig,
-        Trainer,
         build_model,
+        date_data,
         evaluate,
-        keep_freed_memory,
+        train_date_model,
     )
+    from attnkit.training.trainer import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's activations (see its docstring)
     with console.status("generating the multilingual date task (CLDR data via babel)"):
-        task = load_task("dates", n_train=plan.n_train, n_test=plan.n_test, seed=plan.seed)
-        vocab = task.tokenizer
-        train, test = encode_pairs(vocab, task.train), encode_pairs(vocab, task.test)
-    info = task.info
-    console.print(f"date task: {len(train):,} training and {len(test):,} held-out examples, "
+        data = date_data(n_train=plan.n_train, n_test=plan.n_test, seed=plan.seed)
+    vocab, info = data.tokenizer, data.task.info
+    console.print(f"date task: {len(data.train):,} training and {len(data.test):,} held-out examples, "
                   f"{len(info['locales'])} locales, vocabulary of {len(vocab)} characters")
     results = []
     for spec in MODELS:
         budget = plan.budgets[spec.name]
         console.rule(f"[bold]{spec.label}[/bold] ({budget:.0f} s)")
-        torch.manual_seed(plan.seed)
-        model = build_model(spec.arch, len(vocab), attention=spec.attention if spec.arch == "rnn" else "additive",
-                            pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+        attention = spec.attention if spec.arch == "rnn" else "additive"
         defaults = TRAIN_DEFAULTS[spec.arch]
-        settings = {"batch_size": plan.batch_size, "lr": defaults["lr"], "seed": plan.seed,
-                    "length_group": defaults.get("length_group", 0)}
-        steps = _calibrate_steps(model, train, TrainConfig(steps=10, progress=False, warmup_steps=1,
-                                                           **settings), budget)
-        config = TrainConfig(steps=steps, warmup_steps=min(defaults["warmup_steps"], steps // 5),
-                             eval_every=steps, time_budget=budget, **settings)
+        settings = {"batch_size": plan.batch_size, "lr": defaults["lr"], "length_group": defaults.get("length_group", 0)}
+        torch.manual_seed(plan.seed)
+        probe = build_model(spec.arch, len(vocab), attention=attention, pad_id=vocab.pad_id, bos_id=vocab.bos_id,
+                            eos_id=vocab.eos_id)
+        steps = _calibrate_steps(probe, data.train, TrainConfig(steps=10, progress=False, warmup_steps=1,
+                                                                seed=plan.seed, **settings), budget)
         folder = out / "models" / spec.name
-        meta = {"task": "dates", "task_options": {"seed": plan.seed, "n_test": plan.n_test,
-                                                  "n_train": plan.n_train},
-                "arch": spec.arch, "max_len": max(len(t) for _, t in train) + 8}
-        trainer = Trainer(model, train, None, config, tokenizer=vocab, out_dir=folder, meta=meta)
-        result = trainer.fit()
-        with console.status(f"evaluating on {len(test)} held-out dates"):
-            metrics = evaluate(model, test, batch_size=256)
+        model, result = train_date_model(
+            spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder, validate=False,
+            steps=steps, warmup_steps=min(defaults["warmup_steps"], steps // 5), eval_every=steps,
+            time_budget=budget, **settings)
+        with console.status(f"evaluating on {len(data.test)} held-out dates"):
+            metrics = evaluate(model, data.test, batch_size=256)
         results.append(ModelResult(spec, model, result.step, result.seconds,
                                    sum(p.numel() for p in model.parameters()), metrics, folder))
         console.print(f"{spec.label}: exact match {100 * metrics['exact_match']:.1f}% "
                       f"after {result.step} steps ({result.seconds:.0f} s)")
-    return task, results
+    return data.task, results
 
 
 def accuracy_table(results: list[ModelResult]) -> Any:
@@ -162,7 +167,7 @@ def accuracy_table(results: list[ModelResult]) -> Any:
     return table
 
 
-def _example_date() -> datetime.date:
+def example_date() -> datetime.date:
     """A held-out date (never seen in training) to draw alignments for."""
     from attnkit.data.dates import DateTask
 
@@ -177,53 +182,37 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
                      console: Any) -> list[dict[str, Any]]:
     """Heatmaps (input characters x output characters) of the attention models for each
     locale's long date, plus the Transformer's full cross-attention in the explorer."""
-    from attnkit.data import pad_ids
     from attnkit.data.dates import DateTask
-    from attnkit.models.seq2seq import generate
+    from attnkit.viz.alignment import align, cut_at_eos, draw, output_labels
     from attnkit.viz.explorer import explorer
-    from attnkit.viz.heatmap import heatmap
 
     vocab = task.tokenizer
-    day = _example_date()
+    day = example_date()
     dates = DateTask(locales)
     pictures: list[dict[str, Any]] = []
     attending = [r for r in results if r.spec.attention != "none"]
     for locale in locales:
         example = dates.render(day, locale, "long")
-        ids = vocab.encode(example.source)
-        src, mask = pad_ids([ids], pad_id=vocab.pad_id)  # (1, S)
         for r in attending:
-            cfg = r.model.config
-            tokens, attn = generate(r.model, src, src_mask=mask, max_len=len(example.target) + 4,
-                                    return_attention=True)  # (1, T), (1, T, S)
-            row = tokens[0].tolist()
-            n_out = next((k + 1 for k, t in enumerate(row) if t == cfg.eos_id), len(row))
-            prediction = vocab.decode(row)
-            y = [vocab.decode([t], skip_special=False) if t != cfg.eos_id else "</s>" for t in row[:n_out]]
-            mark = "correct" if prediction == example.target else f"expected {example.target}"
+            [a] = align(r.model, vocab, [example.source], max_len=len(example.target) + 4)
+            mark = "correct" if a.prediction == example.target else f"expected {example.target}"
             name = f"alignments/{r.spec.name}-{locale}.png"
-            heatmap(attn[0, :n_out, : len(ids)], vocab.tokenize(example.source), y, out / name,
-                    title=f"{r.spec.label} ({locale})\n{example.source} -> {prediction} ({mark})")
-            pictures.append({"path": name, "model": r.spec.label, "locale": locale,
-                             "source": example.source, "prediction": prediction,
-                             "correct": prediction == example.target})
+            draw(a, out / name, title=f"{r.spec.label} ({locale})\n{example.source} -> {a.prediction} ({mark})")
+            pictures.append({"path": name, "model": r.spec.label, "locale": locale, "source": example.source,
+                             "prediction": a.prediction, "correct": a.prediction == example.target})
     console.print(f"wrote {len(pictures)} alignment heatmaps to {out / 'alignments'}")
 
     transformer = next((r for r in results if r.spec.arch == "transformer"), None)
     if transformer is not None:
         example = dates.render(day, locales[0], "long")
-        ids = vocab.encode(example.source)
-        src = torch.tensor([ids])  # (1, S)
+        [a] = align(transformer.model, vocab, [example.source], max_len=len(example.target) + 4)
+        row = cut_at_eos(a.output_ids, vocab.eos_id)
         cfg = transformer.model.config
-        tokens = generate(transformer.model, src, max_len=len(example.target) + 4)  # (1, T)
-        row = tokens[0].tolist()
-        row = row[: next((k + 1 for k, t in enumerate(row) if t == cfg.eos_id), len(row))]
+        src = torch.tensor([vocab.encode(example.source)])  # (1, S)
         tgt_in = torch.tensor([[cfg.bos_id, *row[:-1]]])  # (1, T): the decoder's inputs
-        transformer.model.eval()
-        _, maps = transformer.model.forward_with_weights(src, tgt_in)
-        y = [vocab.decode([t], skip_special=False) if t != cfg.eos_id else "</s>" for t in row]
-        explorer((y, vocab.tokenize(example.source)), maps["cross"], out / "transformer-cross.html",
-                 title=f"Transformer cross-attention: {example.source} -> {vocab.decode(row)}")
+        _, maps = transformer.model.eval().forward_with_weights(src, tgt_in)
+        explorer((output_labels(row, vocab), a.source_tokens), maps["cross"], out / "transformer-cross.html",
+                 title=f"Transformer cross-attention: {example.source} -> {a.prediction}")
     return pictures
 
 
@@ -244,11 +233,9 @@ def write_minilm(out: Path, console: Any, sentence: str = SENTENCE) -> tuple[Any
 def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: Any = None,
              plan: DemoPlan | None = None) -> Path:
     """Run the whole tour into ``out`` and return the path of its ``index.html``."""
-    from rich.console import Console
-
     from attnkit.models.bert import resolve_model_folder
 
-    console = console or Console()
+    console = console or default_console
     plan = plan or (DemoPlan.quick() if quick else DemoPlan())
     resolve_model_folder("all-MiniLM-L6-v2")  # part 2 needs the model package: say so before training
     out = Path(out)
@@ -259,8 +246,7 @@ def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: 
 
     console.rule("[bold]1. Alignment: encoder-decoder attention on dates in 48 locales[/bold]")
     task, results = train_models(plan, out, console)
-    table = accuracy_table(results)
-    console.print(table)
+    console.print(accuracy_table(results))
     pictures = write_alignments(task, results, plan.locales, out, console)
 
     console.rule("[bold]2. A pretrained Transformer: MiniLM's heads and contextual embeddings[/bold]")
@@ -278,6 +264,8 @@ def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: 
 def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, Any]], flies: Any,
                 *, quick: bool = False) -> Path:
     """``index.html`` linking every file of the demo, with a short explanation of each."""
+    from attnkit.io import atomic_write
+
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r.spec.label)}</td><td>{r.parameters:,}</td><td>{r.steps}</td>"
@@ -306,113 +294,22 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
     )
     quick_note = ("<p class=note>This was a <code>--quick</code> run (seconds of training): "
                   "run <code>attnkit demo</code> for the full version.</p>" if quick else "")
-    page = _INDEX.format(
+    template = string.Template((resources.files("attnkit.cli") / "assets" / "demo_index.html").read_text("utf-8"))
+    page = template.substitute(
         quick_note=quick_note, rows=rows, figures=figures, flies_rows=flies_rows,
         s1=e(flies.sentences[0]), s2=e(flies.sentences[1]), word=e(flies.word),
         first=e(first), cross_link=cross_link, sentence=e(SENTENCE),
     )
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return atomic_write(out / "index.html", page)
 
 
-_INDEX = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>attnkit demo: seeing attention</title>
-<style>
-body {{ margin: 0 auto; padding: 20px 28px 60px; max-width: 1200px;
-  font: 15px/1.5 system-ui, "Noto Sans", "DejaVu Sans", sans-serif; color: #1d2330; }}
-h1 {{ font-size: 26px; margin-bottom: 4px; }} h2 {{ margin-top: 34px; font-size: 20px; }}
-p, li {{ max-width: 62em; }} .note {{ background: #fff6d6; padding: 6px 10px; border-radius: 6px; }}
-table {{ border-collapse: collapse; margin: 10px 0; }}
-td, th {{ border-bottom: 1px solid #dde1e8; padding: 4px 12px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 14px; }}
-figure {{ margin: 0; }} figure img {{ width: 100%; border: 1px solid #dde1e8; border-radius: 4px; }}
-figcaption {{ font-size: 13px; color: #4a5263; }}
-code {{ background: #f1f3f7; padding: 0 4px; border-radius: 3px; }}
-</style>
-</head>
-<body>
-<h1>attnkit demo: seeing attention</h1>
-<p>Attention lets a model decide, for every output, which inputs to look at. This page shows it
-three ways: alignments learned by a translation model, the heads of a pretrained Transformer,
-and how self-attention turns a word's fixed vector into a contextual one.</p>
-{quick_note}
-
-<h2>1. Learning to align: dates in 48 locales</h2>
-<p>Three models learned to rewrite dates written in 48 locales and 18 scripts (month names,
-native digits, every CLDR format) as ISO <code>YYYY-MM-DD</code>. Held-out accuracy on dates
-never seen in training:</p>
-<table>
-<tr><th>model</th><th>parameters</th><th>steps</th><th>training</th><th>exact match</th>
-<th>char accuracy</th><th>checkpoint</th></tr>
-{rows}
-</table>
-<p>The RNN without attention must squeeze the whole input into its last hidden state; with
-attention, every output step looks back at all input characters. Try a checkpoint:
-<code>attnkit translate {first} "24. November 2026" --alignment out.png</code>.</p>
-
-<h3>Alignment heatmaps</h3>
-<p>Each row is an output character, each column an input character; a bright cell is where the
-model looked while writing that character. A good alignment puts the year digits on the year,
-the month digits on the month word (whatever its script or position) and the day on the day.
-The same date is shown in several locales, so you can see the alignment follow the word order.</p>
-<div class="grid">{figures}</div>
-
-<h2>2. Inside a pretrained Transformer (all-MiniLM-L6-v2)</h2>
-<ul>
-<li><a href="minilm-explorer.html">MiniLM attention explorer</a>: <i>{sentence}</i>
-The <b>head view</b> draws a line from each token (left) to the tokens it attends to (right),
-one colour per head; pick a layer, switch heads on and off, hover a token to isolate its lines.
-The <b>model view</b> shows all 6 layers x 12 heads at once; click a square to enlarge it. Look
-for heads that attend to the previous or next token, to <code>[SEP]</code>, or from
-<i>it</i> to <i>animal</i>.</li>
-{cross_link}
-</ul>
-
-<h2>3. Self-attention makes embeddings contextual</h2>
-<p>"{word}" is the same token in <i>{s1}</i> (a verb) and <i>{s2}</i> (a noun). At the embedding
-layer both occurrences have the same vector (cosine 1); every self-attention layer mixes in the
-neighbours, so the two vectors drift apart and away from the static word embedding.</p>
-<figure><a href="flies.png"><img src="flies.png" alt="cosine similarity per layer"
- style="max-width: 760px"></a></figure>
-<table>
-<tr><th>layer</th><th>A vs B</th><th>A vs static</th><th>B vs static</th></tr>
-{flies_rows}
-</table>
-<p>A = <i>{s1}</i>, B = <i>{s2}</i>.</p>
-<p>Make your own: <code>attnkit show "your sentence" --out view.html --png figures/</code>.</p>
-</body>
-</html>
-"""
+# ----------------------------------------------------------------------------- the command
 
 
-# ----------------------------------------------------------------------------- attnkit show
-
-
-def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", out: str | Path = "view.html",
-                 png: str | Path | None = None, title: str | None = None) -> tuple[Path, list[Path]]:
-    """``attnkit show``: the explorer of a pretrained encoder's self-attention over ``text``
-    and, with ``png``, one heatmap per layer (the mean over its heads) in that folder."""
-    from attnkit.models.bert import SentenceEncoder
-    from attnkit.viz.explorer import explorer
-    from attnkit.viz.heatmap import heatmap
-
-    encoder = SentenceEncoder.from_pretrained(model)
-    tokens, weights = encoder.attentions(text)  # (layers, heads, T, T)
-    path = explorer(tokens, weights, out, title=title or f"{Path(str(model)).name}: {text}")
-    pngs: list[Path] = []
-    if png is not None:
-        folder = Path(png)
-        n_layers, n_heads = weights.shape[:2]
-        for layer in range(n_layers):
-            target = folder / f"layer-{layer + 1}.png"
-            heatmap(weights[layer].mean(0), tokens, tokens, target,
-                    title=f"layer {layer + 1}: mean of {n_heads} heads",
-                    x_label="attended to", y_label="attending")
-            pngs.append(target)
-    return path, pngs
+@user_errors
+def demo(
+    out: str = typer.Option("attnkit-demo", "--out", help="folder for the pictures, models and index.html"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke run in under a minute (tiny training budgets)"),
+) -> None:
+    """The guided tour: train three date translators, draw their alignments, explore MiniLM's heads."""
+    run_demo(out, quick=quick)  # prints the path of index.html

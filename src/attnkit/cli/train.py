@@ -1,0 +1,241 @@
+"""``attnkit train``, ``attnkit translate`` and ``attnkit evaluate``: a seq2seq model from a
+task to a checkpoint, and back to answers and accuracies.
+
+The ``*_command`` functions are the workflows (usable from Python); the Typer commands below
+only parse options and print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from attnkit.cli.console import console, user_errors
+
+__all__ = ["evaluate", "evaluate_command", "train", "train_command", "translate", "translate_command"]
+
+
+# ----------------------------------------------------------------------------- workflows
+
+
+def train_command(
+    *, task: str, arch: str, attention: str, out: str | Path, steps: int | None = None,
+    time_budget: float | None = None, resume: bool = False, target: float | None = None,
+    batch_size: int | None = None, lr: float | None = None, hidden: int | None = None, cell: str = "gru",
+    n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", strict: bool = False,
+    eval_every: int = 250, checkpoint_every: int = 1000, seed: int = 0, threads: int | None = None,
+    progress: bool = True,
+) -> Any:
+    """``attnkit train``: build (or, with ``resume``, reload) the model and task, train, save.
+
+    Without ``resume`` an existing checkpoint in ``out`` is an error (nothing is touched);
+    with ``resume`` the task, architecture and attention must match the checkpoint's, and
+    the saved training settings are reused (``steps``/``time_budget``/``target`` may be
+    changed; the rest would change the result). Returns the :class:`~attnkit.training.TrainResult`."""
+    import torch
+
+    from attnkit.data import load_task, load_tokenizer
+    from attnkit.models.checkpoint import (
+        is_checkpoint,
+        load_trainer_state,
+        new_model,
+        read_manifest,
+    )
+    from attnkit.training import (
+        ARCHS,
+        TRAIN_DEFAULTS,
+        TrainConfig,
+        Trainer,
+        build_model,
+        encode_task,
+        task_from_meta,
+    )
+    from attnkit.training.ddp import init_distributed
+    from attnkit.training.trainer import keep_freed_memory
+
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
+    init_distributed()  # under torchrun: join its process group (gloo on CPU, nccl on GPU); else no-op
+    if arch not in ARCHS:
+        raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
+    out = Path(out)
+    overrides = {k: v for k, v in {"steps": steps, "time_budget": time_budget, "target_accuracy": target}.items()
+                 if v is not None}
+    if resume:
+        manifest = read_manifest(out)  # every file hashed, once
+        meta = dict(manifest["meta"])
+        asked = {"task": task, "arch": arch}
+        if arch == "rnn":
+            asked["attention"] = attention
+        saved = {"task": meta.get("task"), "arch": meta.get("arch"), "attention": manifest["config"].get("attention")}
+        wrong = {k: (saved[k], v) for k, v in asked.items() if saved[k] != v}
+        if wrong:
+            raise ValueError(f"--resume: the checkpoint in {out} does not match this command (checkpoint, command): {wrong}")
+        state = load_trainer_state(out, manifest=manifest)
+        config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
+        data = encode_task(task_from_meta(meta), load_tokenizer(out))
+        trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,
+                          meta=meta)
+        trainer.resume(manifest=manifest)
+        return trainer.fit()
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        hint = "; pass --resume to continue it" if is_checkpoint(out) else ""
+        raise ValueError(f"--out {out} already exists and is not empty{hint}; nothing was overwritten")
+    options: dict[str, Any] = {"seed": seed, "n_test": n_test}
+    if not task.startswith("tsv:"):
+        options["n_train"] = n_train
+    else:
+        options.update(tokenizer=tokenizer, strict=strict)
+    task_obj = load_task(task, **options)
+    if task_obj.info.get("report"):
+        console.print(f"[yellow]{task_obj.info['report']}[/yellow]", highlight=False)
+    data = encode_task(task_obj)
+    tok = data.tokenizer
+    longest = max(max(len(s), len(t)) for s, t in [*data.train, *data.test])
+    sizes: dict[str, Any] = {}
+    if hidden is not None:
+        sizes["hidden_dim" if arch == "rnn" else "embed_dim"] = hidden
+    if arch == "rnn":
+        sizes["cell"] = cell
+    torch.manual_seed(seed)
+    model = build_model(arch, len(tok), attention=attention, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                        eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
+    defaults = TRAIN_DEFAULTS[arch]
+    config = TrainConfig(**{
+        **defaults, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"], "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides,
+    })
+    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
+            "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
+    trainer = Trainer(model, data.train, data.test, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
+    return trainer.fit()
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with anything JSON cannot hold turned into a string."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int = 1,
+                      alignment: str | Path | None = None, max_len: int | None = None) -> list[str]:
+    """``attnkit translate``: decode ``texts`` with a checkpoint; with ``alignment`` also
+    write the attention heatmap (input x output tokens) of each input (``out.png``, or
+    ``out-1.png``, ``out-2.png``, ... for several inputs)."""
+    from attnkit.data import load_tokenizer
+    from attnkit.models.checkpoint import load, read_manifest
+    from attnkit.viz.alignment import align, draw
+
+    if not texts:
+        raise ValueError("nothing to translate: give one or more inputs, or - to read stdin")
+    if beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {beam}")
+    manifest = read_manifest(checkpoint)
+    model = load(checkpoint, manifest=manifest)
+    tok = load_tokenizer(checkpoint)
+    alignments = align(model, tok, texts, max_len=max_len or int(manifest["meta"].get("max_len", 64)), beam_size=beam)
+    if alignment is not None:
+        path = Path(alignment)
+        for i, a in enumerate(alignments):
+            draw(a, path if len(texts) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+    return [a.prediction for a in alignments]
+
+
+def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: int = 1,
+                     progress: bool = True) -> dict[str, float]:
+    """``attnkit evaluate``: exact match and character accuracy of a checkpoint on the
+    held-out split of its task (or of ``task``)."""
+    from attnkit.data import encode_pairs, load_tokenizer
+    from attnkit.models.checkpoint import load, read_manifest
+    from attnkit.progress import progress_bar
+    from attnkit.training import evaluate as evaluate_model
+    from attnkit.training import task_from_meta
+
+    manifest = read_manifest(checkpoint)
+    model = load(checkpoint, manifest=manifest)
+    tok = load_tokenizer(checkpoint)
+    data = encode_pairs(tok, task_from_meta(manifest["meta"], task, train=False).test)
+    if not data:
+        raise ValueError(f"the held-out split of task {task or manifest['meta'].get('task')!r} is empty")
+    with progress_bar("evaluate", len(data), enabled=progress, transient=True) as bar:
+        return evaluate_model(model, data, beam_size=beam, progress=lambda n: bar.update(advance=n))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@user_errors
+def train(
+    task: str = typer.Option("dates", "--task", help="dates | reverse | copy | tsv:PATH"),
+    arch: str = typer.Option("rnn", "--arch", help="rnn | transformer"),
+    attention: str = typer.Option("additive", "--attention", help="RNN attention: additive | general | dot | none"),
+    out: str = typer.Option(..., "--out", help="checkpoint directory (written atomically)"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 1000, transformer 3200]"),
+    time_budget: float = typer.Option(None, "--time-budget", help="stop after this many seconds (validation included)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out (same result as one run)"),
+    target: float = typer.Option(None, "--target", help="stop once validation exact match reaches this (0-1)"),
+    batch_size: int = typer.Option(None, "--batch-size", help="examples per step"),
+    lr: float = typer.Option(None, "--lr", help="peak learning rate"),
+    hidden: int = typer.Option(None, "--hidden", help="RNN hidden size / Transformer embedding size"),
+    cell: str = typer.Option("gru", "--cell", help="RNN cell: gru | lstm"),
+    n_train: int = typer.Option(100_000, "--n-train", help="generated training examples (dates/reverse/copy)"),
+    tokenizer: str = typer.Option("char", "--tokenizer", help="tsv: char | bpe"),
+    strict: bool = typer.Option(False, "--strict", help="tsv: fail on the first bad line (default: skip and count)"),
+    eval_every: int = typer.Option(250, "--eval-every", help="validate every N steps"),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="checkpoint every N steps (0 = end only)"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Train a seq2seq model (RNN with attention, or Transformer) and save a checkpoint in --out."""
+    import torch.distributed as dist
+
+    result = train_command(task=task, arch=arch, attention=attention, out=out, steps=steps,
+                           time_budget=time_budget, resume=resume, target=target, batch_size=batch_size,
+                           lr=lr, hidden=hidden, cell=cell, n_train=n_train, tokenizer=tokenizer, strict=strict,
+                           eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
+                           threads=threads, progress=not quiet)
+    m = result.metrics
+    acc = f"exact match {100 * m['exact_match']:.2f}%, char accuracy {100 * m['char_accuracy']:.2f}%" if m else "no validation"
+    if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):  # rank 0 reports
+        console.print(f"step {result.step} ({result.stopped}, {result.seconds:.0f} s): {acc} -> {out}", highlight=False)
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(code=130 if result.stopped == "SIGINT" else 143)
+
+
+@user_errors
+def translate(
+    checkpoint: str = typer.Argument(..., help="checkpoint directory written by `attnkit train`"),
+    texts: list[str] = typer.Argument(..., help="inputs to translate; `-` reads one per line from stdin"),
+    beam: int = typer.Option(1, "--beam", help="beam size (1 = greedy)"),
+    alignment: str = typer.Option(None, "--alignment", help="write the attention heatmap (input x output characters) here"),
+    max_len: int = typer.Option(None, "--max-len", help="longest output in tokens"),
+) -> None:
+    """Translate inputs with a trained checkpoint: `attnkit translate DIR "24. November 2026"` -> 2026-11-24."""
+    if "-" in texts:
+        stdin = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = [t for x in texts for t in (stdin if x == "-" else [x])]
+    for line in translate_command(checkpoint, texts, beam=beam, alignment=alignment, max_len=max_len):
+        typer.echo(line)
+
+
+@user_errors
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="checkpoint directory written by `attnkit train`"),
+    task: str = typer.Option(None, "--task", help="dates | reverse | copy | tsv:PATH (default: the checkpoint's task)"),
+    beam: int = typer.Option(1, "--beam", help="beam size (1 = greedy)"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object {"exact_match", "char_accuracy", "n"}'),
+) -> None:
+    """Exact match and character accuracy on the task's held-out split (a TSV's last 10%)."""
+    metrics = evaluate_command(checkpoint, task=task, beam=beam, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        console.print(f"exact match {100 * metrics['exact_match']:.2f}%  char accuracy "
+                      f"{100 * metrics['char_accuracy']:.2f}%  (n={metrics['n']})", highlight=False)
