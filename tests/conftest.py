@@ -51,3 +51,50 @@ def good_tsv(tmp_path):
         return path
 
     return write
+
+
+# ----------------------------------------------------------------------------- learned outcomes
+# A test of what training learns takes the ``learn_seed`` fixture and seeds everything random
+# with it (initial weights, batch order, generated data). CI runs seed 0; the criterion must
+# hold with margin on other seeds too, which stand in for another CPU's rounding:
+#   pytest -m learning --seeds 5 --figures figures.jsonl      (benchmarks/robustness.py)
+# Each such test reports its measured figures with ``learned(**figures)``.
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--seeds", default="1",
+                     help="learned-outcome tests: a count N (seeds 0..N-1, default 1) or a list 0,3,7 (one seed: 3,)")
+    parser.addoption("--figures", default=None, help="append each learned-outcome test's figures to this JSONL file")
+
+
+def _seeds(config) -> list[int]:
+    spec = str(config.getoption("--seeds"))
+    return [int(s) for s in spec.split(",") if s.strip()] if "," in spec else list(range(int(spec)))
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "learn_seed" in metafunc.fixturenames:
+        metafunc.parametrize("learn_seed", _seeds(metafunc.config), scope="module", ids=lambda s: f"seed{s}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "learn_seed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.learning)
+
+
+@pytest.fixture
+def learned(request):
+    """``learned(**figures)`` records what the test measured (printed with ``-s``, appended
+    to ``--figures`` as one JSON object per call)."""
+    import json
+
+    def record(**figures) -> None:
+        row = {"test": request.node.originalname, "seed": request.node.callspec.params.get("learn_seed"), **figures}
+        print(f"\nlearned: {json.dumps(row)}")
+        path = request.config.getoption("--figures")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return record

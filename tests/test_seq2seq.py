@@ -303,18 +303,23 @@ def _task_batch(n: int, task: str, g: torch.Generator, held_out: bool):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["copy", "reverse"])
-def test_learns_task_exactly(task):
-    """A real learning check: exact-match >= 0.99 on 400 held-out sequences (greedy and beam)."""
+def test_learns_task_exactly(task, learn_seed, learned):
+    """A real learning check: exact match >= 0.99 on 400 held-out sequences, greedy and beam,
+    after 400 steps of a small Transformer trained with a one-cycle schedule.
+    Measured (seeds 0-4): FIGURES_COPY_REVERSE."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: one thread is as fast and immune to oversubscription
     try:
-        _learn_and_check(task)
+        exact = _learn_and_check(task, learn_seed)
     finally:
         torch.set_num_threads(threads)
+    learned(task=task, exact_match=exact, criterion=">= 0.99 greedy and beam")
+    for method, value in exact.items():
+        assert value >= 0.99, f"{task} {method}: exact match {value:.3f}"
 
 
-def _learn_and_check(task: str) -> None:
-    torch.manual_seed(0)
+def _learn_and_check(task: str, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)
     cfg = TransformerConfig(
         VOCAB, embed_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ff_dim=128,
         dropout=0.0, max_len=16,
@@ -323,7 +328,7 @@ def _learn_and_check(task: str) -> None:
     steps = 400
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1000 + seed)
     for _ in range(steps):
         src, tgt_in, tgt = _task_batch(64, task, g, held_out=False)
         loss = label_smoothed_cross_entropy(model(src, tgt_in), tgt, smoothing=0.0)
@@ -331,10 +336,10 @@ def _learn_and_check(task: str) -> None:
         loss.backward()
         opt.step()
         sched.step()
-    src, _, tgt = _task_batch(400, task, torch.Generator().manual_seed(2), held_out=True)
+    src, _, tgt = _task_batch(400, task, torch.Generator().manual_seed(2000 + seed), held_out=True)
+    exact = {}
     for method in ("greedy", "beam"):
         out = generate(model, src, max_len=MAX_LEN + 1, method=method, beam_size=3)
         out = nn.functional.pad(out, (0, tgt.shape[1] - out.shape[1]), value=PAD)
-        exact = (out == tgt).all(1).float().mean().item()
-        print(f"{task} {method}: exact match {exact:.3f}")
-        assert exact >= 0.99, f"{task} {method}: exact match {exact:.3f}"
+        exact[method] = (out == tgt).all(1).float().mean().item()
+    return exact

@@ -16,7 +16,6 @@ by default and under a minute with ``--quick``.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import html
 import shutil
@@ -95,25 +94,10 @@ class ModelResult:
     checkpoint: Path
 
 
-def _calibrate_steps(model: Any, train: list, config: Any, budget: float) -> int:
-    """Steps that fit in ``budget`` seconds, from timing a few steps on a copy of the model."""
-    from attnkit.training import Trainer
-
-    probe = Trainer(copy.deepcopy(model), train, None, config)
-    probe.train_step(0)  # warm-up (allocations, first-call overheads)
-    start, n = time.perf_counter(), 8  # batches differ in length: average over several
-    for step in range(1, n + 1):
-        probe.train_step(step)
-    per_step = (time.perf_counter() - start) / n
-    return max(20, int(0.9 * budget / max(per_step, 1e-4)))
-
-
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
     from attnkit.training import (
         TRAIN_DEFAULTS,
-        TrainConfig,
-        build_model,
         date_data,
         evaluate,
         train_date_model,
@@ -132,17 +116,12 @@ def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[Mod
         console.rule(f"[bold]{spec.label}[/bold] ({budget:.0f} s)")
         attention = spec.attention if spec.arch == "rnn" else "additive"
         defaults = TRAIN_DEFAULTS[spec.arch]
-        settings = {"batch_size": plan.batch_size, "lr": defaults["lr"], "length_group": defaults.get("length_group", 0)}
-        torch.manual_seed(plan.seed)
-        probe = build_model(spec.arch, len(vocab), attention=attention, pad_id=vocab.pad_id, bos_id=vocab.bos_id,
-                            eos_id=vocab.eos_id)
-        steps = _calibrate_steps(probe, data.train, TrainConfig(steps=10, progress=False, warmup_steps=1,
-                                                                seed=plan.seed, **settings), budget)
         folder = out / "models" / spec.name
+        # the schedule is fitted to the budget (warm-up at most a fifth of it); no validation on the way
         model, result = train_date_model(
-            spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder, validate=False,
-            steps=steps, warmup_steps=min(defaults["warmup_steps"], steps // 5), eval_every=steps,
-            time_budget=budget, **settings)
+            spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder, validate=False, steps=None,
+            time_budget=budget, batch_size=plan.batch_size, lr=defaults["lr"],
+            length_group=defaults.get("length_group", 0))
         with console.status(f"evaluating on {len(data.test)} held-out dates"):
             metrics = evaluate(model, data.test, batch_size=256)
         results.append(ModelResult(spec, model, result.step, result.seconds,

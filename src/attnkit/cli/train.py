@@ -67,6 +67,7 @@ def train_command(
     out = Path(out)
     overrides = {k: v for k, v in {"steps": steps, "time_budget": time_budget, "target_accuracy": target}.items()
                  if v is not None}
+    budget_only = {"steps": None} if time_budget is not None and steps is None else {}  # the budget sets the length
     if resume:
         manifest = read_manifest(out)  # every file hashed, once
         meta = dict(manifest["meta"])
@@ -110,7 +111,7 @@ def train_command(
     defaults = TRAIN_DEFAULTS[arch]
     config = TrainConfig(**{
         **defaults, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"], "eval_every": eval_every,
-        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides,
+        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides, **budget_only,
     })
     meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
             "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
@@ -176,8 +177,8 @@ def train(
     arch: str = typer.Option("rnn", "--arch", help="rnn | transformer"),
     attention: str = typer.Option("additive", "--attention", help="RNN attention: additive | general | dot | none"),
     out: str = typer.Option(..., "--out", help="checkpoint directory (written atomically)"),
-    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 1000, transformer 3200]"),
-    time_budget: float = typer.Option(None, "--time-budget", help="stop after this many seconds (validation included)"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 2000, transformer 3200; with --time-budget: no limit]"),
+    time_budget: float = typer.Option(None, "--time-budget", help="train this many seconds (validation included): the learning-rate schedule is fitted to end then"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out (same result as one run)"),
     target: float = typer.Option(None, "--target", help="stop once validation exact match reaches this (0-1)"),
     batch_size: int = typer.Option(None, "--batch-size", help="examples per step"),

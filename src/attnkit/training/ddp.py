@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["PeerLostError", "ddp_token_loss", "default_backend", "init_distributed", "peer_guard", "sync_stop"]
+__all__ = ["PeerLostError", "agree_min", "ddp_token_loss", "default_backend", "init_distributed", "peer_guard", "sync_stop"]
 
 
 class PeerLostError(RuntimeError):
@@ -122,3 +122,11 @@ def sync_stop(over_time: bool, signal_name: str | None) -> tuple[bool, str | Non
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     over, sig = flags.tolist()
     return bool(over), signal_name or _SIGNALS[sig]
+
+
+def agree_min(value: int) -> int:
+    """The smallest ``value`` over all ranks (every rank must call it at the same step)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())

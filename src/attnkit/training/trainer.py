@@ -49,20 +49,26 @@ from attnkit.models.checkpoint import (
 from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.progress import progress_bar
-from attnkit.training.ddp import ddp_token_loss, peer_guard, sync_stop
+from attnkit.training.ddp import agree_min, ddp_token_loss, peer_guard, sync_stop
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "evaluate", "keep_freed_memory", "learning_rate"]
+__all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "evaluate", "keep_freed_memory", "learning_rate"]
 
 Encoded = Sequence[tuple[Sequence[int], Sequence[int]]]  # (source ids, target ids), no BOS/EOS
 
 _SCHEDULES = ("cosine", "inverse_sqrt", "constant")
+TRAIN_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
 class TrainConfig:
     """How to train. ``steps`` is the schedule length (the cosine reaches ``min_lr_ratio *
-    lr`` there); ``time_budget`` (seconds, validation included) and ``target_accuracy``
-    (validation exact match in [0, 1]) may stop earlier. ``eval_size`` validation examples
+    lr`` there). With ``time_budget`` (seconds, validation included) the schedule is laid
+    over the budget instead: its length follows the measured step time so that the cosine
+    ends when the budget does (:class:`BudgetSchedule`); ``steps`` is then an upper bound
+    (whichever ends first; ``None`` = the budget alone) and the warm-up is at most a fifth of
+    the fitted schedule. ``target_accuracy`` (validation exact match in [0, 1]) may stop
+    earlier. ``dtype="bfloat16"`` runs forward and loss under ``torch.autocast`` (weights,
+    gradients and the optimizer stay float32). ``eval_size`` validation examples
     (the first ones, so every evaluation sees the same set; ``None`` = all) are decoded
     greedily every ``eval_every`` steps. ``checkpoint_every`` 0 = only at the end.
     ``length_group`` > 0 batches examples of similar length (Hugging Face's
@@ -72,7 +78,7 @@ class TrainConfig:
     :meth:`Trainer.batch_indices`). Small values keep batches diverse: on the date task 4
     cuts the padded source tokens by 36% (50 by 50%, but its one-format batches train worse)."""
 
-    steps: int = 4000
+    steps: int | None = 4000
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_ratio: float = 0.02
@@ -92,10 +98,15 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     length_group: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.steps is None and self.time_budget is None:
+            raise ValueError("TrainConfig needs steps or time_budget (or both), got neither")
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            if name == "steps" and self.steps is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "checkpoint_every", "length_group"):
@@ -117,22 +128,91 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.time_budget must be > 0 seconds, got {self.time_budget}")
         if self.eval_size is not None and self.eval_size < 1:
             raise ValueError(f"TrainConfig.eval_size must be positive or None, got {self.eval_size}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"TrainConfig.dtype must be one of {TRAIN_DTYPES}, got {self.dtype!r}")
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
-    ``warmup_steps``, then cosine to ``min_lr_ratio * lr`` at ``steps``, or ``lr *
-    sqrt(warmup / step)`` (inverse square root), or constant."""
-    warm = config.warmup_steps
+def learning_rate(config: TrainConfig, step: int, length: int | None = None) -> float:
+    """Learning rate at optimizer step ``step`` (0-based) of a schedule ``length`` steps long
+    (default ``config.steps``): linear warm-up to ``lr`` over ``warmup_steps`` (at most a fifth
+    of ``length`` when the schedule is fitted to a time budget), then cosine to
+    ``min_lr_ratio * lr`` at ``length``, or ``lr * sqrt(warmup / step)`` (inverse square
+    root), or constant."""
+    length = config.steps if length is None else length
+    warm = config.warmup_steps if config.time_budget is None else min(config.warmup_steps, length // 5)
     if step < warm:
         return config.lr * (step + 1) / warm
     if config.schedule == "constant":
         return config.lr
     if config.schedule == "inverse_sqrt":
         return config.lr * math.sqrt(max(warm, 1) / (step + 1))
-    progress = min(1.0, (step - warm) / max(1, config.steps - warm))
+    progress = min(1.0, (step - warm) / max(1, length - warm))
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class BudgetSchedule:
+    """The schedule's length laid over a wall-clock budget.
+
+    The first ``WARM`` steps are not timed (allocations, first-call costs). From then on the
+    training seconds per step ``r`` (time inside optimizer steps only) and the mean duration
+    ``v`` of a validation are measured, and ``FIRST`` steps later, then every ``EVERY`` steps,
+    the length is re-estimated from the seconds left ``R``: the ``n`` more steps that fit
+    with a validation every ``eval_every`` steps and a final one,
+    ``n = (R - v) / (r + v / eval_every)``, capped by ``max_steps``. The re-estimates happen
+    at fixed step numbers and the state is saved with every checkpoint, so a resumed run
+    makes the same decisions as an uninterrupted one on the same clock.
+    """
+
+    budget: float
+    eval_every: int
+    max_steps: int | None = None
+    length: int = 0
+    anchor: tuple[int, float] | None = None  # (step, training seconds) where timing starts
+    val_seconds: float = 0.0
+    val_count: int = 0
+
+    WARM = 5
+    FIRST = 10
+    EVERY = 50
+
+    def __post_init__(self) -> None:
+        if not self.length:
+            self.length = self.max_steps if self.max_steps is not None else 1 << 40  # until the first estimate
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` (completed steps) is one where the length is re-estimated."""
+        first = self.WARM + self.FIRST
+        return step >= first and (step - first) % self.EVERY == 0
+
+    def observe(self, step: int, train_seconds: float) -> None:
+        """Start timing after ``WARM`` steps."""
+        if self.anchor is None and step >= self.WARM:
+            self.anchor = (step, train_seconds)
+
+    def add_validation(self, seconds: float) -> None:
+        self.val_seconds += seconds
+        self.val_count += 1
+
+    def estimate(self, step: int, seconds: float, train_seconds: float) -> int:
+        """The schedule length that ends the training ``seconds`` (validation included) at the budget."""
+        a_step, a_seconds = self.anchor if self.anchor is not None else (0, 0.0)
+        per_step = (train_seconds - a_seconds) / max(1, step - a_step)
+        per_val = self.val_seconds / self.val_count if self.val_count else 0.0
+        left = self.budget - seconds
+        more = max(0, int((left - per_val) / max(per_step + per_val / self.eval_every, 1e-9)))
+        length = step + more
+        return max(step, length if self.max_steps is None else min(self.max_steps, length))
+
+    def state(self) -> dict[str, Any]:
+        return {"length": self.length, "anchor": self.anchor, "val_seconds": self.val_seconds,
+                "val_count": self.val_count}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.length = int(state["length"])
+        self.anchor = tuple(state["anchor"]) if state.get("anchor") is not None else None
+        self.val_seconds, self.val_count = float(state["val_seconds"]), int(state["val_count"])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -247,13 +327,23 @@ class Trainer:
             lr=self.config.lr, betas=self.config.betas, fused=fused or None,
         )
         self.step = 0
-        self.elapsed = 0.0  # training seconds before this process (resume)
+        self.elapsed = 0.0  # seconds of fit() (validation included, checkpoint writes not) before now
+        self.train_seconds = 0.0  # of which inside optimizer steps
+        self.clock: Callable[[], float] = time.perf_counter  # seconds; tests put a fake clock here
+        cfg = self.config
+        self.budget = BudgetSchedule(cfg.time_budget, cfg.eval_every, cfg.steps) if cfg.time_budget is not None else None
         self.history: list[dict[str, float]] = []
         self.metrics: dict[str, float] = {}
         self.loss_avg: float | None = None  # running mean of the training loss (progress, history)
         self._signal: str | None = None
         self._epoch: tuple[int, list[int]] | None = None  # (epoch, its example order), see batch_indices
         torch.manual_seed(self.config.seed)
+
+    @property
+    def schedule_length(self) -> int:
+        """The learning-rate schedule's length in steps: ``config.steps``, or the length
+        fitted to the time budget so far (:class:`BudgetSchedule`)."""
+        return self.budget.length if self.budget is not None else self.config.steps
 
     # ---------------------------------------------------------------- hooks (DDP)
     @property
@@ -309,17 +399,18 @@ class Trainer:
         device = next(self.raw_model.parameters()).device
         batch = batch.to(device)
         self.model.train()
-        logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # (B, T, V)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+            logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # (B, T, V)
+            loss = label_smoothed_cross_entropy(logits, batch.tgt_out, smoothing=cfg.label_smoothing,
+                                                ignore_index=mcfg.pad_id, reduction="mean" if self.world_size == 1 else "sum")
         n_tokens = batch.num_target_tokens
-        loss = label_smoothed_cross_entropy(logits, batch.tgt_out, smoothing=cfg.label_smoothing,
-                                            ignore_index=mcfg.pad_id, reduction="mean" if self.world_size == 1 else "sum")
         if self.world_size > 1:  # weight every token of the global batch alike (see ddp_token_loss)
             loss, loss_value, n_tokens = ddp_token_loss(loss, n_tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_norm)
-        lr = learning_rate(cfg, step)
+        lr = learning_rate(cfg, step, self.schedule_length)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -334,8 +425,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "metrics": self.metrics,
-                "loss_avg": self.loss_avg, "train_config": asdict(self.config), "rng": rng_state()}
+        return {"step": self.step, "elapsed": self.elapsed, "train_seconds": self.train_seconds,
+                "budget": None if self.budget is None else self.budget.state(), "history": self.history,
+                "metrics": self.metrics, "loss_avg": self.loss_avg, "train_config": asdict(self.config),
+                "rng": rng_state()}
 
     def save(self, directory: str | Path | None = None) -> Path:
         """Write a checkpoint (model, optimizer, RNG, history, tokenizer) to ``directory``
@@ -367,6 +460,11 @@ class Trainer:
         state = load_trainer_state(directory, manifest=manifest)
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if self.budget is not None and state.get("budget") is not None:
+            self.budget.restore(state["budget"])  # the fitted length and its measurements
+            if self.budget.max_steps != self.config.steps:  # resumed with another --steps
+                self.budget.max_steps = self.config.steps
         self.history = list(state.get("history", []))
         self.metrics = dict(state.get("metrics", {}))
         self.loss_avg = state.get("loss_avg")
@@ -378,33 +476,49 @@ class Trainer:
         self._signal = signal.Signals(signum).name
 
     def fit(self) -> TrainResult:
-        """Train until ``steps``, the target accuracy, the time budget or a signal."""
+        """Train until the schedule ends (``steps``, or the time budget it is fitted to), the
+        target accuracy, or a signal."""
         cfg = self.config
         handlers: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        start = time.perf_counter()
+        clock = self.clock
+        start = clock()
         stopped = "steps"
         tokens = 0
+
+        def seconds() -> float:  # of this run so far, resumed runs included
+            return self.elapsed + clock() - start
+
         try:
-            with progress_bar("train", cfg.steps, enabled=cfg.progress and self.is_main, completed=self.step,
+            with progress_bar("train", self.schedule_length if self.budget is None or self.budget.anchor else None,
+                              enabled=cfg.progress and self.is_main, completed=self.step,
                               fields={"loss": "-", "tok/s": "-", "val": self._val_text()}) as bar:
-                while self.step < cfg.steps:
+                while self.step < self.schedule_length:
+                    t0 = clock()
                     with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
                         loss, n_tok = self.train_step(self.step)
+                    self.train_seconds += clock() - t0
                     self.step += 1
                     tokens += n_tok
                     self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
-                    spent = time.perf_counter() - start
-                    bar.update(completed=self.step, loss=f"{self.loss_avg:.3f}", **{"tok/s": f"{tokens / max(spent, 1e-9):,.0f}"})
-                    over_time = cfg.time_budget is not None and self.elapsed + spent >= cfg.time_budget
+                    if self.budget is not None:
+                        self._fit_budget(seconds(), bar)
+                    bar.update(completed=self.step, loss=f"{self.loss_avg:.3f}",
+                               **{"tok/s": f"{tokens / max(clock() - start, 1e-9):,.0f}"})
+                    over_time = cfg.time_budget is not None and seconds() >= cfg.time_budget
                     if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
                         with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
                             over_time, self._signal = sync_stop(over_time, self._signal)
-                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps or over_time or self._signal:
+                    last = self.step >= self.schedule_length
+                    if self.step % cfg.eval_every == 0 or last or over_time or self._signal:
                         if not self._signal:
-                            self._record(self.validate(), self.loss_avg, self.elapsed + time.perf_counter() - start)
+                            t0 = clock()
+                            metrics = self.validate()
+                            if self.budget is not None and metrics:
+                                self.budget.add_validation(clock() - t0)
+                            self._record(metrics, self.loss_avg, seconds())
                             bar.update(val=self._val_text())
                         if self._signal:
                             stopped = self._signal
@@ -412,21 +526,35 @@ class Trainer:
                         if cfg.target_accuracy is not None and self.metrics.get("exact_match", 0.0) >= cfg.target_accuracy:
                             stopped = "target"
                             break
-                        if over_time:
+                        if over_time or (last and self.budget is not None and self.step != cfg.steps):
                             stopped = "time_budget"
                             break
                     if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None
                             and self.is_main):
-                        self.elapsed += time.perf_counter() - start
-                        start = time.perf_counter()
+                        self.elapsed += clock() - start
+                        start = clock()
                         self.save()
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        self.elapsed += time.perf_counter() - start
+        self.elapsed += clock() - start
         if self.out_dir is not None and self.is_main:
             self.save()
         return TrainResult(self.step, stopped, dict(self.metrics), self.elapsed, list(self.history))
+
+    def _fit_budget(self, seconds: float, bar: Any) -> None:
+        """After a step: start timing, or re-estimate the schedule's length (all ranks agree on
+        the shortest estimate, so their learning rates stay equal)."""
+        budget = self.budget
+        budget.observe(self.step, self.train_seconds)
+        if not budget.due(self.step):
+            return
+        length = budget.estimate(self.step, seconds, self.train_seconds)
+        if self.world_size > 1:
+            with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
+                length = agree_min(length)
+        budget.length = length
+        bar.update(total=length)
 
     def _record(self, metrics: dict[str, float], loss: float | None, seconds: float) -> None:
         if not metrics:
