@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from browser_support import Browser
-from test_viz import page_data, softmax_weights
+from viz_support import page_data, softmax_weights
 
 from attnkit.viz.explorer import encode_weights, explorer, normalise_weights
 
