@@ -8,15 +8,25 @@ this module inlines the three files and the data into the one file it writes.
 * a **head view**: the tokens in two columns, a line from each token on the left (the query,
   attending) to each token on the right (the key, attended to) with opacity = weight, a layer
   selector, one toggle per head (coloured), and hover on a token to isolate its lines;
-* a **model view**: a grid of small heatmaps, every layer x head; click one to enlarge it.
+* a **model view**: a grid of small heatmaps, every layer x head; click one to enlarge it;
+* buttons that save the head view and the model view as SVG and as PNG (drawn in the page,
+  downloaded from a blob URL: nothing leaves the machine).
+
+:func:`write_page` shows several :class:`Panel` s on one page (what
+:func:`attnkit.viz.explore` writes): a selector for the attention kinds present (encoder,
+decoder, cross; causal kinds are drawn without lines to future tokens and greyed out above the
+diagonal), one for the views of a kind (raw weights, rollout, value norm), and the **neuron
+view** (a token's query, the keys, ``q ⊙ k``, the scores and their softmax) from
+:func:`neuron_payload`'s float16 queries and keys.
 
 Weights are embedded compactly: each attention row is quantised to uint8 relative to the
 row's maximum (kept as float32), so a weight is ``q * rowmax / 255`` with an error below
 ``rowmax / 510``. That is 1 byte per weight (base64: 4/3), so 6 layers x 12 heads x 64^2
-is about 0.4 MB. When the dense tensor would exceed ``max_dense_bytes`` (at 512 tokens it is
-19M weights; bertviz embeds them as ~100 MB of JSON), each row keeps only its ``top_k``
+is about 0.4 MB. When the dense tensors would exceed ``max_dense_bytes`` (at 512 tokens one
+set is 19M weights; bertviz embeds them as ~100 MB of JSON), each row keeps only its ``top_k``
 largest weights (uint16 column index + uint8 value), which holds the file under 25 MB and
-keeps nearly all of the attention mass (the page reports how much).
+keeps nearly all of the attention mass (the page reports how much). Several panels share the
+budget in proportion to their sizes, and the page decodes a panel when it is first shown.
 
 A line is drawn for every weight ``>= threshold`` (a slider; the default is the smallest of
 0.01, 0.02, 0.05, ... that keeps every layer under ``MAX_DEFAULT_LINES`` lines).
@@ -191,6 +201,28 @@ def _split_tokens(tokens: Any, tq: int, tk: int) -> tuple[list[str], list[str], 
     return left, right, is_pair
 
 
+@dataclass
+class Panel:
+    """One set of weights the page can show: an attention kind in one view.
+
+    ``weights (layers, heads, Tq, Tk)`` float; ``left``/``right`` the query/key tokens;
+    ``kind`` ``"encoder"``/``"decoder"``/``"cross"`` (None: a page without a kind selector);
+    ``view`` ``"raw"``, ``"rollout"`` or ``"value-norm"``; ``causal``: query ``i`` sees keys
+    ``0 .. i + Tk - Tq`` only (drawn so); ``cross``: two token lists (outputs attending to inputs).
+    """
+
+    weights: np.ndarray
+    left: list[str]
+    right: list[str]
+    kind: str | None = None
+    view: str = "raw"
+    causal: bool = False
+    cross: bool = False
+    layer_names: list[str] | None = None
+    head_names: list[str] | None = None
+    threshold: float | None = None
+
+
 def explorer(
     tokens: Sequence[str] | tuple[Sequence[str], Sequence[str]],
     weights: Any,
@@ -221,43 +253,67 @@ def explorer(
             not finite, or ``layer_names`` has the wrong length.
     """
     w = normalise_weights(weights)  # (L, H, Tq, Tk)
-    n_layers, n_heads, tq, tk = w.shape
-    left, right, is_cross = _split_tokens(tokens, tq, tk)
-    if n_layers == 0 or n_heads == 0:
-        raise ValueError(f"need at least one layer and one head, got weights shape {w.shape}")
-    names = list(layer_names) if layer_names is not None else [
-        f"Layer {i + 1}" for i in range(n_layers)
-    ]
-    if len(names) != n_layers:
-        raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
-    encoded = encode_weights(w, top_k=top_k, max_dense_bytes=max_dense_bytes)
-    if threshold is None:
-        threshold = default_threshold(encoded)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    left, right, is_cross = _split_tokens(tokens, w.shape[2], w.shape[3])
+    panel = Panel(w, left, right, cross=is_cross, threshold=threshold,
+                  layer_names=None if layer_names is None else list(layer_names))
+    return write_page([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
 
-    data: dict[str, Any] = {
-        "title": title or "Attention explorer",
-        "cross": is_cross,
-        "left": left,
-        "right": right,
-        "layers": n_layers,
-        "heads": n_heads,
-        "nq": tq,
-        "nk": tk,
-        "layerNames": names,
-        "threshold": threshold,
-        "rowmax": _b64(encoded.rowmax.astype("<f4")),
-        "keptMass": encoded.kept_mass,
-    }
-    if encoded.top_k is None:
-        data.update(encoding="dense", q=_b64(encoded.q))
-    else:
-        k = encoded.top_k
-        idx = encoded.topk_idx  # (L, H, Tq, k)
-        vals = np.take_along_axis(encoded.q, idx, axis=-1)
-        data.update(encoding="topk", k=k, idx=_b64(idx.astype("<u2")), q=_b64(vals))
 
+def write_page(
+    panels: Sequence[Panel],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    neuron: dict[str, Any] | None = None,
+    neuron_note: str = "",
+    top_k: int | None = None,
+    max_bytes: int = MAX_DENSE_BYTES,
+) -> Path:
+    """Write a page showing several :class:`Panel` s (kind and view selectors) and return its path.
+
+    The first panel is shown first. ``max_bytes`` bounds the quantised weights of all panels
+    together: each gets a share proportional to its dense size, and a panel over its share keeps
+    each row's top-k weights. ``neuron`` is :func:`neuron_payload`'s result (kind -> q/k data);
+    ``neuron_note`` a sentence shown in the neuron section (why it is missing, or a caveat).
+
+    Raises:
+        ValueError: no panels, a panel without layers or heads, tokens that do not match the
+            weights, negative weights, a threshold outside ``[0, 1]`` or wrong ``layer_names``.
+    """
+    return write_data(page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
+                                max_bytes=max_bytes), path)
+
+
+def page_data(
+    panels: Sequence[Panel],
+    *,
+    title: str | None = None,
+    neuron: dict[str, Any] | None = None,
+    neuron_note: str = "",
+    top_k: int | None = None,
+    max_bytes: int = MAX_DENSE_BYTES,
+) -> dict[str, Any]:
+    """The JSON object :func:`write_page` embeds (same arguments): the first panel's record at
+    the top level, the others under ``"more"``, the neuron data under ``"neuron"``."""
+    if not panels:
+        raise ValueError("write_page needs at least one panel")
+    total = sum(p.weights.size for p in panels)
+    views = []
+    for p in panels:
+        share = max_bytes if total <= max_bytes else max(1, int(max_bytes * p.weights.size / total))
+        views.append(_view_data(p, top_k=top_k, max_dense_bytes=share))
+    data: dict[str, Any] = {"title": title or "Attention explorer", **views[0]}
+    if len(views) > 1:
+        data["more"] = views[1:]
+    if neuron:
+        data["neuron"] = neuron
+    if neuron_note:
+        data["neuronNote"] = neuron_note
+    return data
+
+
+def write_data(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it."""
     page = _render_page(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +321,85 @@ def explorer(
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
+    """The page's record of one panel: tokens, sizes, labels and the quantised weights."""
+    w = p.weights
+    n_layers, n_heads, tq, tk = w.shape
+    if n_layers == 0 or n_heads == 0:
+        raise ValueError(f"need at least one layer and one head, got weights shape {w.shape}")
+    if (len(p.left), len(p.right)) != (tq, tk):
+        raise ValueError(f"weights (..., Tq={tq}, Tk={tk}) do not match the tokens: "
+                         f"{len(p.left)} query tokens and {len(p.right)} key tokens")
+    names = p.layer_names if p.layer_names is not None else [f"Layer {i + 1}" for i in range(n_layers)]
+    if len(names) != n_layers:
+        raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
+    if p.head_names is not None and len(p.head_names) != n_heads:
+        raise ValueError(f"head_names has {len(p.head_names)} entries for {n_heads} heads")
+    encoded = encode_weights(w, top_k=top_k, max_dense_bytes=max_dense_bytes)
+    threshold = default_threshold(encoded) if p.threshold is None else p.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    data: dict[str, Any] = {
+        "cross": p.cross,
+        "left": list(p.left),
+        "right": list(p.right),
+        "layers": n_layers,
+        "heads": n_heads,
+        "nq": tq,
+        "nk": tk,
+        "layerNames": list(names),
+        "threshold": threshold,
+        "rowmax": _b64(encoded.rowmax.astype("<f4")),
+        "keptMass": encoded.kept_mass,
+    }
+    if p.kind is not None:
+        data.update(kind=p.kind, view=p.view, causal=p.causal)
+    elif p.causal:
+        data["causal"] = True
+    if p.head_names is not None:
+        data["headNames"] = list(p.head_names)
+    if encoded.top_k is None:
+        data.update(encoding="dense", q=_b64(encoded.q))
+    else:
+        idx = encoded.topk_idx  # (L, H, Tq, k)
+        vals = np.take_along_axis(encoded.q, idx, axis=-1)
+        data.update(encoding="topk", k=encoded.top_k, idx=_b64(idx.astype("<u2")), q=_b64(vals))
+    return data
+
+
+def neuron_payload(projections: dict[str, Any], *, notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """The neuron view's data: per kind, float16 ``q (L, H, Tq, d)``, ``k (L, H, Tk, d)``, the
+    scale of each layer, the bias added to the scores (stored once when every layer adds the same)
+    and whether the kind is causal. ``projections``: kind -> :class:`attnkit.viz.hooks.Projections`;
+    ``notes``: kind -> a sentence shown with that kind's neuron view."""
+    out: dict[str, Any] = {}
+    for kind, p in projections.items():
+        q = p.q.detach().cpu().numpy().astype("<f2")  # (L, H, Tq, d)
+        k = p.k.detach().cpu().numpy().astype("<f2")  # (L, H, Tk, d)
+        n_layers, n_heads, tq, d = q.shape
+        entry: dict[str, Any] = {
+            "layers": n_layers, "heads": n_heads, "nq": tq, "nk": k.shape[2], "d": d,
+            "q": _b64(q), "k": _b64(k), "scale": [float(s) for s in p.scale], "causal": bool(p.causal),
+            "scoreLabel": "q\u00b7k/\u221ad" if all(abs(s - d**-0.5) < 1e-6 for s in p.scale) else
+                          "q\u00b7k" if all(s == 1.0 for s in p.scale) else "q\u00b7k\u00d7scale",
+        }
+        if p.bias is not None:
+            bias = p.bias.detach().cpu().float().numpy()  # (L, H, Tq, Tk)
+            shared = all(np.array_equal(bias[0], b) for b in bias[1:])
+            entry.update(bias=_b64(np.maximum(bias[:1] if shared else bias, -6e4).astype("<f2")),
+                         biasLayers=1 if shared else n_layers)
+            entry["scoreLabel"] += " + bias"
+        if notes and kind in notes:
+            entry["note"] = notes[kind]
+        out[kind] = entry
+    return out
+
+
+def json_chars(obj: Any) -> int:
+    """Characters ``obj`` takes in the page (compact JSON)."""
+    return len(json.dumps(obj, ensure_ascii=True, separators=(",", ":")))
 
 
 def _asset(name: str) -> str:
