@@ -98,3 +98,39 @@ def learned(request):
                 f.write(json.dumps(row) + "\n")
 
     return record
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model(family) -> folder``: a tiny random Hugging Face model and its tokenizer,
+    built once per session (tests/viz_support.py; ``family`` in ``viz_support.FAMILIES``)."""
+    pytest.importorskip("transformers")
+    from viz_support import build
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = build(family, root / family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(kind) -> folder``: an untrained attnkit ``"transformer"`` (rotary
+    positions, grouped kv heads) or ``"rnn"`` checkpoint with a character vocabulary, as
+    ``attnkit train`` writes it (built once per session)."""
+    from viz_support import build_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    built: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = build_checkpoint(kind, root / kind)
+        return built[kind]
+
+    return get

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from browser_support import Browser
-from test_viz import page_data, softmax_weights
+from viz_support import page_data, page_views, softmax_weights
 
 from attnkit.viz.explorer import encode_weights, explorer, normalise_weights
 
@@ -125,4 +125,201 @@ def test_explorer_empty_text(browser, tmp_path) -> None:
     view = open_explorer(browser, path)
     assert line_count(view.page) == 0
     assert "no tokens" in view.page.inner_text("#summary")
+    view.assert_clean()
+
+
+# ------------------------------------------------------------------------------ any model
+
+
+@pytest.fixture(scope="module")
+def explored(tiny_model, tiny_checkpoint, tmp_path_factory):
+    """``explored(name) -> (Attention, page)``: a tiny model's explorer, written once per module.
+    ``name`` is a Hugging Face family, ``"attnkit"`` (the Transformer checkpoint) or ``"sbert"``."""
+    import json
+    import shutil
+
+    from viz_support import TARGET, TEXT
+
+    from attnkit.viz import explore
+
+    root = tmp_path_factory.mktemp("explored")
+    pages: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in pages:
+            if name == "attnkit":
+                source, target = tiny_checkpoint("transformer"), "fruit flies"
+            elif name == "sbert":
+                source, target = root / "sbert", None
+                shutil.copytree(tiny_model("bert"), source)
+                (source / "modules.json").write_text(json.dumps([]))
+            else:
+                source, target = tiny_model(name), TARGET if name in ("bart", "marian", "t5") else None
+            att = explore(source, TEXT, target=target, path=root / f"{name}.html")
+            pages[name] = (att, att.path)
+        return pages[name]
+
+    return get
+
+
+def choose(page, kind: str | None = None, view: str | None = None) -> None:
+    if kind is not None:
+        page.click(f"#kinds button[data-kind='{kind}']")
+    if view is not None:
+        page.click(f"#views button[data-view='{view}']")
+    page.wait_for_function("document.body.dataset.thumbs === 'done'")
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "bart", "t5"])
+def test_any_model_kinds_layers_heads_views(browser, explored, family) -> None:
+    att, path = explored(family)
+    views = page_views(path)
+    view = open_explorer(browser, path)
+    page = view.page
+    kinds = page.eval_on_selector_all("#kinds button", "bs => bs.map(b => b.dataset.kind)")
+    assert kinds == att.kinds
+    counts = {}
+    for kind in att.kinds:
+        choose(page, kind)
+        assert page.evaluate("document.body.dataset.view") == f"{kind}:raw"
+        record, enc = views[(kind, "raw")]
+        thr, heads = record["threshold"], range(record["heads"])
+        left, right = att.token_pair(kind)
+        assert page.locator(".tok.left").count() == len(left) and page.locator(".tok.right").count() == len(right)
+        assert page.locator("canvas.thumb").count() == 2 * 4
+        counts[kind] = line_count(page)
+        assert counts[kind] == enc.line_count(0, heads, thr) > 0
+        switch_layer(page, 1)
+        assert line_count(page) == enc.line_count(1, heads, thr)
+        page.click(".head-toggle[data-head='1']")
+        assert line_count(page) == enc.line_count(1, [0, 2, 3], thr)
+        if kind == "decoder":  # causal: token 2 sees tokens 0..2, the later ones are greyed out
+            page.hover(".tok.left[data-index='2']")
+            assert line_count(page) == enc.line_count(1, [0, 2, 3], thr, row=2) <= 3 * 3
+            assert page.locator(".tok.right.future").count() == len(right) - 3
+            assert "causal" in page.inner_text("#summary").lower()
+            page.mouse.move(1, 1)
+        others = [v for k, v in views if k == kind and v != "raw"]
+        buttons = page.eval_on_selector_all("#views button", "bs => bs.map(b => b.dataset.view)")
+        assert buttons == ["raw", *others]
+        for name in others:  # rollout (self-attention) and value norm
+            choose(page, view=name)
+            record, other = views[(kind, name)]
+            assert line_count(page) == other.line_count(1, range(record["heads"]), record["threshold"])
+            assert page.locator("canvas.thumb").count() == 2 * record["heads"]
+        choose(page, view="raw")
+        switch_layer(page, 0)
+    if len(att.kinds) > 1:
+        assert len(set(counts.values())) > 1 or att.target_tokens != att.tokens  # the switch redraws
+    view.assert_clean()
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert", "gpt2", "bart", "marian", "t5",
+                                  "attnkit", "sbert"])
+def test_neuron_view_opens(browser, explored, name) -> None:
+    att, path = explored(name)
+    view = open_explorer(browser, path)
+    page = view.page
+    assert page.locator("#neuron-section").is_visible()
+    for kind in att.kinds:
+        if len(att.kinds) > 1:
+            choose(page, kind)
+        switch_layer(page, 1)
+        page.select_option("#neuron-head", "1")
+        page.hover(".tok.left[data-index='2']")
+        page.wait_for_function("document.body.dataset.neuron === '1:1:2'")
+        rows = page.locator("#neuron-svg .nrow")
+        assert rows.count() == att.weights[kind].shape[-1]
+        shown = np.array([float(p) for p in rows.evaluate_all("rs => rs.map(r => r.dataset.p)")])
+        assert np.allclose(shown, att.weights[kind][1, 1, 2].numpy(), atol=5e-3)  # float16 q and k
+        masked = page.locator("#neuron-svg .nrow.masked").count()
+        assert masked == (rows.count() - 3 if kind == "decoder" else 0)
+        note = page.inner_text("#neuron-note")
+        assert ("position bias" in note) == (name == "t5" and kind != "cross")
+        page.mouse.move(1, 1)
+        switch_layer(page, 0)
+    view.assert_clean()
+
+
+def test_export_buttons_download_svg_and_png(browser, explored, tmp_path) -> None:
+    import xml.etree.ElementTree as ET
+
+    att, path = explored("bart")
+    view = open_explorer(browser, path)
+    page = view.page
+    choose(page, "decoder")
+    lines = line_count(page)
+    files = {}
+    for button in ("head-svg", "head-png", "model-svg", "model-png"):
+        with page.expect_download() as info:
+            page.click(f"#export-{button}")
+        download = info.value
+        files[button] = tmp_path / download.suggested_filename
+        download.save_as(files[button])
+    assert files["head-svg"].name == "attention-head-view-decoder-layer1.svg"
+    assert files["model-png"].name == "attention-model-view-decoder.png"
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    head = ET.parse(files["head-svg"]).getroot()
+    assert head.tag == f"{svg_ns}svg"
+    assert len(list(head.iter(f"{svg_ns}line"))) == lines
+    texts = [t.itertext() for t in head.iter(f"{svg_ns}text")]
+    assert len(texts) == 2 + 2 * len(att.target_tokens)  # two headers, the tokens on both sides
+    model = ET.parse(files["model-svg"]).getroot()
+    images = list(model.iter(f"{svg_ns}image"))
+    assert len(images) == 2 * 4 and all(i.get("href").startswith("data:image/png;base64,") for i in images)
+    for name in ("head-png", "model-png"):
+        data = files[name].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width > 200 and height > 100 and len(data) > 2000
+    view.assert_clean()
+
+
+@pytest.mark.slow
+def test_any_model_512_tokens_12_layers_12_heads(browser, tmp_path, record_property) -> None:
+    import transformers
+    from viz_support import CORPUS, wordpiece_tokenizer
+
+    from attnkit.viz import explore
+
+    tok, special = wordpiece_tokenizer()
+    folder = tmp_path / "bert-12x12"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=48, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=96, max_position_embeddings=512)).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **special).save_pretrained(folder)
+    words = " ".join(CORPUS).split()
+    text = " ".join(words[i % len(words)] for i in range(600))
+    att = explore(folder, text, path=tmp_path / "long.html")
+    assert att.weights["encoder"].shape == (12, 12, 512, 512)
+    size = att.path.stat().st_size
+    record_property("page_bytes_512", size)
+    assert size < 25_000_000
+    views = page_views(att.path)
+    view = open_explorer(browser, att.path)
+    page = view.page
+    record, enc = views[("encoder", "raw")]
+    assert line_count(page) == enc.line_count(0, range(12), record["threshold"])
+    record_property("layer_switch_512_any_model_s", switch_layer(page, 7))
+    assert line_count(page) == enc.line_count(7, range(12), record["threshold"])
+    choose(page, view="value-norm")
+    record, vn = views[("encoder", "value-norm")]
+    assert line_count(page) == vn.line_count(7, range(12), record["threshold"])
+    view.assert_clean()
+
+
+def test_link_opens_a_kind_and_view(browser, explored, tmp_path) -> None:
+    from attnkit.viz import write_explorer
+
+    att, path = explored("bart")
+    view = browser.open(path)
+    page = view.page
+    page.goto(path.resolve().as_uri() + "#decoder:rollout")  # a hash change on the open page
+    page.wait_for_function("document.body.dataset.view === 'decoder:rollout'")
+    assert page.locator(".head-toggle").count() == 1  # rollout: one map per layer
+    only_cross = write_explorer(att, tmp_path / "cross.html", kinds=["cross"])
+    page.goto(only_cross.resolve().as_uri())
+    page.wait_for_function("document.body.dataset.view === 'cross:raw'")
+    assert page.locator("#kinds button").count() == 1
+    assert page.inner_text("#summary").startswith("Cross-attention")
     view.assert_clean()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from browser_support import Browser
-from test_viz import page_data
 from typer.testing import CliRunner
+from viz_support import page_data
 
 from attnkit.cli import app
 from attnkit.viz.explorer import EncodedWeights

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from viz_support import page_data, softmax_weights
 
 from attnkit.viz.explorer import encode_weights, explorer, normalise_weights
 from attnkit.viz.heatmap import heatmap
-
-
-def softmax_weights(*shape: int, temperature: float = 2.0, seed: int = 0) -> np.ndarray:
-    """Random attention weights: softmax over the last axis, rows sum to 1."""
-    scores = np.random.default_rng(seed).standard_normal(size=shape, dtype=np.float32)
-    scores *= temperature
-    scores -= scores.max(-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(-1, keepdims=True)
-    return scores
-
-
-def page_data(path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    match = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', text, re.S)
-    assert match, "the page embeds its data"
-    return json.loads(match.group(1))
-
 
 # ------------------------------------------------------------------------------ heatmap
 

@@ -1,19 +1,32 @@
 """The attention explorer: one self-contained, offline HTML file (inline JS/CSS, no CDN).
 
+The page itself lives in ``viz/assets/`` (``explorer.html``, ``explorer.css``, ``explorer.js``);
+this module inlines the three files and the data into the one file it writes.
+
 ``explorer(tokens, weights, path)`` writes a page with
 
 * a **head view**: the tokens in two columns, a line from each token on the left (the query,
   attending) to each token on the right (the key, attended to) with opacity = weight, a layer
   selector, one toggle per head (coloured), and hover on a token to isolate its lines;
-* a **model view**: a grid of small heatmaps, every layer x head; click one to enlarge it.
+* a **model view**: a grid of small heatmaps, every layer x head; click one to enlarge it;
+* buttons that save the head view and the model view as SVG and as PNG (drawn in the page,
+  downloaded from a blob URL: nothing leaves the machine).
+
+:func:`write_page` shows several :class:`Panel` s on one page (what
+:func:`attnkit.viz.explore` writes): a selector for the attention kinds present (encoder,
+decoder, cross; causal kinds are drawn without lines to future tokens and greyed out above the
+diagonal), one for the views of a kind (raw weights, rollout, value norm), and the **neuron
+view** (a token's query, the keys, ``q ⊙ k``, the scores and their softmax) from
+:func:`neuron_payload`'s float16 queries and keys.
 
 Weights are embedded compactly: each attention row is quantised to uint8 relative to the
 row's maximum (kept as float32), so a weight is ``q * rowmax / 255`` with an error below
 ``rowmax / 510``. That is 1 byte per weight (base64: 4/3), so 6 layers x 12 heads x 64^2
-is about 0.4 MB. When the dense tensor would exceed ``max_dense_bytes`` (at 512 tokens it is
-19M weights; bertviz embeds them as ~100 MB of JSON), each row keeps only its ``top_k``
+is about 0.4 MB. When the dense tensors would exceed ``max_dense_bytes`` (at 512 tokens one
+set is 19M weights; bertviz embeds them as ~100 MB of JSON), each row keeps only its ``top_k``
 largest weights (uint16 column index + uint8 value), which holds the file under 25 MB and
-keeps nearly all of the attention mass (the page reports how much).
+keeps nearly all of the attention mass (the page reports how much). Several panels share the
+budget in proportion to their sizes, and the page decodes a panel when it is first shown.
 
 A line is drawn for every weight ``>= threshold`` (a slider; the default is the smallest of
 0.01, 0.02, 0.05, ... that keeps every layer under ``MAX_DEFAULT_LINES`` lines).
@@ -24,8 +37,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +201,28 @@ def _split_tokens(tokens: Any, tq: int, tk: int) -> tuple[list[str], list[str], 
     return left, right, is_pair
 
 
+@dataclass
+class Panel:
+    """One set of weights the page can show: an attention kind in one view.
+
+    ``weights (layers, heads, Tq, Tk)`` float; ``left``/``right`` the query/key tokens;
+    ``kind`` ``"encoder"``/``"decoder"``/``"cross"`` (None: a page without a kind selector);
+    ``view`` ``"raw"``, ``"rollout"`` or ``"value-norm"``; ``causal``: query ``i`` sees keys
+    ``0 .. i + Tk - Tq`` only (drawn so); ``cross``: two token lists (outputs attending to inputs).
+    """
+
+    weights: np.ndarray
+    left: list[str]
+    right: list[str]
+    kind: str | None = None
+    view: str = "raw"
+    causal: bool = False
+    cross: bool = False
+    layer_names: list[str] | None = None
+    head_names: list[str] | None = None
+    threshold: float | None = None
+
+
 def explorer(
     tokens: Sequence[str] | tuple[Sequence[str], Sequence[str]],
     weights: Any,
@@ -216,43 +253,67 @@ def explorer(
             not finite, or ``layer_names`` has the wrong length.
     """
     w = normalise_weights(weights)  # (L, H, Tq, Tk)
-    n_layers, n_heads, tq, tk = w.shape
-    left, right, is_cross = _split_tokens(tokens, tq, tk)
-    if n_layers == 0 or n_heads == 0:
-        raise ValueError(f"need at least one layer and one head, got weights shape {w.shape}")
-    names = list(layer_names) if layer_names is not None else [
-        f"Layer {i + 1}" for i in range(n_layers)
-    ]
-    if len(names) != n_layers:
-        raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
-    encoded = encode_weights(w, top_k=top_k, max_dense_bytes=max_dense_bytes)
-    if threshold is None:
-        threshold = default_threshold(encoded)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    left, right, is_cross = _split_tokens(tokens, w.shape[2], w.shape[3])
+    panel = Panel(w, left, right, cross=is_cross, threshold=threshold,
+                  layer_names=None if layer_names is None else list(layer_names))
+    return write_page([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
 
-    data: dict[str, Any] = {
-        "title": title or "Attention explorer",
-        "cross": is_cross,
-        "left": left,
-        "right": right,
-        "layers": n_layers,
-        "heads": n_heads,
-        "nq": tq,
-        "nk": tk,
-        "layerNames": names,
-        "threshold": threshold,
-        "rowmax": _b64(encoded.rowmax.astype("<f4")),
-        "keptMass": encoded.kept_mass,
-    }
-    if encoded.top_k is None:
-        data.update(encoding="dense", q=_b64(encoded.q))
-    else:
-        k = encoded.top_k
-        idx = encoded.topk_idx  # (L, H, Tq, k)
-        vals = np.take_along_axis(encoded.q, idx, axis=-1)
-        data.update(encoding="topk", k=k, idx=_b64(idx.astype("<u2")), q=_b64(vals))
 
+def write_page(
+    panels: Sequence[Panel],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    neuron: dict[str, Any] | None = None,
+    neuron_note: str = "",
+    top_k: int | None = None,
+    max_bytes: int = MAX_DENSE_BYTES,
+) -> Path:
+    """Write a page showing several :class:`Panel` s (kind and view selectors) and return its path.
+
+    The first panel is shown first. ``max_bytes`` bounds the quantised weights of all panels
+    together: each gets a share proportional to its dense size, and a panel over its share keeps
+    each row's top-k weights. ``neuron`` is :func:`neuron_payload`'s result (kind -> q/k data);
+    ``neuron_note`` a sentence shown in the neuron section (why it is missing, or a caveat).
+
+    Raises:
+        ValueError: no panels, a panel without layers or heads, tokens that do not match the
+            weights, negative weights, a threshold outside ``[0, 1]`` or wrong ``layer_names``.
+    """
+    return write_data(page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
+                                max_bytes=max_bytes), path)
+
+
+def page_data(
+    panels: Sequence[Panel],
+    *,
+    title: str | None = None,
+    neuron: dict[str, Any] | None = None,
+    neuron_note: str = "",
+    top_k: int | None = None,
+    max_bytes: int = MAX_DENSE_BYTES,
+) -> dict[str, Any]:
+    """The JSON object :func:`write_page` embeds (same arguments): the first panel's record at
+    the top level, the others under ``"more"``, the neuron data under ``"neuron"``."""
+    if not panels:
+        raise ValueError("write_page needs at least one panel")
+    total = sum(p.weights.size for p in panels)
+    views = []
+    for p in panels:
+        share = max_bytes if total <= max_bytes else max(1, int(max_bytes * p.weights.size / total))
+        views.append(_view_data(p, top_k=top_k, max_dense_bytes=share))
+    data: dict[str, Any] = {"title": title or "Attention explorer", **views[0]}
+    if len(views) > 1:
+        data["more"] = views[1:]
+    if neuron:
+        data["neuron"] = neuron
+    if neuron_note:
+        data["neuronNote"] = neuron_note
+    return data
+
+
+def write_data(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it."""
     page = _render_page(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,353 +323,105 @@ def explorer(
     return path
 
 
+def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
+    """The page's record of one panel: tokens, sizes, labels and the quantised weights."""
+    w = p.weights
+    n_layers, n_heads, tq, tk = w.shape
+    if n_layers == 0 or n_heads == 0:
+        raise ValueError(f"need at least one layer and one head, got weights shape {w.shape}")
+    if (len(p.left), len(p.right)) != (tq, tk):
+        raise ValueError(f"weights (..., Tq={tq}, Tk={tk}) do not match the tokens: "
+                         f"{len(p.left)} query tokens and {len(p.right)} key tokens")
+    names = p.layer_names if p.layer_names is not None else [f"Layer {i + 1}" for i in range(n_layers)]
+    if len(names) != n_layers:
+        raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
+    if p.head_names is not None and len(p.head_names) != n_heads:
+        raise ValueError(f"head_names has {len(p.head_names)} entries for {n_heads} heads")
+    encoded = encode_weights(w, top_k=top_k, max_dense_bytes=max_dense_bytes)
+    threshold = default_threshold(encoded) if p.threshold is None else p.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    data: dict[str, Any] = {
+        "cross": p.cross,
+        "left": list(p.left),
+        "right": list(p.right),
+        "layers": n_layers,
+        "heads": n_heads,
+        "nq": tq,
+        "nk": tk,
+        "layerNames": list(names),
+        "threshold": threshold,
+        "rowmax": _b64(encoded.rowmax.astype("<f4")),
+        "keptMass": encoded.kept_mass,
+    }
+    if p.kind is not None:
+        data.update(kind=p.kind, view=p.view, causal=p.causal)
+    elif p.causal:
+        data["causal"] = True
+    if p.head_names is not None:
+        data["headNames"] = list(p.head_names)
+    if encoded.top_k is None:
+        data.update(encoding="dense", q=_b64(encoded.q))
+    else:
+        idx = encoded.topk_idx  # (L, H, Tq, k)
+        vals = np.take_along_axis(encoded.q, idx, axis=-1)
+        data.update(encoding="topk", k=encoded.top_k, idx=_b64(idx.astype("<u2")), q=_b64(vals))
+    return data
+
+
+def neuron_payload(projections: dict[str, Any], *, notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """The neuron view's data: per kind, float16 ``q (L, H, Tq, d)``, ``k (L, H, Tk, d)``, the
+    scale of each layer, the bias added to the scores (stored once when every layer adds the same)
+    and whether the kind is causal. ``projections``: kind -> :class:`attnkit.viz.hooks.Projections`;
+    ``notes``: kind -> a sentence shown with that kind's neuron view."""
+    out: dict[str, Any] = {}
+    for kind, p in projections.items():
+        q = p.q.detach().cpu().numpy().astype("<f2")  # (L, H, Tq, d)
+        k = p.k.detach().cpu().numpy().astype("<f2")  # (L, H, Tk, d)
+        n_layers, n_heads, tq, d = q.shape
+        entry: dict[str, Any] = {
+            "layers": n_layers, "heads": n_heads, "nq": tq, "nk": k.shape[2], "d": d,
+            "q": _b64(q), "k": _b64(k), "scale": [float(s) for s in p.scale], "causal": bool(p.causal),
+            "scoreLabel": "q\u00b7k/\u221ad" if all(abs(s - d**-0.5) < 1e-6 for s in p.scale) else
+                          "q\u00b7k" if all(s == 1.0 for s in p.scale) else "q\u00b7k\u00d7scale",
+        }
+        if p.bias is not None:
+            bias = p.bias.detach().cpu().float().numpy()  # (L, H, Tq, Tk)
+            shared = all(np.array_equal(bias[0], b) for b in bias[1:])
+            entry.update(bias=_b64(np.maximum(bias[:1] if shared else bias, -6e4).astype("<f2")),
+                         biasLayers=1 if shared else n_layers)
+            entry["scoreLabel"] += " + bias"
+        if notes and kind in notes:
+            entry["note"] = notes[kind]
+        out[kind] = entry
+    return out
+
+
+def json_chars(obj: Any) -> int:
+    """Characters ``obj`` takes in the page (compact JSON)."""
+    return len(json.dumps(obj, ensure_ascii=True, separators=(",", ":")))
+
+
+def _asset(name: str) -> str:
+    """The text of ``viz/assets/<name>`` (shipped as package data)."""
+    return (resources.files("attnkit.viz") / "assets" / name).read_text(encoding="utf-8")
+
+
+_PLACEHOLDER = re.compile(r"__(TITLE|CSS|JS|DATA)__")
+
+
 def _render_page(data: dict[str, Any]) -> str:
+    """The page: ``assets/explorer.html`` with its CSS, JS and the data inlined (one file).
+
+    The placeholders are filled in one pass, so text that is inserted (a title, the data) is
+    never scanned for placeholders again.
+    """
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
-    title = html.escape(data["title"])
-    return (
-        _PAGE.replace("__TITLE__", title)
-        .replace("__CSS__", _CSS)
-        .replace("__JS__", _JS)
-        .replace("__DATA__", payload)
-    )
-
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>__CSS__</style>
-</head>
-<body>
-<header>
-  <h1>__TITLE__</h1>
-  <p id="summary" class="sub"></p>
-</header>
-<section id="head-section">
-  <h2>Head view</h2>
-  <p class="help">Each token on the left attends to the tokens on the right: a line's opacity is
-  the attention weight, its colour the head. Hover a token to see only its lines; click a head's
-  square to switch it on or off.</p>
-  <div class="controls">
-    <label>Layer <select id="layer"></select></label>
-    <span id="heads" aria-label="heads"></span>
-    <button id="all-heads" type="button">all heads</button>
-    <button id="no-heads" type="button">none</button>
-    <label>min weight <input id="threshold" type="range" min="0" max="1" step="0.005">
-      <output id="threshold-value"></output></label>
-    <span id="line-count"></span>
-  </div>
-  <div id="head-view"><svg id="head-svg" xmlns="http://www.w3.org/2000/svg">
-    <g id="lines"></g><g id="left-tokens"></g><g id="right-tokens"></g>
-  </svg></div>
-</section>
-<section id="model-section">
-  <h2>Model view</h2>
-  <p class="help">Every head of every layer at once (rows: layers, columns: heads; brighter =
-  more attention; row = attending token, column = attended token). Click a square to enlarge it.</p>
-  <div id="model-grid"></div>
-</section>
-<div id="zoom" hidden>
-  <div class="zoom-box">
-    <div class="zoom-head"><span id="zoom-title"></span>
-      <button id="zoom-close" type="button">close</button></div>
-    <canvas id="zoom-canvas"></canvas>
-    <div id="zoom-info">&nbsp;</div>
-  </div>
-</div>
-<script type="application/json" id="attn-data">__DATA__</script>
-<script>__JS__</script>
-</body>
-</html>
-"""
-
-_CSS = """
-:root { --fg: #1d2330; --muted: #5b6476; --bg: #fbfbfd; --line: #d9dde5; }
-* { box-sizing: border-box; }
-body { margin: 0; padding: 16px 24px 48px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI",
-  "Noto Sans", "DejaVu Sans", sans-serif; color: var(--fg); background: var(--bg); }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 4px; }
-.sub, .help { color: var(--muted); margin: 2px 0 8px; max-width: 70em; }
-.controls { display: flex; flex-wrap: wrap; gap: 10px; align-items: center; margin: 8px 0; }
-select, button { font: inherit; padding: 2px 8px; }
-#heads { display: inline-flex; flex-wrap: wrap; gap: 3px; }
-.head-toggle { width: 22px; height: 22px; border: 2px solid transparent; border-radius: 4px;
-  cursor: pointer; padding: 0; font-size: 10px; color: #fff; }
-.head-toggle.off { opacity: 0.18; }
-#line-count { color: var(--muted); }
-#line-count.warn { color: #b3261e; }
-#head-view { overflow: auto; max-height: 80vh; border: 1px solid var(--line); background: #fff;
-  border-radius: 6px; }
-#head-svg text { font-size: 13px; dominant-baseline: middle; fill: var(--fg); }
-.tok { cursor: default; }
-.tok rect { fill: transparent; }
-.tok.hl rect { fill: #ffe9a8; }
-#model-grid { display: grid; gap: 4px; align-items: center; }
-#model-grid .lab { font-size: 11px; color: var(--muted); text-align: center; }
-canvas.thumb { width: 72px; height: 72px; image-rendering: pixelated; cursor: zoom-in;
-  border: 1px solid var(--line); background: #fff; }
-#zoom { position: fixed; inset: 0; background: rgba(20, 24, 32, 0.55); display: flex;
-  align-items: center; justify-content: center; }
-#zoom[hidden] { display: none; }
-.zoom-box { background: #fff; padding: 12px; border-radius: 8px; max-width: 95vw;
-  max-height: 95vh; overflow: auto; }
-.zoom-head { display: flex; justify-content: space-between; gap: 16px; margin-bottom: 6px; }
-#zoom-canvas { image-rendering: pixelated; }
-#zoom-info { color: var(--muted); min-height: 1.4em; }
-"""
-
-_JS = r"""
-"use strict";
-(function () {
-  const D = JSON.parse(document.getElementById("attn-data").textContent);
-  const L = D.layers, H = D.heads, NQ = D.nq, NK = D.nk;
-  const MAX_LINES = 100000;
-
-  function b64bytes(s) {
-    const bin = atob(s), out = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  }
-  // Dense uint8 weights (L, H, NQ, NK) and float32 row maxima (L, H, NQ): w = q * rowmax / 255.
-  const rowmax = new Float32Array(b64bytes(D.rowmax).buffer);
-  let Q;
-  if (D.encoding === "dense") {
-    Q = b64bytes(D.q);
-  } else {
-    const k = D.k, vals = b64bytes(D.q), idx = new Uint16Array(b64bytes(D.idx).buffer);
-    Q = new Uint8Array(L * H * NQ * NK);
-    for (let r = 0; r < L * H * NQ; r++) {
-      const base = r * NK;
-      for (let t = 0; t < k; t++) Q[base + idx[r * k + t]] = vals[r * k + t];
+    parts = {
+        "TITLE": html.escape(data["title"]),
+        "CSS": _asset("explorer.css"),
+        "JS": _asset("explorer.js"),
+        "DATA": payload,
     }
-  }
-
-  const state = { layer: 0, heads: new Array(H).fill(true), threshold: D.threshold,
-                  hoverSide: null, hoverIndex: -1, lastRenderMs: 0, lines: 0 };
-  const headColor = (h) => "hsl(" + Math.round((h * 360) / Math.max(H, 1) + 200) % 360 + ",72%,45%)";
-
-  // ---------------------------------------------------------------- summary and controls
-  const summary = document.getElementById("summary");
-  let text = (D.cross ? "Cross-attention: " + NQ + " output tokens attending to " + NK + " inputs"
-                      : "Self-attention over " + NQ + " tokens") +
-             ", " + L + " layer" + (L === 1 ? "" : "s") + " x " + H + " head" + (H === 1 ? "" : "s") + ".";
-  if (D.encoding === "topk")
-    text += " Long input: each row keeps its " + D.k + " largest weights (" +
-            (100 * D.keptMass).toFixed(1) + "% of the attention mass).";
-  if (NQ === 0 || NK === 0) text += " There are no tokens to show.";
-  summary.textContent = text;
-
-  const layerSel = document.getElementById("layer");
-  D.layerNames.forEach((name, i) => {
-    const o = document.createElement("option"); o.value = String(i); o.textContent = name;
-    layerSel.appendChild(o);
-  });
-  layerSel.addEventListener("change", () => { state.layer = Number(layerSel.value); render(); });
-
-  const headsBox = document.getElementById("heads");
-  for (let h = 0; h < H; h++) {
-    const b = document.createElement("button");
-    b.type = "button"; b.className = "head-toggle"; b.dataset.head = String(h);
-    b.title = "head " + (h + 1); b.textContent = String(h + 1);
-    b.style.background = headColor(h);
-    b.addEventListener("click", () => { state.heads[h] = !state.heads[h]; syncHeads(); render(); });
-    headsBox.appendChild(b);
-  }
-  function syncHeads() {
-    headsBox.querySelectorAll(".head-toggle").forEach((b) =>
-      b.classList.toggle("off", !state.heads[Number(b.dataset.head)]));
-  }
-  document.getElementById("all-heads").addEventListener("click", () => {
-    state.heads.fill(true); syncHeads(); render(); });
-  document.getElementById("no-heads").addEventListener("click", () => {
-    state.heads.fill(false); syncHeads(); render(); });
-
-  const thr = document.getElementById("threshold"), thrOut = document.getElementById("threshold-value");
-  thr.value = String(state.threshold); thrOut.textContent = state.threshold.toFixed(3);
-  thr.addEventListener("input", () => {
-    state.threshold = parseFloat(thr.value); thrOut.textContent = state.threshold.toFixed(3); render();
-  });
-
-  // ---------------------------------------------------------------- head view (SVG)
-  const SVGNS = "http://www.w3.org/2000/svg";
-  const svg = document.getElementById("head-svg");
-  const gLines = document.getElementById("lines");
-  const ROW = 20, TOP = 24;
-  const maxChars = Math.max(4, ...D.left.map((t) => t.length), ...D.right.map((t) => t.length));
-  const COLW = Math.min(220, Math.max(110, 14 + 8 * maxChars)), GAP = 260;
-  const X1 = COLW + 6, X2 = COLW + GAP - 6;
-  svg.setAttribute("width", String(2 * COLW + GAP + 10));
-  svg.setAttribute("height", String(TOP + ROW * Math.max(NQ, NK, 1) + 10));
-  const yOf = (i) => TOP + ROW * i + ROW / 2;
-
-  function header(x, anchor, label) {
-    const t = document.createElementNS(SVGNS, "text");
-    t.setAttribute("x", String(x)); t.setAttribute("y", "10");
-    t.setAttribute("text-anchor", anchor); t.setAttribute("fill", "#5b6476");
-    t.textContent = label; svg.appendChild(t);
-  }
-  header(4, "start", D.cross ? "output (attending)" : "attending");
-  header(COLW + GAP, "start", D.cross ? "input (attended to)" : "attended to");
-
-  function tokenGroup(parent, tokens, side) {
-    tokens.forEach((tok, i) => {
-      const g = document.createElementNS(SVGNS, "g");
-      g.setAttribute("class", "tok " + side); g.dataset.index = String(i); g.dataset.side = side;
-      const r = document.createElementNS(SVGNS, "rect");
-      r.setAttribute("x", String(side === "left" ? 0 : COLW + GAP)); r.setAttribute("width", String(COLW));
-      r.setAttribute("y", String(TOP + ROW * i)); r.setAttribute("height", String(ROW));
-      r.setAttribute("pointer-events", "all");
-      const t = document.createElementNS(SVGNS, "text");
-      t.setAttribute("x", String(side === "left" ? COLW - 2 : COLW + GAP + 2));
-      t.setAttribute("y", String(yOf(i)));
-      t.setAttribute("text-anchor", side === "left" ? "end" : "start");
-      t.textContent = tok === "" ? "\u2205" : tok.trim() === "" ? "\u2423".repeat(tok.length) : tok;
-      g.appendChild(r); g.appendChild(t);
-      g.addEventListener("mouseenter", () => { state.hoverSide = side; state.hoverIndex = i;
-        g.classList.add("hl"); render(); });
-      g.addEventListener("mouseleave", () => { state.hoverSide = null; state.hoverIndex = -1;
-        g.classList.remove("hl"); render(); });
-      parent.appendChild(g);
-    });
-  }
-  tokenGroup(document.getElementById("left-tokens"), D.left, "left");
-  tokenGroup(document.getElementById("right-tokens"), D.right, "right");
-
-  function render() {
-    const t0 = performance.now();
-    const l = state.layer, th = state.threshold, parts = [];
-    let count = 0, over = false;
-    const i0 = state.hoverSide === "left" ? state.hoverIndex : 0;
-    const i1 = state.hoverSide === "left" ? state.hoverIndex + 1 : NQ;
-    const j0 = state.hoverSide === "right" ? state.hoverIndex : 0;
-    const j1 = state.hoverSide === "right" ? state.hoverIndex + 1 : NK;
-    for (let h = 0; h < H && !over; h++) {
-      if (!state.heads[h]) continue;
-      const color = headColor(h), rbase = (l * H + h) * NQ;
-      for (let i = i0; i < i1 && !over; i++) {
-        const rm = rowmax[rbase + i];
-        if (rm <= 0 || rm < th * 0.999) continue;   // no weight of this row reaches the threshold
-        const base = (rbase + i) * NK, y1 = yOf(i);
-        for (let j = j0; j < j1; j++) {
-          const q = Q[base + j];
-          if (q === 0) continue;
-          const w = q * rm / 255;
-          if (w < th) continue;
-          if (++count > MAX_LINES) { over = true; break; }
-          parts.push('<line x1="' + X1 + '" y1="' + y1 + '" x2="' + X2 + '" y2="' + yOf(j) +
-                     '" stroke="' + color + '" stroke-opacity="' + Math.min(1, 0.08 + w).toFixed(3) +
-                     '" stroke-width="2" class="attn" data-head="' + h + '"/>');
-        }
-      }
-    }
-    gLines.innerHTML = parts.join("");
-    state.lines = parts.length;
-    const lc = document.getElementById("line-count");
-    lc.textContent = over ? "more than " + MAX_LINES + " lines: raise the min weight"
-                          : parts.length + " lines";
-    lc.classList.toggle("warn", over);
-    state.lastRenderMs = performance.now() - t0;
-    document.body.dataset.renderMs = state.lastRenderMs.toFixed(1);
-    document.body.dataset.layer = String(state.layer);
-  }
-
-  // ---------------------------------------------------------------- model view (canvas)
-  // viridis, 9 anchors, interpolated to 256 entries
-  const VIR = [[68,1,84],[71,44,122],[59,81,139],[44,113,142],[33,144,141],[39,173,129],
-               [92,200,99],[170,220,50],[253,231,37]];
-  const LUT = new Uint8Array(256 * 3);
-  for (let v = 0; v < 256; v++) {
-    const x = (v / 255) * (VIR.length - 1), a = Math.floor(x), b = Math.min(a + 1, VIR.length - 1), f = x - a;
-    for (let c = 0; c < 3; c++) LUT[v * 3 + c] = Math.round(VIR[a][c] * (1 - f) + VIR[b][c] * f);
-  }
-  function weightAt(l, h, i, j) {
-    const r = (l * H + h) * NQ + i;
-    return Q[r * NK + j] * rowmax[r] / 255;
-  }
-  // Block-max downsampling of one (NQ, NK) matrix onto a (rows, cols) canvas, scaled to its max.
-  function drawMatrix(canvas, l, h, rows, cols) {
-    canvas.width = Math.max(cols, 1); canvas.height = Math.max(rows, 1);
-    const ctx = canvas.getContext("2d"), img = ctx.createImageData(canvas.width, canvas.height);
-    const cell = new Float32Array(rows * cols);
-    let mx = 0;
-    for (let i = 0; i < NQ; i++) {
-      const bi = Math.floor((i * rows) / NQ), r = (l * H + h) * NQ + i, rm = rowmax[r] / 255;
-      if (rm <= 0) continue;
-      for (let j = 0; j < NK; j++) {
-        const q = Q[r * NK + j];
-        if (q === 0) continue;
-        const w = q * rm, c = bi * cols + Math.floor((j * cols) / NK);
-        if (w > cell[c]) cell[c] = w;
-        if (w > mx) mx = w;
-      }
-    }
-    for (let p = 0; p < rows * cols; p++) {
-      const v = mx > 0 ? Math.round((255 * cell[p]) / mx) : 0;
-      img.data[4 * p] = LUT[3 * v]; img.data[4 * p + 1] = LUT[3 * v + 1];
-      img.data[4 * p + 2] = LUT[3 * v + 2]; img.data[4 * p + 3] = 255;
-    }
-    ctx.putImageData(img, 0, 0);
-  }
-
-  const grid = document.getElementById("model-grid");
-  grid.style.gridTemplateColumns = "64px repeat(" + H + ", 74px)";
-  grid.appendChild(document.createElement("div"));
-  for (let h = 0; h < H; h++) {
-    const d = document.createElement("div"); d.className = "lab"; d.textContent = "head " + (h + 1);
-    grid.appendChild(d);
-  }
-  const THUMB = 96;
-  const thumbs = [];
-  for (let l = 0; l < L; l++) {
-    const d = document.createElement("div"); d.className = "lab"; d.textContent = D.layerNames[l];
-    grid.appendChild(d);
-    for (let h = 0; h < H; h++) {
-      const c = document.createElement("canvas");
-      c.className = "thumb"; c.dataset.layer = String(l); c.dataset.head = String(h);
-      c.title = D.layerNames[l] + ", head " + (h + 1);
-      c.addEventListener("click", () => openZoom(l, h));
-      grid.appendChild(c); thumbs.push(c);
-    }
-  }
-  function drawThumbs() {
-    for (const c of thumbs)
-      drawMatrix(c, Number(c.dataset.layer), Number(c.dataset.head), Math.min(NQ, THUMB), Math.min(NK, THUMB));
-    document.body.dataset.thumbs = "done";
-  }
-
-  // ---------------------------------------------------------------- zoom
-  const zoom = document.getElementById("zoom"), zc = document.getElementById("zoom-canvas");
-  const zinfo = document.getElementById("zoom-info");
-  let zl = 0, zh = 0, zcell = 1;
-  function openZoom(l, h) {
-    zl = l; zh = h;
-    document.getElementById("zoom-title").textContent = D.layerNames[l] + ", head " + (h + 1);
-    const rows = Math.min(NQ, 640), cols = Math.min(NK, 640);
-    drawMatrix(zc, l, h, rows, cols);
-    zcell = Math.max(1, Math.floor(Math.min(640 / Math.max(cols, 1), 640 / Math.max(rows, 1))));
-    zc.style.width = cols * zcell + "px"; zc.style.height = rows * zcell + "px";
-    zinfo.textContent = "\u00a0";
-    zoom.hidden = false;
-  }
-  zc.addEventListener("mousemove", (e) => {
-    const rect = zc.getBoundingClientRect();
-    const i = Math.floor(((e.clientY - rect.top) / rect.height) * NQ);
-    const j = Math.floor(((e.clientX - rect.left) / rect.width) * NK);
-    if (i < 0 || j < 0 || i >= NQ || j >= NK) return;
-    zinfo.textContent = JSON.stringify(D.left[i]) + " \u2192 " + JSON.stringify(D.right[j]) +
-                        ": " + weightAt(zl, zh, i, j).toFixed(3);
-  });
-  const closeZoom = () => { zoom.hidden = true; };
-  document.getElementById("zoom-close").addEventListener("click", closeZoom);
-  zoom.addEventListener("click", (e) => { if (e.target === zoom) closeZoom(); });
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeZoom(); });
-
-  syncHeads();
-  render();
-  drawThumbs();
-  window.attnExplorer = { state, render, openZoom, data: D };
-})();
-"""
+    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], _asset("explorer.html"))

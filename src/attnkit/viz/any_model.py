@@ -1,0 +1,472 @@
+"""See attention in any model: ``explore(model_or_folder, text)``.
+
+One call runs the model once on ``text`` (and, for an encoder-decoder, on ``target`` or on
+its own greedy output), keeps exactly the attention weights the model reports, captures the
+queries, keys and values with forward hooks (:mod:`attnkit.viz.hooks`), and writes the
+explorer page: a kind selector (encoder / decoder / cross, only those the model has), raw
+weights beside attention rollout and value-norm-weighted attention, the neuron view, and
+buttons that save the head and model views as SVG and PNG.
+
+What it takes (one dispatch, :func:`_run`):
+
+- a local Hugging Face folder: encoder-only (BERT, RoBERTa, DistilBERT, ...), decoder-only
+  (GPT-2, ...) or encoder-decoder (BART, Marian, T5, ...), loaded offline with ``AutoConfig``,
+  the matching auto class and ``AutoTokenizer``, ``attn_implementation="eager"``;
+- an already loaded Hugging Face model (pass ``tokenizer=`` unless its folder has one);
+- an attnkit checkpoint (``attnkit train``): the RNN's cross-attention, the Transformer's
+  encoder self, decoder self (causal) and cross-attention;
+- a sentence-transformers BERT folder (or ``"all-MiniLM-L6-v2"``) or a ``SentenceEncoder``.
+
+``transformers`` is needed only for Hugging Face models (``pip install 'attnkit[hf]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.viz.explorer import Panel, json_chars, neuron_payload, page_data, write_data
+from attnkit.viz.hooks import CAUSAL_KINDS, FAMILIES, KINDS, Capture, Projections
+from attnkit.viz.tokens import readable_tokens, token_scheme
+from attnkit.viz.views import rollout, value_norm_attention
+
+MAX_PAGE_BYTES = 15_000_000  # quantised weights of all views together (base64: 20 MB)
+MAX_PAGE_CHARS = 24_000_000  # the neuron view is left out by default when the page would pass this
+MAX_NEURON_CHARS = 8_000_000  # ... or when its queries and keys alone would
+HF_EXTRA = "pip install 'attnkit[hf]'"
+
+
+@dataclass
+class Attention:
+    """What :func:`explore` drew.
+
+    ``tokens``: the input's tokens (a decoder-only model's tokens too); ``target_tokens``: the
+    decoder's input tokens of an encoder-decoder (its start token, then the target or the
+    greedy output), else None. ``weights``: kind -> ``(layers, heads, T_query, T_key)`` float,
+    exactly the model's attentions: ``"encoder"`` (over ``tokens``), ``"decoder"`` (causal,
+    over ``target_tokens``, or ``tokens`` for a decoder-only model), ``"cross"`` (queries
+    ``target_tokens``, keys ``tokens``). ``ids``/``target_ids``: the token ids that were run.
+    ``projections``: kind -> captured q/k/v (:class:`~attnkit.viz.hooks.Projections`), for
+    the kinds the hooks could capture; ``neuron_note`` says why a kind has none.
+    """
+
+    tokens: list[str]
+    target_tokens: list[str] | None
+    weights: dict[str, Tensor]
+    path: Path | None = None
+    model_type: str = ""
+    ids: list[int] = field(default_factory=list)
+    target_ids: list[int] | None = None
+    projections: dict[str, Projections] = field(default_factory=dict)
+    neuron_note: str = ""
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds present, in the order encoder, decoder, cross."""
+        return [k for k in KINDS if k in self.weights]
+
+    def token_pair(self, kind: str) -> tuple[list[str], list[str]]:
+        """``(query tokens, key tokens)`` of ``kind``."""
+        if kind not in self.weights:
+            raise ValueError(f"this model has no {kind!r} attention; it has {self.kinds}")
+        if kind == "encoder" or self.target_tokens is None:
+            return self.tokens, self.tokens
+        if kind == "decoder":
+            return self.target_tokens, self.target_tokens
+        return self.target_tokens, self.tokens
+
+    def views(self, kind: str) -> dict[str, Tensor]:
+        """The page's views of ``kind``: ``"raw"`` ``(L, H, Tq, Tk)``; ``"rollout"`` ``(L, 1, T, T)``
+        for self-attention; ``"value-norm"`` ``(L, H, Tq, Tk)`` (each row rescaled to sum to 1)
+        where the projections were captured."""
+        raw = self.weights[kind]
+        out = {"raw": raw}
+        if kind != "cross":
+            out["rollout"] = rollout(raw)[:, None]  # (L, 1, T, T)
+        p = self.projections.get(kind)
+        if p is not None:
+            vn = value_norm_attention(raw, p.v, p.out_proj_weight)
+            out["value-norm"] = vn / vn.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        return out
+
+
+def explore(
+    model_or_folder: Any,
+    text: str,
+    *,
+    target: str | None = None,
+    path: str | os.PathLike | None = "view.html",
+    tokenizer: Any = None,
+    title: str | None = None,
+    neuron: bool | None = None,
+    max_new_tokens: int = 64,
+) -> Attention:
+    """Run a model on ``text``, write its attention explorer to ``path`` and return what it drew.
+
+    Args:
+        model_or_folder: a model folder (Hugging Face, attnkit checkpoint, sentence-transformers),
+            the name ``"all-MiniLM-L6-v2"``, a loaded Hugging Face model, an attnkit
+            ``TransformerSeq2Seq``/``RNNSeq2Seq`` (with ``tokenizer``) or a ``SentenceEncoder``.
+        text: the input text.
+        target: an encoder-decoder's output text to attend over; None decodes greedily
+            (at most ``max_new_tokens`` tokens).
+        path: the page to write; None writes nothing.
+        tokenizer: the tokenizer of an already loaded model (a folder brings its own).
+        title: the page's title (default: the model and the text).
+        neuron: include the neuron view's queries and keys; None includes them when the page
+            stays small (under ``MAX_NEURON_CHARS``/``MAX_PAGE_CHARS``).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no model.
+        ValueError: not a model, a model that reports no attention weights, a ``target`` for a
+            model without a decoder, empty text, or ``transformers`` missing for a Hugging Face
+            model (the message names ``pip install 'attnkit[hf]'``).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if target is not None and (not isinstance(target, str) or not target.strip()):
+        raise ValueError(f"target must be a non-empty string or None, got {target!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    att = _run(model_or_folder, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    if path is not None:
+        name = _display_name(model_or_folder, att)
+        att.path = write_explorer(att, path, title=title or f"{name}: {text}", neuron=neuron)
+    return att
+
+
+def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None = None,
+                   neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
+    """Write the explorer page of an :class:`Attention` and return its path.
+
+    ``kinds`` limits the page to some attention kinds (default: all, in the order encoder,
+    decoder, cross; the first is shown first). A link to ``page.html#cross`` (or
+    ``#decoder:rollout``) opens the page on that kind (and view).
+    """
+    kinds = att.kinds if kinds is None else list(kinds)
+    bad = [k for k in kinds if k not in att.weights]
+    if bad or not kinds:
+        raise ValueError(f"kinds {kinds} are not a non-empty subset of this model's {att.kinds}")
+    panels = []
+    for kind in kinds:
+        left, right = att.token_pair(kind)
+        for view, weights in att.views(kind).items():
+            panels.append(Panel(
+                weights.detach().float().cpu().numpy(), left, right, kind=kind, view=view,
+                causal=kind in CAUSAL_KINDS, cross=kind == "cross",
+                head_names=["all heads"] if view == "rollout" else None,
+            ))
+    data = page_data(panels, title=title, max_bytes=MAX_PAGE_BYTES)
+    note = att.neuron_note
+    if att.projections and neuron is not False:
+        projections = {kind: p for kind, p in att.projections.items() if kind in kinds}
+        notes = {kind: _neuron_note(att.model_type, kind) for kind in projections}
+        payload = neuron_payload(projections, notes={k: v for k, v in notes.items() if v})
+        chars = json_chars(payload)
+        if neuron or (chars <= MAX_NEURON_CHARS and json_chars(data) + chars <= MAX_PAGE_CHARS):
+            data["neuron"] = payload
+        else:
+            note = (f"The neuron view is left out: its queries and keys would add {chars / 1e6:.1f} MB "
+                    f"to the page (pass neuron=True to include them).")
+    elif att.projections:
+        note = "The neuron view was not requested (neuron=False)."
+    if note:
+        data["neuronNote"] = note
+    return write_data(data, path)
+
+
+def _neuron_note(model_type: str, kind: str) -> str:
+    """The caveat shown with a kind's neuron view (T5's scores are not q·k/√d)."""
+    family = FAMILIES.get(model_type)
+    if family is None or not family.position_bias:
+        return ""
+    if kind == "cross":
+        return "T5 does not divide q\u00b7k by \u221ad: the score is q\u00b7k."
+    return ("T5 does not divide q\u00b7k by \u221ad and adds a learned relative position bias (computed in "
+            "the first layer and shared by all): the score is q\u00b7k + bias, and the softmax of q\u00b7k "
+            "alone would not be T5's attention.")
+
+
+def _display_name(source: Any, att: Attention) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name or str(source)
+    return att.model_type or type(source).__name__
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _run(source: Any, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Attention:
+    """Run ``source`` (any of :func:`explore`'s kinds) once and collect its attention."""
+    from attnkit import RNNSeq2Seq, SentenceEncoder, TransformerSeq2Seq
+
+    if isinstance(source, (str, os.PathLike)):
+        return _run_folder(source, text, target=target, max_new_tokens=max_new_tokens)
+    if isinstance(source, SentenceEncoder):
+        _no_target(target, "a SentenceEncoder (encoder-only)")
+        return _run_sentence_encoder(source, text)
+    if isinstance(source, (TransformerSeq2Seq, RNNSeq2Seq)):
+        if tokenizer is None:
+            raise ValueError(f"explore needs tokenizer= with an attnkit {type(source).__name__} "
+                             "(or pass its checkpoint folder)")
+        return _run_attnkit(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+    if isinstance(source, nn.Module) and hasattr(getattr(source, "config", None), "model_type"):
+        if tokenizer is None:
+            tokenizer = _tokenizer_beside(source)
+        return _run_hf(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+    raise ValueError(
+        "explore takes a model folder, a Hugging Face model, an attnkit TransformerSeq2Seq/RNNSeq2Seq "
+        f"or a SentenceEncoder; got {type(source).__name__}"
+    )
+
+
+def _no_target(target: str | None, what: str) -> None:
+    if target is not None:
+        raise ValueError(f"target={target!r} needs an encoder-decoder model, but this is {what}")
+
+
+def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Attention:
+    """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
+    folder = Path(source).expanduser()
+    if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
+        from attnkit import SentenceEncoder
+
+        encoder = SentenceEncoder.from_pretrained(str(source))
+        _no_target(target, "a sentence-transformers encoder")
+        return _run_sentence_encoder(encoder, text)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a model folder (it is a file)")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a model folder: it has no config.json "
+            "(expected a Hugging Face model, an attnkit checkpoint or a sentence-transformers folder)"
+        )
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} is not a model config (a JSON object)")
+    if config.get("format") == "attnkit-checkpoint":
+        from attnkit import load
+        from attnkit.data import load_tokenizer
+
+        return _run_attnkit(load(folder), load_tokenizer(folder), text, target=target,
+                            max_new_tokens=max_new_tokens)
+    if "model_type" not in config:
+        raise ValueError(f"{cfg_path} names no model_type and is not an attnkit checkpoint: "
+                         f"{folder} is not a model folder")
+    if (folder / "modules.json").is_file() and config["model_type"] == "bert":
+        from attnkit import SentenceEncoder
+
+        _no_target(target, "a sentence-transformers encoder")
+        return _run_sentence_encoder(SentenceEncoder.from_pretrained(folder), text)
+    model, tokenizer = _load_hf(folder)
+    return _run_hf(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(f"seeing a Hugging Face model needs the transformers package: {HF_EXTRA}") from None
+    return transformers
+
+
+def _model_role(config: Any) -> str:
+    """``"seq2seq"``, ``"decoder"`` (decoder-only) or ``"encoder"`` (encoder-only) for an HF config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = config.model_type
+    if getattr(config, "is_decoder", False) or (
+        mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
+        return "decoder"
+    return "encoder"
+
+
+def _load_hf(folder: Path) -> tuple[nn.Module, Any]:
+    """Model (eager attention, eval mode) and tokenizer of a Hugging Face folder, offline."""
+    tf = _transformers()
+    try:
+        config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
+        auto = {"seq2seq": tf.AutoModelForSeq2SeqLM, "decoder": tf.AutoModelForCausalLM,
+                "encoder": tf.AutoModel}[_model_role(config)]
+        model = auto.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load the Hugging Face model in {folder}: {_first_line(exc)}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot load the Hugging Face model in {folder}: {_first_line(exc)}") from None
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FileNotFoundError(f"no usable tokenizer in {folder}: {_first_line(exc)}") from None
+    return model.eval(), tokenizer
+
+
+def _tokenizer_beside(model: nn.Module) -> Any:
+    folder = Path(str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")))
+    if str(folder) and folder.is_dir():
+        tf = _transformers()
+        return tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    raise ValueError(f"explore needs tokenizer= with an already loaded {type(model).__name__}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _stack(attentions: Any, name: str, model: nn.Module) -> Tensor:
+    """HF's per-layer ``(B, H, Tq, Tk)`` tuple -> ``(L, H, Tq, Tk)`` float (batch item 0)."""
+    if not attentions or any(a is None for a in attentions):
+        impl = getattr(model.config, "_attn_implementation", None)
+        raise ValueError(
+            f"the {model.config.model_type} model reported no attention weights (outputs.{name} is "
+            f"{attentions!r}): its attention implementation {impl!r} cannot report them; load it with "
+            "attn_implementation='eager'"
+        )
+    return torch.stack([a[0] for a in attentions]).float().cpu()  # (L, H, Tq, Tk)
+
+
+def _hf_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return readable_tokens(tokens, token_scheme(tokenizer), special=tokenizer.all_special_tokens)
+
+
+def _run_hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Attention:
+    """Run a Hugging Face model once with ``output_attentions=True`` and hooks on its projections."""
+    config = model.config
+    role = _model_role(config)
+    if role != "seq2seq":
+        _no_target(target, f"{config.model_type} ({role}-only)")
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = limit if isinstance(limit, int) and limit < 100_000 else None
+    enc = tokenizer(text, return_tensors="pt", truncation=limit is not None, max_length=limit)
+    device = next(model.parameters()).device
+    inputs = {"input_ids": enc["input_ids"].to(device)}  # (1, S)
+    if "attention_mask" in enc:
+        inputs["attention_mask"] = enc["attention_mask"].to(device)
+    ids = enc["input_ids"][0].tolist()
+    if not ids:
+        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            target_ids = None
+            if role == "seq2seq":
+                target_ids = _decoder_ids(model, tokenizer, inputs, target, max_new_tokens)
+                inputs["decoder_input_ids"] = torch.tensor([target_ids], device=device)  # (1, T)
+            if role != "encoder":
+                inputs["use_cache"] = False
+            with Capture(model, config.model_type) as capture:
+                out = model(**inputs, output_attentions=True, return_dict=True)
+    finally:
+        model.train(training)
+    if role == "seq2seq":
+        weights = {"encoder": _stack(out.encoder_attentions, "encoder_attentions", model),
+                   "decoder": _stack(out.decoder_attentions, "decoder_attentions", model),
+                   "cross": _stack(out.cross_attentions, "cross_attentions", model)}
+    else:
+        weights = {role: _stack(out.attentions, "attentions", model)}
+    projections = capture.projections(weights)
+    return Attention(
+        tokens=_hf_tokens(tokenizer, ids),
+        target_tokens=None if target_ids is None else _hf_tokens(tokenizer, target_ids),
+        weights=weights, model_type=config.model_type, ids=ids, target_ids=target_ids,
+        projections=projections, neuron_note=capture.note,
+    )
+
+
+def _decoder_ids(model: nn.Module, tokenizer: Any, inputs: dict[str, Tensor], target: str | None,
+                 max_new_tokens: int) -> list[int]:
+    """The decoder's input ids: its start token, then ``target``'s ids or the greedy output."""
+    if target is None:
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        return generated[0].tolist()  # starts with the decoder start token
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(getattr(model, "generation_config", None), "decoder_start_token_id", None)
+    if start is None:
+        raise ValueError(f"the {model.config.model_type} config has no decoder_start_token_id to begin the target")
+    labels = tokenizer(text_target=target)["input_ids"]
+    return [int(start), *labels]
+
+
+# ----------------------------------------------------------------------------- attnkit models
+
+
+def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
+                 max_new_tokens: int) -> Attention:
+    """An attnkit seq2seq model: the Transformer's three kinds, or the RNN's cross-attention."""
+    from attnkit import TransformerSeq2Seq, generate
+
+    c = model.config
+    src_ids = tokenizer.encode(text)
+    if not src_ids:
+        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    device = next(model.parameters()).device
+    src = torch.tensor([src_ids], device=device)  # (1, S)
+    model.eval()
+    with torch.no_grad():
+        if target is not None:
+            row = [*tokenizer.encode(target), c.eos_id]
+        else:
+            row = generate(model, src, max_len=max_new_tokens)[0].tolist()
+            row = row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]
+        tgt_ids = [c.bos_id, *row]
+        tgt_in = torch.tensor([tgt_ids], device=device)  # (1, T)
+        is_transformer = isinstance(model, TransformerSeq2Seq)
+        with Capture(model, "attnkit" if is_transformer else f"attnkit {type(model).__name__}") as capture:
+            if is_transformer:
+                _, maps = model.forward_with_weights(src, tgt_in)
+                weights = {kind: torch.stack([w[0] for w in maps[key]]).float().cpu()  # (L, H, Tq, Tk)
+                           for kind, key in (("encoder", "encoder"), ("decoder", "decoder_self"), ("cross", "cross"))}
+            else:
+                _, w = model(src, tgt_in, need_weights=True)  # (1, T, S)
+                weights = {"cross": w[0][None, None].float().cpu()}  # (1 layer, 1 head, T, S)
+    return Attention(
+        tokens=[str(t) for t in tokenizer.tokenize(text)],
+        target_tokens=_attnkit_tokens(tokenizer, tgt_ids),
+        weights=weights, model_type="attnkit-transformer" if is_transformer else "attnkit-rnn",
+        ids=src_ids, target_ids=tgt_ids, projections=capture.projections(weights), neuron_note=capture.note,
+    )
+
+
+def _attnkit_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    from attnkit.data.base import SPECIAL_TOKENS
+
+    specials = dict(zip((tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id),
+                        SPECIAL_TOKENS, strict=True))
+    return [specials[i] if i in specials else tokenizer.decode([i], skip_special=False) for i in ids]
+
+
+def _run_sentence_encoder(encoder: nn.Module, text: str) -> Attention:
+    """A ``SentenceEncoder`` (attnkit's BERT): its self-attention, hooked on our MultiHeadAttention."""
+    with torch.no_grad(), Capture(encoder, "bert") as capture:
+        tokens, weights = encoder.attentions(text)  # (layers, heads, T, T)
+    tok = encoder.tokenizer
+    special = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
+    weights = {"encoder": weights.float().cpu()}
+    return Attention(
+        tokens=readable_tokens(tokens, token_scheme(tok), special=special), target_tokens=None,
+        weights=weights, model_type="sentence-encoder", ids=list(encoder.tokenize([text])[0][0]),
+        projections=capture.projections(weights), neuron_note=capture.note,
+    )
