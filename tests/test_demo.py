@@ -16,7 +16,7 @@ import pytest
 import torch
 from browser_support import Browser
 from typer.testing import CliRunner
-from viz_support import page_data
+from viz_support import page_data, page_views
 
 from attnkit.cli import app
 from attnkit.viz.explorer import EncodedWeights
@@ -71,19 +71,22 @@ def test_demo_quick_prints_table_and_index(demo_dir) -> None:
 def test_demo_quick_writes_every_linked_file(demo_dir) -> None:
     out, _ = demo_dir
     links = links_of(out / "index.html")
-    local = [link for link in links if not link.startswith("#")]
+    local = [link.split("#")[0] for link in links if not link.startswith("#")]
     assert local and all("://" not in link for link in local)  # nothing from the network
     missing = [link for link in local if not (out / link).is_file()]
     assert missing == []
-    expected = {"minilm-explorer.html", "transformer-cross.html", "flies.png"}
+    expected = {"minilm-explorer.html", "transformer-explorer.html", "transformer-decoder.html", "flies.png"}
     assert expected <= set(local)
     alignments = [link for link in local if link.startswith("alignments/")]
     assert len(set(alignments)) == 3 * 2  # 3 locales x the 2 attention models
     for name in ("rnn-attention", "rnn-no-attention", "transformer"):
         assert (out / "models" / name / "model.safetensors").is_file()
         assert (out / "models" / name / "config.json").is_file()
-    for html_file in ("minilm-explorer.html", "transformer-cross.html"):
+    for html_file in ("minilm-explorer.html", "transformer-explorer.html", "transformer-decoder.html"):
         assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", (out / html_file).read_text())
+    # the demo's own Transformer: encoder-decoder page with all three kinds, decoder-only page
+    assert {kind for kind, _ in page_views(out / "transformer-explorer.html")} == {"encoder", "decoder", "cross"}
+    assert {kind for kind, _ in page_views(out / "transformer-decoder.html")} == {"decoder"}
 
 
 @pytest.mark.slow
@@ -118,7 +121,7 @@ def test_demo_minilm_explorer_in_browser(demo_dir, browser, tmp_path) -> None:
     out, _ = demo_dir
     path = out / "minilm-explorer.html"
     data = page_data(path)
-    assert data["left"][0] == "[CLS]" and data["left"][-1] == "[SEP]" and "animal" in data["left"]
+    assert data["left"][0] == "[CLS]" and data["left"][-1] == "[SEP]" and " animal" in data["left"]
     assert (data["layers"], data["heads"]) == (6, 12)
     enc, th = _page_weights(path), data["threshold"]
     view = browser.open(path)
@@ -137,7 +140,7 @@ def test_demo_minilm_explorer_in_browser(demo_dir, browser, tmp_path) -> None:
     page.click(".head-toggle[data-head='5']")
     on = [h for h in heads if h not in (0, 5)]
     assert lines() == enc.line_count(4, on, th)
-    it = data["left"].index("it")
+    it = data["left"].index(" it")
     page.hover(f".tok.left[data-index='{it}']")
     assert lines() == enc.line_count(4, on, th, row=it) < enc.line_count(4, on, th)
     page.screenshot(path=str(tmp_path / "minilm.png"))
@@ -147,15 +150,27 @@ def test_demo_minilm_explorer_in_browser(demo_dir, browser, tmp_path) -> None:
 # ------------------------------------------------------------------------------ attnkit show
 
 
-def test_show_writes_explorer_and_pngs(tmp_path) -> None:
+def test_show_writes_explorer_and_pictures(tmp_path) -> None:
+    """`attnkit show` on MiniLM: the page's tokens are the tokenizer's (a leading space marks a
+    word start) and its weights are MiniLM's own; --svg/--png write the model view and one
+    head view per layer."""
+    from attnkit.models.bert import SentenceEncoder
+
     out = tmp_path / "view.html"
     result = runner.invoke(app, ["show", "time flies like an arrow", "--out", str(out),
-                                 "--png", str(tmp_path / "png")])
+                                 "--png", str(tmp_path / "png"), "--svg", str(tmp_path / "svg")])
     assert result.exit_code == 0, result.output
+    assert "encoder (6, 12)" in result.output
     data = page_data(out)
-    assert data["left"] == ["[CLS]", "time", "flies", "like", "an", "arrow", "[SEP]"]
-    pngs = sorted((tmp_path / "png").glob("layer-*.png"))
-    assert len(pngs) == 6 and all(p.stat().st_size > 1000 for p in pngs)
+    assert data["left"] == ["[CLS]", " time", " flies", " like", " an", " arrow", "[SEP]"]
+    _, weights = SentenceEncoder.from_pretrained().attentions("time flies like an arrow")
+    enc = _page_weights(out)
+    assert np.abs(enc.dequantise() - weights.numpy()).max() <= 1 / 255 + 1e-6
+    for folder, suffix in (("png", ".png"), ("svg", ".svg")):
+        files = sorted(p.name for p in (tmp_path / folder).iterdir())
+        assert files == sorted([f"encoder-model-view{suffix}"] + [f"encoder-head-view-layer-{n}{suffix}"
+                                                                   for n in range(1, 7)])
+        assert all((tmp_path / folder / f).stat().st_size > 1000 for f in files)
 
 
 def test_show_bad_model_is_one_red_line(tmp_path) -> None:

@@ -160,10 +160,11 @@ def example_date() -> datetime.date:
 def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, ...], out: Path,
                      console: Any) -> list[dict[str, Any]]:
     """Heatmaps (input characters x output characters) of the attention models for each
-    locale's long date, plus the Transformer's full cross-attention in the explorer."""
+    locale's long date, plus the Transformer's encoder, decoder and cross-attention in the
+    explorer (and its decoder alone)."""
     from attnkit.data.dates import DateTask
-    from attnkit.viz.alignment import align, cut_at_eos, draw, output_labels
-    from attnkit.viz.explorer import explorer
+    from attnkit.viz import explore, write_explorer
+    from attnkit.viz.alignment import align, draw
 
     vocab = task.tokenizer
     day = example_date()
@@ -184,29 +185,26 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
     transformer = next((r for r in results if r.spec.arch == "transformer"), None)
     if transformer is not None:
         example = dates.render(day, locales[0], "long")
-        [a] = align(transformer.model, vocab, [example.source], max_len=len(example.target) + 4)
-        row = cut_at_eos(a.output_ids, vocab.eos_id)
-        cfg = transformer.model.config
-        src = torch.tensor([vocab.encode(example.source)])  # (1, S)
-        tgt_in = torch.tensor([[cfg.bos_id, *row[:-1]]])  # (1, T): the decoder's inputs
-        _, maps = transformer.model.eval().forward_with_weights(src, tgt_in)
-        explorer((output_labels(row, vocab), a.source_tokens), maps["cross"], out / "transformer-cross.html",
-                 title=f"Transformer cross-attention: {example.source} -> {a.prediction}")
+        # every kind of the trained Transformer (decoder side: its own greedy output), and its
+        # decoder's causal self-attention on a page of its own, as a decoder-only model shows it
+        att = explore(transformer.model, example.source, tokenizer=vocab, path=out / "transformer-explorer.html",
+                      title=f"Transformer: {example.source}")
+        write_explorer(att, out / "transformer-decoder.html", kinds=["decoder"],
+                       title=f"Transformer decoder (causal self-attention) writing {example.target}")
     return pictures
 
 
 def write_minilm(out: Path, console: Any, sentence: str = SENTENCE) -> tuple[Any, list[str]]:
     """The MiniLM explorer for ``sentence`` and the "flies" comparison (table + plot)."""
     from attnkit.models.bert import SentenceEncoder
+    from attnkit.viz import explore
     from attnkit.viz.contextual import similarity_table
-    from attnkit.viz.explorer import explorer
 
     with console.status("loading all-MiniLM-L6-v2"):
         encoder = SentenceEncoder.from_pretrained()
-    tokens, weights = encoder.attentions(sentence)  # (layers, heads, T, T)
-    explorer(tokens, weights, out / "minilm-explorer.html", title=f"all-MiniLM-L6-v2: {sentence}")
+    att = explore(encoder, sentence, path=out / "minilm-explorer.html", title=f"all-MiniLM-L6-v2: {sentence}")
     flies = similarity_table(encoder, path=out / "flies.png", console=console)
-    return flies, tokens
+    return flies, att.tokens
 
 
 def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: Any = None,
@@ -265,11 +263,15 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
         for name, a, b, c in flies.rows()
     )
     first = results[0].checkpoint.as_posix() if results else "attnkit-demo/models/rnn-attention"
-    has_cross = (out / "transformer-cross.html").is_file()
+    has_transformer = (out / "transformer-explorer.html").is_file()
     cross_link = (
-        '<li><a href="transformer-cross.html">Transformer cross-attention explorer</a>: every '
-        "layer and head of the trained Transformer's decoder looking at the input date "
-        "(left: output characters, right: input characters).</li>" if has_cross else ""
+        '<li><a href="transformer-explorer.html">Transformer explorer</a>: the trained Transformer '
+        "reading the date (encoder self-attention), writing the ISO date (decoder self-attention, "
+        "causal: a character sees only those before it) and looking back at the input "
+        '(<a href="transformer-explorer.html#cross">cross-attention</a>: output characters on the '
+        'left, input characters on the right). Its <a href="transformer-decoder.html">decoder alone</a> '
+        "is what a decoder-only model (GPT-style) shows: causal self-attention over its own text.</li>"
+        if has_transformer else ""
     )
     quick_note = ("<p class=note>This was a <code>--quick</code> run (seconds of training): "
                   "run <code>attnkit demo</code> for the full version.</p>" if quick else "")

@@ -1,8 +1,9 @@
-"""``attnkit show``: the attention explorer of a pretrained encoder for one text."""
+"""``attnkit show``: the attention explorer of any model for one text, and its pictures."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,37 +12,33 @@ from attnkit.cli.console import console, user_errors
 __all__ = ["show", "show_command"]
 
 
-def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", out: str | Path = "view.html",
-                 png: str | Path | None = None, title: str | None = None) -> tuple[Path, list[Path]]:
-    """The explorer of a pretrained encoder's self-attention over ``text`` and, with ``png``,
-    one heatmap per layer (the mean over its heads) in that folder."""
-    from attnkit.models.bert import SentenceEncoder
-    from attnkit.viz.explorer import explorer
-    from attnkit.viz.heatmap import heatmap
+def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", target: str | None = None,
+                 out: str | Path = "view.html", svg: str | Path | None = None, png: str | Path | None = None,
+                 title: str | None = None) -> tuple[Any, list[Path]]:
+    """Write the explorer page of ``model`` (a Hugging Face folder, an attnkit checkpoint, a
+    sentence-transformers folder or known name) on ``text`` (and ``target`` for a decoder), and
+    the head and model views as SVG / PNG files into ``svg`` / ``png``. Returns the
+    :class:`~attnkit.viz.Attention` and the picture paths."""
+    from attnkit.viz import explore, write_views
 
-    encoder = SentenceEncoder.from_pretrained(model)
-    tokens, weights = encoder.attentions(text)  # (layers, heads, T, T)
-    path = explorer(tokens, weights, out, title=title or f"{Path(str(model)).name}: {text}")
-    pngs: list[Path] = []
-    if png is not None:
-        folder = Path(png)
-        n_layers, n_heads = weights.shape[:2]
-        for layer in range(n_layers):
-            target = folder / f"layer-{layer + 1}.png"
-            heatmap(weights[layer].mean(0), tokens, tokens, target,
-                    title=f"layer {layer + 1}: mean of {n_heads} heads",
-                    x_label="attended to", y_label="attending")
-            pngs.append(target)
-    return path, pngs
+    att = explore(model, text, target=target, path=out, title=title)
+    pictures = write_views(att, svg_dir=svg, png_dir=png) if (svg or png) else []
+    return att, pictures
 
 
 @user_errors
 def show(
-    text: str = typer.Argument(..., help="the text whose self-attention to show"),
-    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers BERT folder or known name"),
+    text: str = typer.Argument(..., help="the text whose attention to show (the source, for an encoder-decoder)"),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model",
+                              help="a Hugging Face model folder (encoder, decoder-only or encoder-decoder), an "
+                                   "`attnkit train` checkpoint, or a sentence-transformers folder / known name"),
+    target: str = typer.Option(None, "--target", help="the decoder's text (default: the model's own greedy output)"),
     out: str = typer.Option("view.html", "--out", help="the explorer page to write (one offline HTML file)"),
-    png: str = typer.Option(None, "--png", help="also write one heatmap per layer (mean over heads) to this folder"),
+    svg: str = typer.Option(None, "--svg", help="also write the head and model views as SVG files to this folder"),
+    png: str = typer.Option(None, "--png", help="also write the head and model views as PNG files to this folder"),
 ) -> None:
-    """Write the attention explorer (head view + model view) of a pretrained encoder for TEXT."""
-    path, pngs = show_command(text, model=model, out=out, png=png)
-    console.print(f"wrote {path}" + (f" and {len(pngs)} heatmaps in {png}" if pngs else ""), highlight=False)
+    """Write the attention explorer (kinds, head view, model view, neuron view) of a model for TEXT."""
+    att, pictures = show_command(text, model=model, target=target, out=out, svg=svg, png=png)
+    kinds = ", ".join(f"{k} {tuple(att.weights[k].shape[:2])}" for k in att.kinds)
+    console.print(f"wrote {att.path} ({kinds}: layers, heads)"
+                  + (f" and {len(pictures)} pictures" if pictures else ""), highlight=False)

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from attnkit.io import atomic_write
 from attnkit.viz.heatmap import as_numpy
 
 MAX_DENSE_BYTES = 12_000_000  # raw uint8 bytes embedded densely before switching to top-k
@@ -314,13 +315,7 @@ def page_data(
 
 def write_data(data: dict[str, Any], path: str | Path) -> Path:
     """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it."""
-    page = _render_page(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, _render_page(data))
 
 
 def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
