@@ -122,3 +122,17 @@ def test_tsv_bad_lines_strict_and_skipped(tmp_path):
             "--hidden", "8", "--quiet")
     assert r.exit_code == 0, r.output
     assert "skipped 1" in " ".join(r.output.split())
+
+
+def test_time_budget_sets_the_schedule(corpus, tmp_path):
+    """--time-budget without --steps: training ends by the budget, and the schedule's fitted
+    length (saved in the checkpoint) is the step it ended at, so the cosine was complete."""
+    out = tmp_path / "ck"
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--out", str(out), "--time-budget", "4",
+            "--eval-every", "1000", "--batch-size", "16", "--hidden", "32", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "(time_budget," in r.output, r.output
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["train_config"]["steps"] is None and state["train_config"]["time_budget"] == 4
+    assert state["budget"]["length"] == state["step"] > 20
+    assert state["elapsed"] <= 4.5
