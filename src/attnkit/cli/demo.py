@@ -63,14 +63,13 @@ class DemoPlan:
     n_test: int = 1_000
     budgets: dict[str, float] = field(default_factory=lambda: {
         "rnn-attention": 90.0, "rnn-no-attention": 45.0, "transformer": 90.0})
-    batch_size: int = 64
     locales: tuple[str, ...] = ALIGNMENT_LOCALES
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_train < self.batch_size or self.n_test < 1:
-            raise ValueError(f"DemoPlan needs n_train >= batch_size and n_test >= 1, got "
-                             f"n_train={self.n_train}, batch_size={self.batch_size}, n_test={self.n_test}")
+        if self.n_train < 64 or self.n_test < 1:
+            raise ValueError(f"DemoPlan needs n_train >= 64 (a batch) and n_test >= 1, got "
+                             f"n_train={self.n_train}, n_test={self.n_test}")
         bad = {k: v for k, v in self.budgets.items() if not v > 0}
         if bad:
             raise ValueError(f"DemoPlan.budgets must be positive seconds, got {bad}")
@@ -96,12 +95,7 @@ class ModelResult:
 
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
-    from attnkit.training import (
-        TRAIN_DEFAULTS,
-        date_data,
-        evaluate,
-        train_date_model,
-    )
+    from attnkit.training import date_data, evaluate, train_date_model
     from attnkit.training.trainer import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's activations (see its docstring)
@@ -115,13 +109,11 @@ def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[Mod
         budget = plan.budgets[spec.name]
         console.rule(f"[bold]{spec.label}[/bold] ({budget:.0f} s)")
         attention = spec.attention if spec.arch == "rnn" else "additive"
-        defaults = TRAIN_DEFAULTS[spec.arch]
         folder = out / "models" / spec.name
-        # the schedule is fitted to the budget (warm-up at most a fifth of it); no validation on the way
-        model, result = train_date_model(
-            spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder, validate=False, steps=None,
-            time_budget=budget, batch_size=plan.batch_size, lr=defaults["lr"],
-            length_group=defaults.get("length_group", 0))
+        # `attnkit train`'s recipe with the schedule fitted to the budget (warm-up at most a fifth
+        # of it); no validation on the way
+        model, result = train_date_model(spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder,
+                                         validate=False, steps=None, time_budget=budget)
         with console.status(f"evaluating on {len(data.test)} held-out dates"):
             metrics = evaluate(model, data.test, batch_size=256)
         results.append(ModelResult(spec, model, result.step, result.seconds,

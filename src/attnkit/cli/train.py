@@ -177,7 +177,7 @@ def train(
     arch: str = typer.Option("rnn", "--arch", help="rnn | transformer"),
     attention: str = typer.Option("additive", "--attention", help="RNN attention: additive | general | dot | none"),
     out: str = typer.Option(..., "--out", help="checkpoint directory (written atomically)"),
-    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 2000, transformer 3200; with --time-budget: no limit]"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps, the schedule length [default: rnn 2000, transformer 2400; with --time-budget: no limit]"),
     time_budget: float = typer.Option(None, "--time-budget", help="train this many seconds (validation included): the learning-rate schedule is fitted to end then"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out (same result as one run)"),
     target: float = typer.Option(None, "--target", help="stop once validation exact match reaches this (0-1)"),
