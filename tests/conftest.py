@@ -107,15 +107,7 @@ def tiny_model(tmp_path_factory):
     pytest.importorskip("transformers")
     from viz_support import build
 
-    root = tmp_path_factory.mktemp("tiny-models")
-    built: dict[str, object] = {}
-
-    def get(family: str):
-        if family not in built:
-            built[family] = build(family, root / family)
-        return built[family]
-
-    return get
+    return _built_once(tmp_path_factory.mktemp("tiny-models"), build)
 
 
 @pytest.fixture(scope="session")
@@ -125,12 +117,16 @@ def tiny_checkpoint(tmp_path_factory):
     ``attnkit train`` writes it (built once per session)."""
     from viz_support import build_checkpoint
 
-    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    return _built_once(tmp_path_factory.mktemp("tiny-checkpoints"), build_checkpoint)
+
+
+def _built_once(root, build):
+    """``get(name)``: ``build(name, root / name)`` on the first call, the same result after."""
     built: dict[str, object] = {}
 
-    def get(kind: str):
-        if kind not in built:
-            built[kind] = build_checkpoint(kind, root / kind)
-        return built[kind]
+    def get(name: str):
+        if name not in built:
+            built[name] = build(name, root / name)
+        return built[name]
 
     return get
