@@ -80,8 +80,10 @@ def _numbers(figures: dict, prefix: str = "") -> list[tuple[str, float]]:
 
 def _threshold(criterion: str, key: str) -> float | None:
     """The bound a figure is held to, read from the test's criterion text."""
-    if key.startswith("inside_of_200"):
-        return 180.0 if "inside >= 180" in criterion else None
+    if key == "inside_of_200.de_DE":
+        return 180.0 if "German inside >= 180" in criterion else None
+    if key == "inside_all":
+        return 0.9 if "all >= 0.9" in criterion else None
     if key.startswith("exact_match"):
         for bound in ("0.99", "0.9"):
             if f">= {bound}" in criterion:

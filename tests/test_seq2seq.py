@@ -306,7 +306,8 @@ def _task_batch(n: int, task: str, g: torch.Generator, held_out: bool):
 def test_learns_task_exactly(task, learn_seed, learned):
     """A real learning check: exact match >= 0.99 on 400 held-out sequences, greedy and beam,
     after 400 steps of a small Transformer trained with a one-cycle schedule.
-    Measured (seeds 0-4): FIGURES_COPY_REVERSE."""
+    Measured (benchmarks/robustness.py, seeds 0-4): copy 100% greedy and beam on every seed;
+    reverse 100%, 100%, 100%, 100%, 99.75%."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: one thread is as fast and immune to oversubscription
     try:
