@@ -16,6 +16,10 @@ Two paths live side by side here. Without weights, :func:`scaled_dot_product_att
 ``torch.nn.functional.scaled_dot_product_attention`` (fused kernel, no score matrix kept).
 With ``return_weights=True`` it runs the explicit math path (scores -> masked softmax ->
 weighted sum of values), which is also the reference our tests read beside the formula.
+
+:func:`attention_and_lse` (and its backward) is the one place that calls PyTorch's private CPU
+flash-attention op, which also returns each row's log-sum-exp (ring attention merges blocks
+with it); where the op does not apply it runs the same formula explicitly.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = [
     "general_scores",
     "additive_scores",
     "scaled_dot_product_attention",
+    "attention_and_lse",
+    "attention_and_lse_backward",
 ]
 
 
@@ -306,3 +312,99 @@ def scaled_dot_product_attention(
         if return_weights:
             weights = weights.masked_fill(empty, 0.0)
     return (out, weights) if return_weights else out
+
+
+# --------------------------------------------------------------------------- attention + log-sum-exp
+
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _flash_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether PyTorch's fused CPU flash-attention op takes these (already head-expanded) inputs."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _FLASH_DTYPES
+        and q.dtype == k.dtype == v.dtype
+        and q.shape[-1] == v.shape[-1]
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Repeat kv heads for grouped-query attention: ``(B, Hkv, S, d) -> (B, H, S, d)``."""
+    groups = q.shape[1] // kv.shape[1]
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
+
+
+def _reduce_kv_grad(dkv: Tensor, kv_heads: int) -> Tensor:
+    """Sum the gradients of repeated kv heads: ``(B, H, S, d) -> (B, Hkv, S, d)``."""
+    H = dkv.shape[1]
+    return dkv if H == kv_heads else dkv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _causal_scores(s: Tensor) -> Tensor:
+    """Mask the strict upper triangle of square score blocks ``(..., L, L)`` with ``-inf``."""
+    return s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
+
+
+def attention_and_lse(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Attention output and the log-sum-exp of every row's scaled scores, no mask but ``causal``.
+
+    ``q (B, H, L, d)``, ``k``/``v`` ``(B, Hkv, S, d)`` (``Hkv`` divides ``H``) ->
+    ``(out (B, H, L, dv), lse (B, H, L))``; ``lse`` is float32 (float64 for float64 inputs).
+    ``causal`` needs ``L == S`` (a diagonal block). On CPU this is PyTorch's fused
+    flash-attention op, which never materialises the scores; elsewhere (or ``dv != d``) the
+    same formula runs explicitly on one ``(L, S)`` score matrix. No autograd: see
+    :func:`attention_and_lse_backward`.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    k, v = _expand_kv(q, k), _expand_kv(q, v)
+    if _flash_ok(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse.to(_acc_dtype(q))
+    acc = _acc_dtype(q)
+    s = (q.to(acc) * scale) @ k.to(acc).transpose(-2, -1)  # (B, H, L, S)
+    if causal:
+        s = _causal_scores(s)
+    lse = s.logsumexp(-1)  # (B, H, L)
+    out = torch.exp(s - lse.unsqueeze(-1)) @ v.to(acc)  # (B, H, L, dv)
+    return out.to(q.dtype), lse
+
+
+def attention_and_lse_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`attention_and_lse` given the rows' ``out (B, H, L, dv)`` and
+    ``lse (B, H, L)`` (which may be *global*, over more keys than these: ring attention):
+    ``P = exp(s - lse)``, ``ds = P * (dout v^T - rowsum(dout * out))``.
+
+    Returns ``(dq (B, H, L, d), dk (B, Hkv, S, d), dv (B, Hkv, S, dv))``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    kv_heads = k.shape[1]
+    ke, ve = _expand_kv(q, k), _expand_kv(q, v)
+    if _flash_ok(q, ke, ve):
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, ke, ve, out, lse.float() if q.dtype != torch.float64 else lse, 0.0, causal, scale=scale
+        )
+    else:
+        acc = _acc_dtype(q)
+        qa, ka, va, do = q.to(acc), ke.to(acc), ve.to(acc), dout.to(acc)
+        s = (qa * scale) @ ka.transpose(-2, -1)  # (B, H, L, S)
+        if causal:
+            s = _causal_scores(s)
+        p = torch.exp(s - lse.to(acc).unsqueeze(-1))  # (B, H, L, S)
+        dv = p.transpose(-2, -1) @ do  # (B, H, S, dv)
+        dp = do @ va.transpose(-2, -1)  # (B, H, L, S)
+        delta = (do * out.to(acc)).sum(-1, keepdim=True)  # (B, H, L, 1)
+        ds = p * (dp - delta) * scale
+        dq, dk = ds @ ka, ds.transpose(-2, -1) @ qa
+        dq, dk, dv = dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+    return dq, _reduce_kv_grad(dk, kv_heads), _reduce_kv_grad(dv, kv_heads)
