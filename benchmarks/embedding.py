@@ -78,7 +78,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
     from transformers import BertModel
 
-    from attnkit.models.bert import SentenceEncoder, resolve_model_folder
+    from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
 
     folder = resolve_model_folder("all-MiniLM-L6-v2")
     texts = docstring_corpus()

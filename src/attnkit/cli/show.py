@@ -15,7 +15,7 @@ def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", out: str | Path 
                  png: str | Path | None = None, title: str | None = None) -> tuple[Path, list[Path]]:
     """The explorer of a pretrained encoder's self-attention over ``text`` and, with ``png``,
     one heatmap per layer (the mean over its heads) in that folder."""
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
     from attnkit.viz.explorer import explorer
     from attnkit.viz.heatmap import heatmap
 
