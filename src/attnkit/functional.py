@@ -15,7 +15,8 @@ of ``d_k`` terms, so the factor depends on the vector size, not on the sequence 
 Two paths live side by side here. Without weights, :func:`scaled_dot_product_attention` calls
 ``torch.nn.functional.scaled_dot_product_attention`` (fused kernel, no score matrix kept).
 With ``return_weights=True`` it runs the explicit math path (scores -> masked softmax ->
-weighted sum of values), which is also the reference our tests read beside the formula.
+weighted sum of values), which is also the reference our tests read beside the formula; in
+CPU inference the same formula runs in place, writing the score matrix once.
 
 :func:`attention_and_lse` (and its backward) is the one place that calls PyTorch's private CPU
 flash-attention op, which also returns each row's log-sum-exp (ring attention merges blocks
@@ -24,7 +25,11 @@ with it); where the op does not apply it runs the same formula explicitly.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +262,78 @@ def _attention_math(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
+def _attention_math_inplace(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`_attention_math` for inference: the score matrix is written once and becomes the
+    weights in place (``baddbmm`` adds the mask and the scale, softmax overwrites it), so the
+    only large allocation is the returned weights. No dropout, no autograd."""
+    groups = _gqa_groups(q, k)
+    if groups > 1:  # (..., Hkv, S, d) -> (..., H, S, d): query head h uses kv head h // groups
+        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+    compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    L, S, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    # (*batch, L, d) -> (n, L, d): one batched matmul over every head
+    qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
+    flat = weights.view(-1, L, S)  # (n, L, S)
+    if mask is None:
+        torch.baddbmm(flat, qf, kf.transpose(-2, -1), beta=0.0, alpha=scale, out=flat)
+    else:
+        bias = mask if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=compute_dtype,
+                                                                   device=mask.device).masked_fill_(~mask, float("-inf"))
+        weights.copy_(bias.expand_as(weights))  # the mask, added to the scores by baddbmm
+        torch.baddbmm(flat, qf, kf.transpose(-2, -1), alpha=scale, out=flat)
+    torch.ops.aten._softmax.out(flat, -1, False, out=flat)
+    out = torch.bmm(flat, vf).view(*batch, L, dv)  # (*batch, L, dv)
+    return out.to(v.dtype), weights.to(q.dtype)
+
+
+# Above this size a fresh tensor is mapped anew from the OS for every call (glibc mmaps large
+# blocks and unmaps them on free), and faulting in 4 KiB pages dominated the weights path: a
+# 50 MB score matrix took 28 ms to fault in against 9 ms with transparent huge pages (measured).
+_HUGE_PAGE_BYTES = 1 << 25
+
+
+@functools.cache
+def _madvise():
+    """libc's ``madvise`` on Linux (None elsewhere, or where it cannot be found)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+
+
+def _empty_large(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``torch.empty(shape)`` on CPU; a large one is first marked for transparent huge pages
+    (``madvise(MADV_HUGEPAGE)``, a hint the kernel may ignore), so it faults in 512x fewer pages."""
+    t = torch.empty(shape, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    madvise = _madvise() if nbytes >= _HUGE_PAGE_BYTES else None
+    if madvise is not None:
+        page = 4096
+        start = (t.data_ptr() + page - 1) // page * page  # whole pages inside the block only
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t((t.data_ptr() + nbytes - start) // page * page), 14)
+    return t
+
+
+def _weights_path(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """Which explicit path computes the weights: in place for CPU inference, else the reference."""
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    in_place = (
+        not needs_graph and dropout == 0.0 and q.device.type == "cpu" and q.dim() >= 3 and k.dim() >= 3
+        and (mask is None or not mask.requires_grad)
+    )
+    if in_place:
+        return _attention_math_inplace(q, k, v, mask, scale)
+    return _attention_math(q, k, v, mask, scale, dropout)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -301,7 +378,7 @@ def scaled_dot_product_attention(
         else:
             empty = None
     if return_weights:
-        out, weights = _attention_math(q, k, v, mask, scale, dropout)
+        out, weights = _weights_path(q, k, v, mask, scale, dropout)
     else:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=fast_causal, scale=scale,
@@ -309,8 +386,8 @@ def scaled_dot_product_attention(
         )
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
-        if return_weights:
-            weights = weights.masked_fill(empty, 0.0)
+        if return_weights:  # in place where no graph goes through the weights (they are ours)
+            weights = weights.masked_fill(empty, 0.0) if weights.requires_grad else weights.masked_fill_(empty, 0.0)
     return (out, weights) if return_weights else out
 
 
