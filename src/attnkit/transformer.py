@@ -487,7 +487,8 @@ class PackedWorkspace:
         """``norm(x)`` for ``x (N, E)``, into buffer ``name``."""
         N = x.shape[0]
         out = self.take(name, tuple(x.shape), x)
-        stats = self.take("norm_stats", (2, N, 1), x)  # mean and 1/std, which inference does not need
+        # mean and 1/std, which inference does not need: float32 for bfloat16 x with float32 weights
+        stats = self.take("norm_stats", (2, N, 1), x if norm.weight is None or norm.weight.dtype == x.dtype else norm.weight)
         torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
                                              out0=out, out1=stats[0], out2=stats[1])
         return out

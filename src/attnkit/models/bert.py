@@ -13,7 +13,10 @@ Mask convention: ``key_mask`` is True at real tokens (Hugging Face's ``attention
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,10 @@ from torch import Tensor, nn
 from attnkit.transformer import Embeddings, EncoderLayer, LayerSettings, PackedWorkspace
 from attnkit.varlen import cu_seqlens_from_lengths, positions
 
-__all__ = ["BertConfig", "BertEncoder", "PackedWorkspace", "hf_name_map"]
+__all__ = ["DTYPES", "BertConfig", "BertEncoder", "PackedWorkspace", "hf_name_map", "native_bf16", "resolve_dtype"]
+
+# Inference dtypes: "auto" is bfloat16 where the CPU multiplies bfloat16 natively, else float32.
+DTYPES = ("auto", "float32", "bfloat16")
 
 # Checkpoint tensors BertModel carries that this encoder does not use (HF's pooler, a buffer).
 IGNORED_TENSORS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
@@ -104,6 +110,45 @@ class BertConfig:
         )
 
 
+# --------------------------------------------------------------------------- dtype
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), asked once.
+
+    Elsewhere PyTorch emulates bfloat16 matmuls, several times slower than float32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    warnings.warn(
+        "bfloat16 was asked for, but this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): "
+        "it will be several times slower than float32 (dtype='auto' picks float32 here)",
+        stacklevel=3,
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"auto"`` | ``"float32"`` | ``"bfloat16"`` (or the torch dtype) -> the torch dtype.
+
+    ``"auto"`` is bfloat16 where :func:`native_bf16`, else float32. Asking for bfloat16 on a CPU
+    without native support warns once that it will be slow.
+    """
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, torch.float32: torch.float32,
+             torch.bfloat16: torch.bfloat16}
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16() else torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if names[dtype] == torch.bfloat16 and not native_bf16():
+        _warn_slow_bf16()
+    return names[dtype]
+
+
 # --------------------------------------------------------------------------- name map
 
 
@@ -142,6 +187,12 @@ class BertEncoder(nn.Module):
     ``forward(input_ids (B, T), key_mask (B, T) | None, token_type_ids (B, T) | None, *,
     need_weights)`` -> ``(hidden (B, T, E), [per-layer weights (B, H, T, T)] | None)``.
     :meth:`forward_packed` runs the same network on a packed stream of real tokens.
+
+    Compute dtype (:attr:`dtype`): the dtype of the layers' linear weights, float32 or bfloat16
+    (:meth:`with_dtype`). In bfloat16 the matmuls take bfloat16 weights and activations and
+    accumulate in float32, attention runs the fused bfloat16 kernel (softmax in float32), the
+    LayerNorms keep float32 parameters and statistics, and the embeddings (tables, sum and
+    their LayerNorm) stay float32; the hidden states come out in bfloat16.
     """
 
     def __init__(self, config: BertConfig) -> None:
@@ -154,6 +205,24 @@ class BertEncoder(nn.Module):
         )
         self.layers = nn.ModuleList(EncoderLayer(config.layer_settings()) for _ in range(config.num_hidden_layers))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: that of the layers' linear weights (float32 with no layers)."""
+        return self.layers[0].ff.linear1.weight.dtype if len(self.layers) else torch.float32
+
+    def with_dtype(self, dtype: str | torch.dtype) -> BertEncoder:
+        """This encoder computing in ``dtype`` (see :data:`DTYPES`): ``self`` when it already
+        does, else a copy whose linear weights are converted (rounded to nearest), sharing the
+        float32 embeddings; LayerNorm parameters stay float32."""
+        dtype = resolve_dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        new = copy.deepcopy(self, memo={id(self.embeddings): self.embeddings})
+        for module in new.layers.modules():
+            if isinstance(module, nn.Linear):
+                module.to(dtype)
+        return new
+
     def non_embedding_parameters(self) -> int:
         """Parameters of the layers (not the embedding tables): a forward pass costs about
         ``2 * non_embedding_parameters()`` FLOPs per real token, plus attention scores."""
@@ -162,8 +231,9 @@ class BertEncoder(nn.Module):
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> BertEncoder:
-        """Load ``config.json`` + ``model.safetensors`` from a Hugging Face BERT folder.
+    def from_pretrained(cls, folder: str | Path, dtype: str | torch.dtype = "float32") -> BertEncoder:
+        """Load ``config.json`` + ``model.safetensors`` from a Hugging Face BERT folder, to
+        compute in ``dtype`` (``"auto"``, ``"float32"`` or ``"bfloat16"``, see :meth:`with_dtype`).
 
         Raises ``FileNotFoundError`` when a file is missing and ``ValueError`` listing every
         missing, unexpected or mis-shaped tensor. The model is returned in eval mode.
@@ -179,7 +249,7 @@ class BertEncoder(nn.Module):
             raise FileNotFoundError(f"no model.safetensors in {folder} (only safetensors checkpoints are read)")
         model = cls(config)
         model.load_hf_state_dict(load_file(str(weights_path)), source=str(weights_path))
-        return model.eval()
+        return model.with_dtype(dtype).eval()
 
     def load_hf_state_dict(self, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
         """Copy Hugging Face ``BertModel`` tensors in, strictly (see :func:`hf_name_map`)."""
@@ -217,7 +287,7 @@ class BertEncoder(nn.Module):
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         if key_mask is not None and key_mask.dtype != torch.bool:
             key_mask = key_mask.bool()  # HF-style 0/1 attention_mask
-        x = self.embeddings(input_ids, token_type_ids=token_type_ids)  # (B, T, E)
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids).to(self.dtype)  # (B, T, E)
         weights: list[Tensor] = []
         for layer in self.layers:
             x, w = layer(x, key_mask=key_mask, need_weights=need_weights)
@@ -238,7 +308,8 @@ class BertEncoder(nn.Module):
         """The same network on a packed stream: ``input_ids (N,)`` holds sequences of
         ``lengths`` back to back (``sum(lengths) == N``) -> ``hidden (N, E)``.
 
-        Embeddings, linears, LayerNorm and feed-forward see only the N real tokens;
+        The result is in the compute dtype (:attr:`dtype`). Embeddings, linears, LayerNorm
+        and feed-forward see only the N real tokens;
         attention runs per group of equal-length sequences (each layer's
         :meth:`attnkit.transformer.EncoderLayer.forward_packed`). Without autograd every step
         writes into reused buffers (a :class:`PackedWorkspace`; pass one to reuse it across
@@ -277,11 +348,14 @@ class BertEncoder(nn.Module):
             x = emb.word_embeddings(input_ids) + emb.position_embeddings(positions(cu_seqlens))  # (N, E)
         else:
             x = torch.index_select(word, 0, input_ids, out=ws.take("embed", (N, E), word))
-            x.add_(torch.index_select(pos, 0, positions(cu_seqlens), out=ws.take("proj", (N, E), word)))
+            x.add_(torch.index_select(pos, 0, positions(cu_seqlens), out=ws.take("pos", (N, E), word)))
         # x is a fresh sum (or our buffer) on both paths, so the type embedding goes in in place
         if token_type_ids is None:
             x.add_(emb.token_type_embeddings.weight[0])  # type 0 everywhere: one row, broadcast
         else:
             x.add_(emb.token_type_embeddings(token_type_ids))
-        return emb.dropout(emb.norm(x) if ws is None else ws.layer_norm(x, emb.norm, "x0"))
+        x = emb.dropout(emb.norm(x) if ws is None else ws.layer_norm(x, emb.norm, "emb"))  # (N, E) float32
+        if x.dtype == self.dtype:
+            return x
+        return x.to(self.dtype) if ws is None else ws.take("x0", (N, E), x.new_empty(0, dtype=self.dtype)).copy_(x)
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.models.bert import BertEncoder
+from attnkit.models.bert import BertEncoder, resolve_dtype
 from attnkit.progress import progress_bar
 from attnkit.transformer import PackedWorkspace
 from attnkit.varlen import cu_seqlens_from_lengths, equal_length_runs
@@ -91,6 +91,10 @@ class SentenceEncoder(nn.Module):
     ``sentence_transformers.SentenceTransformer`` on the same folder. Texts longer than
     ``max_seq_length`` tokens (``[CLS]``/``[SEP]`` included) are truncated, with a warning
     naming how many were cut.
+
+    ``embed(..., dtype="bfloat16")`` computes with a bfloat16 copy of the encoder (see
+    :meth:`BertEncoder.with_dtype`), made on first use and kept while the float32 weights stay
+    as they are; pooling and normalisation run in float32 and the embeddings are float32.
     """
 
     def __init__(
@@ -106,6 +110,21 @@ class SentenceEncoder(nn.Module):
         self.encoder, self.tokenizer = encoder, tokenizer
         self.max_seq_length, self.pooling, self.normalize = max_seq_length, pooling, normalize
         self.sep_id = tokenizer.token_to_id("[SEP]")
+        # dtype -> (fingerprint of self.encoder's weights when copied, the copy); a plain dict so
+        # the copies are not submodules (not in state_dict, not moved by .to())
+        self._copies: dict[torch.dtype, tuple[tuple, BertEncoder]] = {}
+
+    def encoder_in(self, dtype: str | torch.dtype) -> BertEncoder:
+        """The encoder computing in ``dtype`` ("auto", "float32", "bfloat16"): ``self.encoder``
+        or its converted copy, remade when the weights changed (their storage or version)."""
+        dtype = resolve_dtype(dtype)
+        if dtype == self.encoder.dtype:
+            return self.encoder
+        fingerprint = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())
+        cached = self._copies.get(dtype)
+        if cached is None or cached[0] != fingerprint:
+            cached = self._copies[dtype] = (fingerprint, self.encoder.with_dtype(dtype).eval())
+        return cached[1]
 
     @property
     def dim(self) -> int:
@@ -171,7 +190,8 @@ class SentenceEncoder(nn.Module):
     # -- embeddings ------------------------------------------------------------------------
 
     def _pool(self, hidden: Tensor, lengths: list[int]) -> Tensor:
-        """Packed ``hidden (N, E)`` of sequences ``lengths`` -> one vector per sequence ``(b, E)``."""
+        """Packed ``hidden (N, E)`` of sequences ``lengths`` -> one float32 vector per sequence ``(b, E)``."""
+        hidden = hidden.float()  # pooling and normalisation in float32, whatever the compute dtype
         cu = cu_seqlens_from_lengths(lengths, device=hidden.device)
         if self.pooling == "cls":
             out = hidden[cu[:-1]]
@@ -185,7 +205,7 @@ class SentenceEncoder(nn.Module):
                 out[b0 : b0 + count] = hidden[first : first + count * L].view(count, L, -1).mean(1)
         return F.normalize(out, p=2, dim=1) if self.normalize else out
 
-    def _embed_padded(self, ids: list[list[int]]) -> Tensor:
+    def _embed_padded(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
         """The plain path: pad to the longest text of the batch, mask the padding."""
         lengths = [len(r) for r in ids]
         T = max(lengths)
@@ -193,13 +213,13 @@ class SentenceEncoder(nn.Module):
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.tensor(row)
         key_mask = torch.arange(T) < torch.tensor(lengths)[:, None]  # (b, T)
-        hidden, _ = self.encoder(input_ids, key_mask)  # (b, T, E)
+        hidden, _ = encoder(input_ids, key_mask)  # (b, T, E)
         return self._pool(hidden[key_mask], lengths)
 
-    def _embed_packed(self, ids: list[list[int]], workspace: PackedWorkspace | None = None) -> Tensor:
+    def _embed_packed(self, ids: list[list[int]], encoder: BertEncoder, workspace: PackedWorkspace) -> Tensor:
         lengths = [len(r) for r in ids]
         stream = torch.tensor([t for row in ids for t in row], dtype=torch.long)  # (N,)
-        return self._pool(self.encoder.forward_packed(stream, lengths, workspace=workspace), lengths)
+        return self._pool(encoder.forward_packed(stream, lengths, workspace=workspace), lengths)
 
     @staticmethod
     def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -228,28 +248,34 @@ class SentenceEncoder(nn.Module):
         packed: bool = True,
         *,
         max_tokens: int = 2048,
+        dtype: str | torch.dtype = "auto",
     ) -> Tensor:
-        """Embed ``texts`` -> ``(n, E)`` float tensor (unit length when the folder normalises).
+        """Embed ``texts`` -> ``(n, E)`` float32 tensor (unit length when the folder normalises).
 
         ``packed=True`` (default): texts are sorted by length and packed ``max_tokens`` real
         tokens at a time, so the matmuls see ~``max_tokens`` rows and no padding is computed.
         ``packed=False``: batches of ``batch_size`` texts padded to their longest text (texts
         are sorted by length as sentence-transformers does). Warns when texts were truncated.
+        ``dtype``: the compute dtype, ``"auto"`` (bfloat16 where the CPU multiplies it natively,
+        else float32), ``"float32"`` (exact: cosine >= 0.99999 with sentence-transformers) or
+        ``"bfloat16"`` (see the class docstring); the result is float32 either way.
         """
         if batch_size <= 0 or max_tokens <= 0:
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
         ids, _, cut = self.tokenize(texts)
         self._warn_cut(cut, len(ids))
-        return self.embed_ids(ids, batch_size=batch_size, progress=progress, packed=packed, max_tokens=max_tokens)
+        return self.embed_ids(ids, batch_size=batch_size, progress=progress, packed=packed, max_tokens=max_tokens,
+                              dtype=dtype)
 
     @torch.inference_mode()
     def embed_ids(
         self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False, packed: bool = True,
-        max_tokens: int = 2048,
+        max_tokens: int = 2048, dtype: str | torch.dtype = "auto",
     ) -> Tensor:
         """:meth:`embed` for texts already tokenized by :meth:`tokenize` -> ``(n, E)``."""
         if batch_size <= 0 or max_tokens <= 0:
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
+        encoder = self.encoder_in(dtype)
         out = torch.empty(len(ids), self.dim)
         if not ids:
             return out
@@ -260,10 +286,13 @@ class SentenceEncoder(nn.Module):
             order = sorted(range(len(ids)), key=lambda i: -lengths[i])
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         # packed: one workspace whose buffers every batch of this call reuses
-        run = functools.partial(self._embed_packed, workspace=PackedWorkspace()) if packed else self._embed_padded
+        if packed:
+            run = functools.partial(self._embed_packed, encoder=encoder, workspace=PackedWorkspace())
+        else:
+            run = functools.partial(self._embed_padded, encoder=encoder)
         with progress_bar("embedding", len(ids), enabled=progress) as bar:
             for batch in batches:
-                out[batch] = run([ids[i] for i in batch]).float()
+                out[batch] = run([ids[i] for i in batch])
                 bar.update(advance=len(batch))
         return out
 
