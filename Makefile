@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the benchmarks' own venv: the peers (sentence-transformers with ONNX Runtime and OpenVINO) pin
+# other versions than the test venv keeps
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: demo test test-fast lint bench docs-figures wheel-smoke clean
 
@@ -23,8 +27,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+$(BENCH_STAMP): pyproject.toml constraints.txt
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(BENCH_VENV)/bin/python benchmarks/run_all.py
 
 wheel-smoke: $(STAMP)
 	PY=$(BIN)/python bash .ci/wheel-smoke
@@ -33,4 +42,4 @@ docs-figures: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python docs/make_figures.py
 
 clean:
-	rm -rf $(VENV) attnkit-demo .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) attnkit-demo .pytest_cache

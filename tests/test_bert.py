@@ -16,13 +16,9 @@ import torch.nn.functional as F
 
 import attnkit as ak
 from attnkit.models import bert as bert_module
-from attnkit.models.bert import (
-    BertConfig,
-    BertEncoder,
-    SentenceEncoder,
-    hf_name_map,
-    resolve_model_folder,
-)
+from attnkit.models import sentence_encoder as sentence_encoder_module
+from attnkit.models.bert import BertConfig, BertEncoder, hf_name_map
+from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
 
 transformers = pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -173,7 +169,7 @@ def test_attentions_single_text(encoder, hf_models):
 def test_embed_matches_sentence_transformers(encoder, st_reference, packed):
     ref = st_reference
     with pytest.warns(UserWarning, match=r"1 of 12 texts .*max_seq_length=256"):
-        ours = encoder.embed(TEXTS, batch_size=4, packed=packed, max_tokens=64)  # several packed batches
+        ours = encoder.embed(TEXTS, batch_size=4, packed=packed, max_tokens=64, dtype="float32")  # several packed batches
     assert ours.shape == (len(TEXTS), 384) and ours.dtype == torch.float32
     assert torch.isfinite(ours).all()
     cos = F.cosine_similarity(ours, ref)
@@ -278,7 +274,7 @@ def test_model_name_resolution(folder, monkeypatch):
     assert resolve_model_folder(str(folder)) == folder
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a known model"):
         resolve_model_folder("no-such-model")
-    monkeypatch.setattr(bert_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sentence_encoder_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install 'attnkit\[pretrained\]'"):
         SentenceEncoder.from_pretrained()
 
@@ -291,3 +287,65 @@ def test_exports_and_light_import():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ bfloat16 inference
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_bf16_embeddings_match_fp32_peer(encoder, st_reference, packed):
+    """bfloat16 compute against sentence-transformers (= HF BertModel fp32 + mean pooling) on
+    the awkward texts: cosine >= 0.9999 on every text, no NaN, float32 unit vectors out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation, and "slow" where the CPU lacks bf16
+        ours = encoder.embed(TEXTS, batch_size=4, packed=packed, max_tokens=64, dtype="bfloat16")
+    assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+    cos = F.cosine_similarity(ours, st_reference)
+    assert cos.min() >= 0.9999, cos
+    torch.testing.assert_close(ours.norm(dim=1), torch.ones(len(TEXTS)))
+    assert encoder.encoder.dtype == torch.float32  # the fp32 weights are untouched
+
+
+def test_bf16_encoder_computes_in_bf16_and_shares_embeddings(encoder, hf_models):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bf16 = encoder.encoder_in("bfloat16")
+    assert bf16 is encoder.encoder_in(torch.bfloat16)  # kept while the fp32 weights are unchanged
+    assert bf16.dtype == torch.bfloat16 and bf16.embeddings is encoder.encoder.embeddings
+    assert bf16.layers[0].norm1.weight.dtype == torch.float32  # LayerNorm parameters stay fp32
+    input_ids, mask = _padded(encoder, MIXED)
+    with torch.inference_mode():
+        ref = hf_models["sdpa"](input_ids=input_ids, attention_mask=mask.long()).last_hidden_state[mask]
+        packed = bf16.forward_packed(input_ids[mask], mask.sum(1).tolist())
+        padded, weights = bf16(input_ids, mask, need_weights=True)
+    assert packed.dtype == padded.dtype == torch.bfloat16
+    for hidden in (packed, padded[mask]):
+        assert F.cosine_similarity(hidden.float(), ref).min() >= 0.999
+    assert all(torch.isfinite(w).all() for w in weights)
+
+
+def test_auto_dtype_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(bert_module, "native_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        assert bert_module.resolve_dtype("auto") == torch.float32
+        assert bert_module.resolve_dtype("float32") == torch.float32
+    bert_module._warn_slow_bf16.cache_clear()
+    with pytest.warns(UserWarning, match="no native bfloat16 matmul"):
+        assert bert_module.resolve_dtype("bfloat16") == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert bert_module.resolve_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setattr(bert_module, "native_bf16", lambda: True)
+    assert bert_module.resolve_dtype("auto") == torch.bfloat16
+    with pytest.raises(ValueError, match="float16"):
+        bert_module.resolve_dtype("float16")
+
+
+def test_auto_embed_on_a_cpu_without_bf16_is_the_exact_fp32_path(encoder, st_reference, monkeypatch):
+    monkeypatch.setattr(bert_module, "native_bf16", lambda: False)
+    assert encoder.encoder_in("auto") is encoder.encoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = encoder.embed(TEXTS, dtype="auto")
+    assert F.cosine_similarity(ours, st_reference).min() >= 0.99999

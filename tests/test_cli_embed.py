@@ -16,7 +16,7 @@ LINES = ["The cat sat on the mat.", "", "Attention weights show which tokens mat
 
 @pytest.fixture(scope="module")
 def reference():
-    from attnkit.models.bert import resolve_model_folder
+    from attnkit.models.sentence_encoder import resolve_model_folder
 
     st = sentence_transformers.SentenceTransformer(str(resolve_model_folder("all-MiniLM-L6-v2")), device="cpu")
     return st.encode(LINES)  # (n, 384) numpy

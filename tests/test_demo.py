@@ -154,7 +154,7 @@ def test_show_writes_explorer_and_pictures(tmp_path) -> None:
     """`attnkit show` on MiniLM: the page's tokens are the tokenizer's (a leading space marks a
     word start) and its weights are MiniLM's own; --svg/--png write the model view and one
     head view per layer."""
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     out = tmp_path / "view.html"
     result = runner.invoke(app, ["show", "time flies like an arrow", "--out", str(out),
@@ -186,7 +186,7 @@ def test_show_bad_model_is_one_red_line(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     return SentenceEncoder.from_pretrained()
 
@@ -194,7 +194,7 @@ def minilm():
 def test_hidden_states_match_transformers(minilm) -> None:
     from transformers import BertModel
 
-    from attnkit.models.bert import resolve_model_folder
+    from attnkit.models.sentence_encoder import resolve_model_folder
     from attnkit.viz.contextual import hidden_states
 
     hf = BertModel.from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")),

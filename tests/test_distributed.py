@@ -19,6 +19,7 @@ from torch import nn
 
 import attnkit as ak
 import attnkit.distributed as akd
+import attnkit.functional as akf
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -62,6 +63,26 @@ def _check_shard_roundtrip(rank: int, world: int) -> None:
     torch.testing.assert_close(akd.shard(x, dim=1), x.chunk(world, dim=1)[rank])
     with pytest.raises(ValueError, match="cannot shard length"):
         akd.shard(torch.zeros(2, 2 * world + 1, 3), dim=1)
+    assert akd.chunk_offsets(8) == [(rank * 8, 8)]
+    assert akd.chunk_offsets(8, layout="zigzag") == [(rank * 4, 4), ((2 * world - 1 - rank) * 4, 4)]
+    assert akd.chunk_offsets(8, layout="zigzag", rank=world - 1) == [((world - 1) * 4, 4), (world * 4, 4)]
+
+
+def _check_rotary_sequence_parallel(rank: int, world: int, layout: str) -> None:
+    """Rotary positions under ring attention are the *global* ones: sharded == whole sequence."""
+    from attnkit.transformer import RotaryEmbedding
+
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(2)
+    E, H, N = 32, 4, 8 * world
+    full = ak.MultiHeadAttention(E, H, rotary=RotaryEmbedding(E // H))
+    ring = ak.MultiHeadAttention(E, H, rotary=RotaryEmbedding(E // H), sequence_parallel=True, sequence_layout=layout)
+    ring.load_state_dict(full.state_dict())
+    x = torch.randn(2, N, E, generator=g)
+    with torch.no_grad():
+        ref, _ = full(x, causal=True)
+        out, _ = ring(akd.shard(x, layout=layout, dim=1), causal=True)
+    torch.testing.assert_close(out, akd.shard(ref, layout=layout, dim=1), **TOL)
 
 
 def _check_mha_sequence_parallel(rank: int, world: int, layout: str) -> None:
@@ -76,8 +97,7 @@ def _check_mha_sequence_parallel(rank: int, world: int, layout: str) -> None:
     ref, _ = peer(x, x, x, attn_mask=~ak.causal_mask(N), need_weights=False)  # torch: True = masked
     (ref * w).sum().backward()
 
-    ours = ak.MultiHeadAttention.from_torch(peer)
-    ours.sequence_parallel, ours.sequence_layout = True, layout
+    ours = ak.MultiHeadAttention.from_torch(peer, sequence_parallel=True, sequence_layout=layout)
     xs = akd.shard(x.detach(), layout=layout, dim=1).requires_grad_()
     out, weights = ours(xs, causal=True)  # (B, N/P, E)
     assert weights is None
@@ -110,7 +130,7 @@ def _check_encoder_sequence_parallel(rank: int, world: int, layout: str) -> None
     x = torch.randn(2, N, E, generator=g, requires_grad=True)
     ref = peer(x)
     ref.square().sum().backward()
-    ours = ak.Encoder.from_torch(peer).set_sequence_parallel(True, layout)
+    ours = ak.Encoder.from_torch(peer, sequence_parallel=True, sequence_layout=layout)
     xs = akd.shard(x.detach(), layout=layout, dim=1).requires_grad_()
     hidden, _ = ours(xs)  # (B, N/P, E)
     torch.testing.assert_close(hidden, akd.shard(ref.detach(), layout=layout, dim=1), **TOL)
@@ -125,15 +145,16 @@ def _ring_suite(rank: int, world: int, full: bool) -> None:
     _check_shard_roundtrip(rank, world)
     if full:
         _check_ring(rank, world, layout="zigzag", causal=True, kv_heads=2)  # grouped-query heads
-        fused = akd._fused_ok
-        akd._fused_ok = lambda *a: False  # the math fallback of the block functions
+        fused = akf._flash_ok
+        akf._flash_ok = lambda *a: False  # the math fallback of attention_and_lse (and its backward)
         try:
             _check_ring(rank, world, layout="zigzag", causal=True)
         finally:
-            akd._fused_ok = fused
+            akf._flash_ok = fused
         for layout in akd.LAYOUTS:
             _check_mha_sequence_parallel(rank, world, layout)
             _check_encoder_sequence_parallel(rank, world, layout)
+            _check_rotary_sequence_parallel(rank, world, layout)
 
 
 # ----------------------------------------------------------------------------- tests

@@ -229,3 +229,39 @@ def test_masking_a_key_equals_deleting_it(L, S, d, seed, weights):
         assert (masked[1][:, drop] == 0).all()
     else:
         torch.testing.assert_close(masked, deleted, atol=1e-5, rtol=1e-5)
+
+
+mask_kinds = st.sampled_from(["none", "bool_keys", "bool_full", "float", "float_neg_inf", "causal", "bool_causal"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 3), H=st.sampled_from([1, 2, 4]), kv=st.sampled_from([1, 2]), L=dims, S=dims,
+       d=st.integers(1, 8), kind=mask_kinds, seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, dtype):
+    """The in-place weights path (inference, no graph) == the reference math path (taken when a
+    graph is needed), on every mask kind, grouped-query heads and rows with nothing to attend to."""
+    if H % kv:
+        kv = 1
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, d, generator=g).to(dtype)
+    k, v = (torch.randn(B, kv, S, d, generator=g).to(dtype) for _ in range(2))
+    allowed = torch.rand(B, 1, L, S, generator=g) > 0.5
+    allowed[:, :, 0] = False  # the first query row of every item sees nothing
+    mask, causal = {
+        "none": (None, False), "bool_keys": (allowed[:, :, :1, :].clone().fill_(True) & (torch.arange(S) > 0), False),
+        "bool_full": (allowed, False), "float": (torch.randn(B, H, L, S, generator=g), False),
+        "float_neg_inf": (torch.zeros(B, 1, L, S).masked_fill(~allowed, float("-inf")), False),
+        "causal": (None, True), "bool_causal": (allowed, True),
+    }[kind]
+    with torch.no_grad():
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+    ref_out, ref_w = ak.scaled_dot_product_attention(
+        q.clone().requires_grad_(), k, v, mask=mask, causal=causal, return_weights=True)
+    assert out.dtype == w.dtype == dtype and w.shape == (B, H, L, S)
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(w, ref_w.detach(), **tol)
+    torch.testing.assert_close(out, ref_out.detach(), **tol)
+    if kind in ("bool_full", "float_neg_inf", "bool_causal"):
+        assert not w[:, :, 0].any() and not out[:, :, 0].any()  # empty rows: zero weights and output

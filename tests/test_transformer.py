@@ -14,6 +14,7 @@ from attnkit.transformer import (
     Encoder,
     EncoderLayer,
     FeedForward,
+    LayerSettings,
     RotaryEmbedding,
     TransformerConfig,
     sinusoidal_table,
@@ -70,7 +71,7 @@ def test_encoder_from_torch_sequence_first_and_eps():
 
 
 def test_encoder_layer_submodule_names():
-    layer = EncoderLayer(16, 2, 32, activation="gelu", layer_norm_eps=1e-12)
+    layer = EncoderLayer(LayerSettings(16, 2, 32, activation="gelu", layer_norm_eps=1e-12))
     names = dict(layer.named_modules())
     for name in ("self_attn", "ff.linear1", "ff.linear2", "norm1", "norm2"):
         assert name in names
@@ -79,7 +80,7 @@ def test_encoder_layer_submodule_names():
 
 
 def test_encoder_padding_rows_do_not_leak_and_no_nan():
-    enc = Encoder(2, 16, 4, 32, dropout=0.0).eval()
+    enc = Encoder(2, LayerSettings(16, 4, 32, dropout=0.0)).eval()
     x = torch.randn(2, 6, 16, requires_grad=True)
     mask = ak.padding_mask([6, 3], 6)
     out, _ = enc(x, key_mask=mask)
@@ -165,7 +166,7 @@ def test_decoder_matches_torch(norm_first, activation, final_norm):
 def test_decoder_cache_equals_full_forward(kv_heads, norm_first, rotary):
     E, H, B, L, S = 32, 4, 2, 9, 5
     rope = RotaryEmbedding(E // H) if rotary else None
-    dec = Decoder(2, E, H, 48, kv_heads=kv_heads, norm_first=norm_first, dropout=0.0, rotary=rope).eval()
+    dec = Decoder(2, LayerSettings(E, H, 48, kv_heads=kv_heads, norm_first=norm_first, dropout=0.0), rotary=rope).eval()
     y, memory = torch.randn(B, L, E), torch.randn(B, S, E)
     mem_mask = ak.padding_mask([5, 3], S)
     with torch.no_grad():
@@ -184,12 +185,14 @@ def test_decoder_cache_equals_full_forward(kv_heads, norm_first, rotary):
 def test_rope_model_differs_from_no_positions_and_is_shift_invariant():
     # with rotary and no other positions, self-attention depends on relative offsets only
     rope = RotaryEmbedding(8)
-    enc = Encoder(1, 16, 2, 32, dropout=0.0, rotary=rope).eval()
+    settings = LayerSettings(16, 2, 32, dropout=0.0)
+    enc = Encoder(1, settings, rotary=rope).eval()
+    no_rope = Encoder(1, settings).eval()
+    no_rope.load_state_dict(enc.state_dict())  # the same weights, no rotation
     x = torch.randn(1, 5, 16)
     with torch.no_grad():
         out = enc(x)[0]
-        enc.layers[0].self_attn.rotary = None
-        plain = enc(x)[0]
+        plain = no_rope(x)[0]
     assert not torch.allclose(out, plain, atol=1e-4)
 
 
@@ -222,3 +225,47 @@ def test_config_defaults_are_the_documented_ones():
     assert (c.num_decoder_layers, c.ff_dim, c.dropout, c.activation, c.norm_first) == (3, 1024, 0.1, "relu", False)
     assert (c.position, c.max_len, c.tie_embeddings, c.pad_id, c.bos_id, c.eos_id) == ("sinusoidal", 512, True, 0, 1, 2)
     assert c.target_vocab_size == 100
+
+
+# --------------------------------------------------------------------------- packed layers
+
+
+@pytest.mark.parametrize("norm_first,activation,bias,kv_heads", [
+    (False, "gelu", True, None), (True, "relu", True, 2), (False, "relu", False, 1), (True, "gelu", False, None),
+])
+@pytest.mark.parametrize("workspace", [False, True])
+def test_forward_packed_equals_padded_forward(norm_first, activation, bias, kv_heads, workspace):
+    """EncoderLayer.forward_packed on the real tokens == forward on the padded batch (peer:
+    nn.TransformerEncoderLayer through from_torch for the bias=True cases)."""
+    from attnkit.transformer import PackedWorkspace
+
+    torch.manual_seed(0)
+    settings = LayerSettings(32, 4, 48, kv_heads=kv_heads, dropout=0.0, activation=activation,
+                             norm_first=norm_first, bias=bias)
+    layer = EncoderLayer(settings).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    lengths = [7, 7, 3, 30, 1, 0, 25]  # runs of equal length, both attention paths, an empty one
+    x = torch.randn(len(lengths), max(lengths), 32)
+    mask = ak.padding_mask(lengths, max(lengths))
+    ws = PackedWorkspace() if workspace else None
+    with torch.inference_mode():
+        want, _ = layer(x, key_mask=mask)
+        got = layer.forward_packed(x[mask], lengths, ws)
+        again = layer.forward_packed(x[mask][: sum(lengths[:3])], lengths[:3], ws)  # a smaller batch, same buffers
+    torch.testing.assert_close(got, want[mask], **TOL)
+    torch.testing.assert_close(again, want[mask][: sum(lengths[:3])], **TOL)
+
+
+def test_forward_packed_refuses_what_it_does_not_compute():
+    settings = LayerSettings(16, 2, 32, dropout=0.1)
+    x = torch.randn(5, 16)
+    with pytest.raises(ValueError, match="rotary"):
+        EncoderLayer(settings, rotary=RotaryEmbedding(8)).forward_packed(x, [5])
+    with pytest.raises(ValueError, match="sequence_parallel"):
+        EncoderLayer(settings, sequence_parallel=True).forward_packed(x, [5])
+    with pytest.raises(ValueError, match="attention dropout 0.1 in training"):
+        EncoderLayer(settings).train().forward_packed(x, [5])
+    with pytest.raises(ValueError, match=r"N = sum\(lengths\) = 4"):
+        EncoderLayer(settings).eval().forward_packed(x, [4])

@@ -14,11 +14,12 @@ from attnkit.attention import (
     MultiHeadAttention,
 )
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
-from attnkit.models.bert import BertConfig, BertEncoder, SentenceEncoder
+from attnkit.models.bert import BertConfig, BertEncoder
 from attnkit.models.checkpoint import load, save_model
 from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
+from attnkit.models.sentence_encoder import SentenceEncoder
 from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 from attnkit.transformer import (
@@ -28,6 +29,7 @@ from attnkit.transformer import (
     Encoder,
     EncoderLayer,
     FeedForward,
+    LayerSettings,
     TransformerConfig,
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "FeedForward",
     "GeneralAttention",
     "KVCache",
+    "LayerSettings",
     "MultiHeadAttention",
     "RNNConfig",
     "RNNEncoder",

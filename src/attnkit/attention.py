@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.distributed import check_layout, chunk_offsets, ring_attention
 from attnkit.functional import (
     additive_scores,
     dot_scores,
@@ -116,6 +117,11 @@ class MultiHeadAttention(nn.Module):
     Parameters mirror the usual checkpoint layout: ``q_proj``, ``k_proj``, ``v_proj``,
     ``out_proj``.
 
+    ``rotary`` (e.g. :class:`attnkit.transformer.RotaryEmbedding`), called as
+    ``rotary(x (B, H, L, d), offset) -> x``, rotates self-attention queries and keys by their
+    positions (``offset`` = the position of the first one: steps already in the KV cache, or
+    where this rank's shard starts). None = no rotation.
+
     ``sequence_parallel=group`` (a ``torch.distributed`` process group, or ``True`` for the
     default one) turns self-attention into ring attention: ``forward`` then takes this rank's
     shard ``(B, N/P, E)`` of a sequence cut in ``sequence_layout`` ("contiguous" or "zigzag", see
@@ -133,6 +139,7 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        rotary: nn.Module | None = None,
         sequence_parallel: object = None,
         sequence_layout: str = "contiguous",
     ) -> None:
@@ -149,8 +156,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"kv_heads={kv_heads} does not divide num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if sequence_layout not in ("contiguous", "zigzag"):
-            raise ValueError(f"sequence_layout must be 'contiguous' or 'zigzag', got {sequence_layout!r}")
+        check_layout(sequence_layout, "sequence_layout")
         self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
@@ -166,10 +172,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, kv_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        # Optional rotary position hook (set by the Transformer layers for position="rope"):
-        # ``rotary(x (B, H, L, d), offset) -> x`` rotates self-attention queries and keys,
-        # ``offset`` = positions already in the KV cache. None = no rotation.
-        self.rotary: nn.Module | None = None
+        self.rotary = rotary
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_heads={self.kv_heads}"
@@ -180,14 +183,27 @@ class MultiHeadAttention(nn.Module):
         # (B, L, heads*d) -> (B, heads, L, d)
         return x.unflatten(-1, (heads, self.head_dim)).transpose(1, 2)
 
-    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One matmul for q, k and v when all three come from the same tensor."""
+    def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
+        """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
+        self-attention projects all three with one matmul."""
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = F.linear(x, w, b)  # (B, L, E + 2*kv_dim)
+        return w, b
+
+    def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``qkv (..., E + 2*Hkv*d)`` (the output of the stacked projection) ->
+        ``q (..., H, d)``, ``k``/``v`` ``(..., Hkv, d)`` (views)."""
         kv_dim = self.kv_heads * self.head_dim
         q, k, v = qkv.split([self.embed_dim, kv_dim, kv_dim], dim=-1)
-        return self._split(q, self.num_heads), self._split(k, self.kv_heads), self._split(v, self.kv_heads)
+        # (..., heads*d) -> (..., heads, d)
+        return (q.unflatten(-1, (self.num_heads, self.head_dim)), k.unflatten(-1, (self.kv_heads, self.head_dim)),
+                v.unflatten(-1, (self.kv_heads, self.head_dim)))
+
+    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One matmul for q, k and v when all three come from the same tensor ``x (B, L, E)``."""
+        qkv = F.linear(x, *self.qkv_weight())  # (B, L, E + 2*kv_dim)
+        # (B, L, heads, d) -> (B, heads, L, d)
+        return tuple(t.transpose(1, 2) for t in self.split_qkv(qkv))
 
     def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """``key (B, S, kdim)``, ``value (B, S, vdim)`` -> ``k, v (B, Hkv, S, d)``."""
@@ -302,8 +318,6 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, None]:
         """Self-attention over a sequence sharded across ranks: ``q (B, H, n, d)``,
         ``k``/``v`` ``(B, Hkv, n, d)`` are this rank's shard; keys/values travel the ring."""
-        from attnkit.distributed import _group_info, ring_attention
-
         unsupported = {
             "cross-attention (key/value given)": not self_attn, "key_mask": key_mask is not None,
             "attn_mask": attn_mask is not None, "need_weights": need_weights, "cache": cache is not None,
@@ -314,24 +328,31 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"sequence_parallel attention does not support: {', '.join(bad)}")
         group = None if self.sequence_parallel is True else self.sequence_parallel
         B, _, n, _ = q.shape
-        if self.rotary is not None:  # rotate by *global* positions of this rank's chunks
-            P, r = _group_info(group)
-            if self.sequence_layout == "contiguous":
-                q, k = self.rotary(q, r * n), self.rotary(k, r * n)
-            else:
-                c = n // 2  # zigzag: chunks r and 2P-1-r of length c
-                q = torch.cat([self.rotary(q[..., :c, :], r * c), self.rotary(q[..., c:, :], (2 * P - 1 - r) * c)], dim=-2)
-                k = torch.cat([self.rotary(k[..., :c, :], r * c), self.rotary(k[..., c:, :], (2 * P - 1 - r) * c)], dim=-2)
+        if self.rotary is not None:  # rotate by the *global* positions of this rank's chunks
+            offsets = chunk_offsets(n, group=group, layout=self.sequence_layout)
+            q, k = (self._rotate_pieces(t, offsets) for t in (q, k))
         out = ring_attention(q, k, v, group=group, causal=causal, layout=self.sequence_layout)  # (B, H, n, d)
         out = out.transpose(1, 2).reshape(B, n, self.embed_dim)  # (B, n, E)
         return self.out_proj(out), None
 
+    def _rotate_pieces(self, x: Tensor, offsets: list[tuple[int, int]]) -> Tensor:
+        """Rotate each piece of ``x (B, H, n, d)`` by its global position: ``offsets`` lists
+        ``(global start, length)`` of the pieces in order (see :func:`attnkit.distributed.chunk_offsets`)."""
+        pieces, at = [], 0
+        for start, length in offsets:
+            pieces.append(self.rotary(x[..., at : at + length, :], start))
+            at += length
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
     # -- interop with torch.nn.MultiheadAttention ------------------------------------------
 
     @classmethod
-    def from_torch(cls, m: nn.MultiheadAttention) -> MultiHeadAttention:
+    def from_torch(
+        cls, m: nn.MultiheadAttention, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
+    ) -> MultiHeadAttention:
         """Exact weight import from ``nn.MultiheadAttention`` (packed or separate in-proj,
-        with or without bias, ``batch_first`` either way; ours is always batch first).
+        with or without bias, ``batch_first`` either way; ours is always batch first),
+        optionally run sequence-parallel (as in the constructor).
 
         The parameter count is kept. ``add_bias_kv`` and ``add_zero_attn`` have no
         counterpart here and raise ``ValueError``.
@@ -343,7 +364,8 @@ class MultiHeadAttention(nn.Module):
         bias = m.in_proj_bias is not None
         if bias != (m.out_proj.bias is not None):
             raise ValueError("in-projection and out-projection must both have or both lack a bias")
-        new = cls(m.embed_dim, m.num_heads, kdim=m.kdim, vdim=m.vdim, bias=bias, dropout=m.dropout)
+        new = cls(m.embed_dim, m.num_heads, kdim=m.kdim, vdim=m.vdim, bias=bias, dropout=m.dropout,
+                  sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
         new = new.to(device=m.out_proj.weight.device, dtype=m.out_proj.weight.dtype)
         E = m.embed_dim
         with torch.no_grad():

@@ -30,11 +30,9 @@ ring: ``dq`` stays local, while the ``dk``/``dv`` accumulators travel with their
 and arrive back at their owner after ``P`` hops. Each block's backward uses the *global* output and
 log-sum-exp saved by the forward, so nothing is recomputed except the block products themselves.
 
-Blocks are computed by :func:`_block_forward`/:func:`_block_backward`, the one place that calls
-PyTorch's private CPU flash-attention op (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``
-and its ``_backward``), which returns the log-sum-exp the merge needs. Anywhere that op does not
-apply (GPU tensors, ``dv != d``, a torch without the op) the same functions run an explicit
-math path (which materialises one block of scores).
+Blocks are computed by :func:`attnkit.functional.attention_and_lse` and its backward, which
+call PyTorch's fused CPU flash-attention op (it returns the log-sum-exp the merge needs) and run
+the same formula explicitly where that op does not apply (which materialises one block of scores).
 """
 
 from __future__ import annotations
@@ -46,11 +44,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["LAYOUTS", "ring_attention", "shard", "unshard"]
+from attnkit.functional import attention_and_lse, attention_and_lse_backward
+
+__all__ = ["LAYOUTS", "check_layout", "chunk_offsets", "ring_attention", "shard", "unshard"]
 
 LAYOUTS = ("contiguous", "zigzag")
-
-_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 # tags keep the four streams apart when two exchanges with the same peer are in flight (gloo)
 _TAG_KV, _TAG_DKV = 0, 2
@@ -68,19 +66,35 @@ def _group_info(group: dist.ProcessGroup | None) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
-def _check_layout(layout: str) -> None:
+def check_layout(layout: str, what: str = "layout") -> None:
+    """Raise ``ValueError`` (naming ``what``) unless ``layout`` is one of :data:`LAYOUTS`."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        raise ValueError(f"{what} must be one of {LAYOUTS}, got {layout!r}")
 
 
 # ------------------------------------------------------------------------- shard / unshard
 
 
-def _chunk_order(P: int, layout: str) -> list[int]:
-    """Global chunk ids in the order the ranks hold them (rank-major)."""
+def chunk_offsets(
+    shard_len: int, *, group: dist.ProcessGroup | None = None, layout: str = "contiguous", rank: int | None = None
+) -> list[tuple[int, int]]:
+    """Where the pieces of a rank's shard of ``shard_len`` positions sit in the full sequence.
+
+    Returns ``(global start, length)`` per piece, in the order the shard holds them:
+    ``"contiguous"`` gives rank ``r`` one piece ``(r * n, n)``; ``"zigzag"`` gives two,
+    chunks ``r`` and ``2P-1-r`` of length ``n/2``. ``rank`` defaults to this rank of ``group``.
+    """
+    check_layout(layout)
+    P, me = _group_info(group)
+    r = me if rank is None else rank
+    if not 0 <= r < P:
+        raise ValueError(f"rank {r} is outside a group of {P}")
     if layout == "contiguous":
-        return list(range(P))
-    return [c for r in range(P) for c in (r, 2 * P - 1 - r)]
+        return [(r * shard_len, shard_len)]
+    if shard_len % 2:
+        raise ValueError(f"a zigzag shard holds two equal chunks; got odd shard length {shard_len}")
+    c = shard_len // 2
+    return [(r * c, c), ((2 * P - 1 - r) * c, c)]
 
 
 def shard(
@@ -91,16 +105,14 @@ def shard(
 
     ``N`` must be divisible by ``P`` (``2P`` for zigzag). Differentiable (a slice of ``x``).
     """
-    _check_layout(layout)
-    P, r = _group_info(group)
+    check_layout(layout)
+    P, _ = _group_info(group)
     parts = P if layout == "contiguous" else 2 * P
     N = x.shape[dim]
     if N % parts:
         raise ValueError(f"cannot shard length {N} (dim {dim}) into {parts} equal chunks ({layout}, P={P})")
-    chunks = x.chunk(parts, dim=dim)
-    if layout == "contiguous":
-        return chunks[r].contiguous()
-    return torch.cat([chunks[r], chunks[2 * P - 1 - r]], dim=dim)
+    pieces = [x.narrow(dim, start, n) for start, n in chunk_offsets(N // P, group=group, layout=layout)]
+    return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
 class _Unshard(torch.autograd.Function):
@@ -115,14 +127,13 @@ class _Unshard(torch.autograd.Function):
             return x.clone()
         pieces = [torch.empty_like(x) for _ in range(P)]
         dist.all_gather(pieces, x.contiguous(), group=group)
-        if layout == "contiguous":
-            return torch.cat(pieces, dim=dim)
-        chunks = [c for p in pieces for c in p.chunk(2, dim=dim)]  # rank-major, 2 per rank
-        order = _chunk_order(P, layout)
-        by_chunk = [None] * (2 * P)
-        for pos, c in enumerate(order):
-            by_chunk[c] = chunks[pos]
-        return torch.cat(by_chunk, dim=dim)
+        n = x.shape[dim]
+        placed = []  # (global start, chunk) of every piece of every rank's shard
+        for rank, piece in enumerate(pieces):
+            offsets = chunk_offsets(n, group=group, layout=layout, rank=rank)
+            chunks = piece.split([length for _, length in offsets], dim=dim)
+            placed += [(start, c) for (start, _), c in zip(offsets, chunks, strict=True)]
+        return torch.cat([c for _, c in sorted(placed, key=lambda sc: sc[0])], dim=dim)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
@@ -138,90 +149,10 @@ def unshard(
     Differentiable: the backward pass returns this rank's slice of the incoming gradient, which
     is the right gradient when every rank computes the same loss from the gathered tensor.
     """
-    _check_layout(layout)
+    check_layout(layout)
     if layout == "zigzag" and x.shape[dim] % 2:
         raise ValueError(f"a zigzag shard holds two equal chunks; got odd length {x.shape[dim]} (dim {dim})")
     return _Unshard.apply(x, group, layout, dim)
-
-
-# ------------------------------------------------------------------------- one block (the only
-# place that touches the private fused op)
-
-
-def _fused_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    return (
-        q.device.type == "cpu"
-        and q.dtype in _FLASH_DTYPES
-        and q.dtype == k.dtype == v.dtype
-        and q.shape[-1] == v.shape[-1]
-        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
-    )
-
-
-def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
-    """Repeat kv heads for grouped-query attention: ``(B, Hkv, S, d) -> (B, H, S, d)``."""
-    groups = q.shape[1] // kv.shape[1]
-    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
-
-
-def _reduce_kv_grad(dkv: Tensor, kv_heads: int) -> Tensor:
-    """Sum the gradients of repeated kv heads: ``(B, H, S, d) -> (B, Hkv, S, d)``."""
-    H = dkv.shape[1]
-    return dkv if H == kv_heads else dkv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
-
-
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _block_forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
-    """Attention of one query block over one key/value block.
-
-    ``q (B, H, L, d)``, ``k``/``v`` ``(B, Hkv, S, d)`` -> ``(out (B, H, L, dv), lse (B, H, L))``;
-    ``lse`` is the log-sum-exp of each row's scaled scores, in float32 (float64 for float64).
-    ``causal`` is only used with ``L == S`` (a diagonal block).
-    """
-    k, v = _expand_kv(q, k), _expand_kv(q, v)
-    if _fused_ok(q, k, v):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-        return out, lse.to(_acc_dtype(q))
-    acc = _acc_dtype(q)
-    s = (q.to(acc) * scale) @ k.to(acc).transpose(-2, -1)  # (B, H, L, S)
-    if causal:
-        s = s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
-    lse = s.logsumexp(-1)  # (B, H, L)
-    out = torch.exp(s - lse.unsqueeze(-1)) @ v.to(acc)  # (B, H, L, dv)
-    return out.to(q.dtype), lse
-
-
-def _block_backward(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, causal: bool, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of one block given the *global* ``out (B, H, L, dv)`` and ``lse (B, H, L)``
-    of these query rows: ``P = exp(s - lse)``, ``ds = P * (dout v^T - rowsum(dout * out))``.
-
-    Returns ``(dq (B, H, L, d), dk (B, Hkv, S, d), dv (B, Hkv, S, dv))``.
-    """
-    kv_heads = k.shape[1]
-    ke, ve = _expand_kv(q, k), _expand_kv(q, v)
-    if _fused_ok(q, ke, ve):
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout, q, ke, ve, out, lse.float() if q.dtype != torch.float64 else lse, 0.0, causal, scale=scale
-        )
-    else:
-        acc = _acc_dtype(q)
-        qa, ka, va, do = q.to(acc), ke.to(acc), ve.to(acc), dout.to(acc)
-        s = (qa * scale) @ ka.transpose(-2, -1)  # (B, H, L, S)
-        if causal:
-            s = s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
-        p = torch.exp(s - lse.to(acc).unsqueeze(-1))  # (B, H, L, S)
-        dv = p.transpose(-2, -1) @ do  # (B, H, S, dv)
-        dp = do @ va.transpose(-2, -1)  # (B, H, L, S)
-        delta = (do * out.to(acc)).sum(-1, keepdim=True)  # (B, H, L, 1)
-        ds = p * (dp - delta) * scale
-        dq, dk = ds @ ka, ds.transpose(-2, -1) @ qa
-        dq, dk, dv = dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
-    return dq, _reduce_kv_grad(dk, kv_heads), _reduce_kv_grad(dv, kv_heads)
 
 
 # ------------------------------------------------------------------------- the ring
@@ -299,7 +230,7 @@ def _merge(out: Tensor, lse: Tensor, o: Tensor, l_blk: Tensor) -> None:
 def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor]:
     ring = _Ring(group)
     P, r, n = ring.size, ring.rank, q.shape[-2]
-    acc = _acc_dtype(q)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=acc, device=q.device)  # (B, H, n, dv)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)  # (B, H, n)
     k_cur, v_cur = k, v
@@ -309,7 +240,8 @@ def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor
         plan = _block_plan(r, src, P, n, causal, layout)
         if plan is not None:
             qs, ks, blk_causal = plan
-            o, l_blk = _block_forward(q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :], causal=blk_causal, scale=scale)
+            o, l_blk = attention_and_lse(q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :], causal=blk_causal,
+                                         scale=scale)
             _merge(out[..., qs, :], lse[..., qs], o, l_blk)
         if pending is not None:
             k_cur, v_cur = pending.wait()
@@ -319,7 +251,7 @@ def _ring_forward(q, k, v, group, causal, scale, layout) -> tuple[Tensor, Tensor
 def _ring_backward(dout, q, k, v, out, lse, group, causal, scale, layout) -> tuple[Tensor, Tensor, Tensor]:
     ring = _Ring(group)
     P, r, n = ring.size, ring.rank, q.shape[-2]
-    acc = _acc_dtype(q)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
     k_cur, v_cur = k, v
     dkv_pending = None  # accumulated (dk, dv) of the block we are about to see, coming from prev
@@ -331,7 +263,7 @@ def _ring_backward(dout, q, k, v, out, lse, group, causal, scale, layout) -> tup
         plan = _block_plan(r, src, P, n, causal, layout)
         if plan is not None:
             qs, ks, blk_causal = plan
-            dq_b, dk_b, dv_b = _block_backward(
+            dq_b, dk_b, dv_b = attention_and_lse_backward(
                 dout[..., qs, :], q[..., qs, :], k_cur[..., ks, :], v_cur[..., ks, :],
                 out[..., qs, :], lse[..., qs], causal=blk_causal, scale=scale,
             )
@@ -394,7 +326,7 @@ def ring_attention(
         over the whole sequence. No masks other than ``causal``: every shard is all real tokens.
         Differentiable (ring backward pass). All ranks must call it with the same shapes.
     """
-    _check_layout(layout)
+    check_layout(layout)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"ring_attention expects {name} of shape (B, H, n, d), got {tuple(t.shape)}")

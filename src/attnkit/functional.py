@@ -15,12 +15,21 @@ of ``d_k`` terms, so the factor depends on the vector size, not on the sequence 
 Two paths live side by side here. Without weights, :func:`scaled_dot_product_attention` calls
 ``torch.nn.functional.scaled_dot_product_attention`` (fused kernel, no score matrix kept).
 With ``return_weights=True`` it runs the explicit math path (scores -> masked softmax ->
-weighted sum of values), which is also the reference our tests read beside the formula.
+weighted sum of values), which is also the reference our tests read beside the formula; in
+CPU inference the same formula runs in place, writing the score matrix once.
+
+:func:`attention_and_lse` (and its backward) is the one place that calls PyTorch's private CPU
+flash-attention op, which also returns each row's log-sum-exp (ring attention merges blocks
+with it); where the op does not apply it runs the same formula explicitly.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,8 @@ __all__ = [
     "general_scores",
     "additive_scores",
     "scaled_dot_product_attention",
+    "attention_and_lse",
+    "attention_and_lse_backward",
 ]
 
 
@@ -251,6 +262,78 @@ def _attention_math(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
+def _attention_math_inplace(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`_attention_math` for inference: the score matrix is written once and becomes the
+    weights in place (``baddbmm`` adds the mask and the scale, softmax overwrites it), so the
+    only large allocation is the returned weights. No dropout, no autograd."""
+    groups = _gqa_groups(q, k)
+    if groups > 1:  # (..., Hkv, S, d) -> (..., H, S, d): query head h uses kv head h // groups
+        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+    compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    L, S, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    # (*batch, L, d) -> (n, L, d): one batched matmul over every head
+    qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
+    flat = weights.view(-1, L, S)  # (n, L, S)
+    if mask is None:
+        torch.baddbmm(flat, qf, kf.transpose(-2, -1), beta=0.0, alpha=scale, out=flat)
+    else:
+        bias = mask if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=compute_dtype,
+                                                                   device=mask.device).masked_fill_(~mask, float("-inf"))
+        weights.copy_(bias.expand_as(weights))  # the mask, added to the scores by baddbmm
+        torch.baddbmm(flat, qf, kf.transpose(-2, -1), alpha=scale, out=flat)
+    torch.ops.aten._softmax.out(flat, -1, False, out=flat)
+    out = torch.bmm(flat, vf).view(*batch, L, dv)  # (*batch, L, dv)
+    return out.to(v.dtype), weights.to(q.dtype)
+
+
+# Above this size a fresh tensor is mapped anew from the OS for every call (glibc mmaps large
+# blocks and unmaps them on free), and faulting in 4 KiB pages dominated the weights path: a
+# 50 MB score matrix took 28 ms to fault in against 9 ms with transparent huge pages (measured).
+_HUGE_PAGE_BYTES = 1 << 25
+
+
+@functools.cache
+def _madvise():
+    """libc's ``madvise`` on Linux (None elsewhere, or where it cannot be found)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+
+
+def _empty_large(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``torch.empty(shape)`` on CPU; a large one is first marked for transparent huge pages
+    (``madvise(MADV_HUGEPAGE)``, a hint the kernel may ignore), so it faults in 512x fewer pages."""
+    t = torch.empty(shape, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    madvise = _madvise() if nbytes >= _HUGE_PAGE_BYTES else None
+    if madvise is not None:
+        page = 4096
+        start = (t.data_ptr() + page - 1) // page * page  # whole pages inside the block only
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t((t.data_ptr() + nbytes - start) // page * page), 14)
+    return t
+
+
+def _weights_path(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> tuple[Tensor, Tensor]:
+    """Which explicit path computes the weights: in place for CPU inference, else the reference."""
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    in_place = (
+        not needs_graph and dropout == 0.0 and q.device.type == "cpu" and q.dim() >= 3 and k.dim() >= 3
+        and (mask is None or not mask.requires_grad)
+    )
+    if in_place:
+        return _attention_math_inplace(q, k, v, mask, scale)
+    return _attention_math(q, k, v, mask, scale, dropout)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -295,7 +378,7 @@ def scaled_dot_product_attention(
         else:
             empty = None
     if return_weights:
-        out, weights = _attention_math(q, k, v, mask, scale, dropout)
+        out, weights = _weights_path(q, k, v, mask, scale, dropout)
     else:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=fast_causal, scale=scale,
@@ -303,6 +386,102 @@ def scaled_dot_product_attention(
         )
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
-        if return_weights:
-            weights = weights.masked_fill(empty, 0.0)
+        if return_weights:  # in place where no graph goes through the weights (they are ours)
+            weights = weights.masked_fill(empty, 0.0) if weights.requires_grad else weights.masked_fill_(empty, 0.0)
     return (out, weights) if return_weights else out
+
+
+# --------------------------------------------------------------------------- attention + log-sum-exp
+
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _flash_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether PyTorch's fused CPU flash-attention op takes these (already head-expanded) inputs."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _FLASH_DTYPES
+        and q.dtype == k.dtype == v.dtype
+        and q.shape[-1] == v.shape[-1]
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Repeat kv heads for grouped-query attention: ``(B, Hkv, S, d) -> (B, H, S, d)``."""
+    groups = q.shape[1] // kv.shape[1]
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
+
+
+def _reduce_kv_grad(dkv: Tensor, kv_heads: int) -> Tensor:
+    """Sum the gradients of repeated kv heads: ``(B, H, S, d) -> (B, Hkv, S, d)``."""
+    H = dkv.shape[1]
+    return dkv if H == kv_heads else dkv.unflatten(1, (kv_heads, H // kv_heads)).sum(2)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _causal_scores(s: Tensor) -> Tensor:
+    """Mask the strict upper triangle of square score blocks ``(..., L, L)`` with ``-inf``."""
+    return s.masked_fill(~torch.ones_like(s, dtype=torch.bool).tril_(), float("-inf"))
+
+
+def attention_and_lse(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Attention output and the log-sum-exp of every row's scaled scores, no mask but ``causal``.
+
+    ``q (B, H, L, d)``, ``k``/``v`` ``(B, Hkv, S, d)`` (``Hkv`` divides ``H``) ->
+    ``(out (B, H, L, dv), lse (B, H, L))``; ``lse`` is float32 (float64 for float64 inputs).
+    ``causal`` needs ``L == S`` (a diagonal block). On CPU this is PyTorch's fused
+    flash-attention op, which never materialises the scores; elsewhere (or ``dv != d``) the
+    same formula runs explicitly on one ``(L, S)`` score matrix. No autograd: see
+    :func:`attention_and_lse_backward`.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    k, v = _expand_kv(q, k), _expand_kv(q, v)
+    if _flash_ok(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse.to(_acc_dtype(q))
+    acc = _acc_dtype(q)
+    s = (q.to(acc) * scale) @ k.to(acc).transpose(-2, -1)  # (B, H, L, S)
+    if causal:
+        s = _causal_scores(s)
+    lse = s.logsumexp(-1)  # (B, H, L)
+    out = torch.exp(s - lse.unsqueeze(-1)) @ v.to(acc)  # (B, H, L, dv)
+    return out.to(q.dtype), lse
+
+
+def attention_and_lse_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *, causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`attention_and_lse` given the rows' ``out (B, H, L, dv)`` and
+    ``lse (B, H, L)`` (which may be *global*, over more keys than these: ring attention):
+    ``P = exp(s - lse)``, ``ds = P * (dout v^T - rowsum(dout * out))``.
+
+    Returns ``(dq (B, H, L, d), dk (B, Hkv, S, d), dv (B, Hkv, S, dv))``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    kv_heads = k.shape[1]
+    ke, ve = _expand_kv(q, k), _expand_kv(q, v)
+    if _flash_ok(q, ke, ve):
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, ke, ve, out, lse.float() if q.dtype != torch.float64 else lse, 0.0, causal, scale=scale
+        )
+    else:
+        acc = _acc_dtype(q)
+        qa, ka, va, do = q.to(acc), ke.to(acc), ve.to(acc), dout.to(acc)
+        s = (qa * scale) @ ka.transpose(-2, -1)  # (B, H, L, S)
+        if causal:
+            s = _causal_scores(s)
+        p = torch.exp(s - lse.to(acc).unsqueeze(-1))  # (B, H, L, S)
+        dv = p.transpose(-2, -1) @ do  # (B, H, S, dv)
+        dp = do @ va.transpose(-2, -1)  # (B, H, L, S)
+        delta = (do * out.to(acc)).sum(-1, keepdim=True)  # (B, H, L, 1)
+        ds = p * (dp - delta) * scale
+        dq, dk = ds @ ka, ds.transpose(-2, -1) @ qa
+        dq, dk, dv = dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
+    return dq, _reduce_kv_grad(dk, kv_heads), _reduce_kv_grad(dv, kv_heads)

@@ -16,7 +16,7 @@ Attention scores are ``q·k / sqrt(d_k)`` with ``d_k`` the head dimension (the s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention import KVCache, MultiHeadAttention
+from attnkit.varlen import varlen_attention
 
 __all__ = [
     "TransformerConfig",
@@ -31,11 +32,13 @@ __all__ = [
     "RotaryEmbedding",
     "Embeddings",
     "FeedForward",
+    "LayerSettings",
     "EncoderLayer",
     "DecoderLayer",
     "Encoder",
     "Decoder",
     "DecoderCache",
+    "PackedWorkspace",
 ]
 
 ACTIVATIONS = ("relu", "gelu")
@@ -277,37 +280,93 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(h))  # (B, L, E)
 
 
+@dataclass(frozen=True)
+class LayerSettings:
+    """What every layer of a stack shares: sizes, activation, norm placement, dropout.
+
+    ``kv_heads`` < ``num_heads`` gives grouped-query attention; ``norm_first`` is pre-LN;
+    ``bias=False`` means no bias parameters anywhere (linears and LayerNorms).
+    """
+
+    embed_dim: int
+    num_heads: int
+    ff_dim: int
+    kv_heads: int | None = None
+    dropout: float = 0.1
+    activation: str = "relu"
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-5
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0 or self.num_heads <= 0 or self.ff_dim <= 0:
+            raise ValueError(
+                f"LayerSettings needs positive sizes, got embed_dim={self.embed_dim}, "
+                f"num_heads={self.num_heads}, ff_dim={self.ff_dim}"
+            )
+        _check_activation(self.activation)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_config(cls, config: TransformerConfig) -> LayerSettings:
+        """The layers of a :class:`TransformerConfig` (encoder and decoder share them)."""
+        c = config
+        return cls(c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
+                   activation=c.activation, norm_first=c.norm_first)
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) -> LayerSettings:
+        """The settings of a ``torch.nn`` Transformer layer (its sizes, dropout, norms, activation)."""
+        return cls(
+            layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features,
+            dropout=layer.dropout.p, activation=_torch_activation(layer), norm_first=layer.norm_first,
+            layer_norm_eps=layer.norm1.eps, bias=layer.linear1.bias is not None,
+        )
+
+    def attention(self, rotary: nn.Module | None = None, sequence_parallel: object = None,
+                  sequence_layout: str = "contiguous") -> MultiHeadAttention:
+        """A :class:`MultiHeadAttention` of these sizes."""
+        return MultiHeadAttention(
+            self.embed_dim, self.num_heads, kv_heads=self.kv_heads, bias=self.bias, dropout=self.dropout,
+            rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout,
+        )
+
+    def norm(self) -> nn.LayerNorm:
+        return nn.LayerNorm(self.embed_dim, eps=self.layer_norm_eps, bias=self.bias)
+
+    def feed_forward(self) -> FeedForward:
+        return FeedForward(self.embed_dim, self.ff_dim, activation=self.activation, dropout=self.dropout,
+                           bias=self.bias)
+
+
 class EncoderLayer(nn.Module):
     """Self-attention + feed-forward, each with a residual; post-LN or pre-LN (``norm_first``).
 
     Submodules mirror ``nn.TransformerEncoderLayer``: ``self_attn``, ``ff.linear1``,
     ``ff.linear2``, ``norm1``, ``norm2``. ``rotary`` (a :class:`RotaryEmbedding`) rotates the
-    self-attention queries/keys.
+    self-attention queries/keys; ``sequence_parallel``/``sequence_layout`` make the
+    self-attention ring attention (see :class:`MultiHeadAttention`).
+
+    :meth:`forward` takes a padded batch ``(B, S, E)``; :meth:`forward_packed` the same layer on a
+    packed stream of real tokens ``(N, E)``.
     """
 
     def __init__(
         self,
-        embed_dim: int,
-        num_heads: int,
-        ff_dim: int,
+        settings: LayerSettings,
         *,
-        kv_heads: int | None = None,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
         rotary: nn.Module | None = None,
+        sequence_parallel: object = None,
+        sequence_layout: str = "contiguous",
     ) -> None:
         super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
-        self.self_attn.rotary = rotary
-        self.ff = FeedForward(embed_dim, ff_dim, activation=activation, dropout=dropout, bias=bias)
-        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.norm_first = settings.norm_first
+        self.self_attn = settings.attention(rotary, sequence_parallel, sequence_layout)
+        self.ff = settings.feed_forward()
+        self.norm1, self.norm2 = settings.norm(), settings.norm()
+        self.dropout1 = nn.Dropout(settings.dropout)
+        self.dropout2 = nn.Dropout(settings.dropout)
 
     def _sa(self, x: Tensor, key_mask: Tensor | None, attn_mask: Tensor | None, need_weights: bool):
         out, w = self.self_attn(x, key_mask=key_mask, attn_mask=attn_mask, need_weights=need_weights)
@@ -333,6 +392,115 @@ class EncoderLayer(nn.Module):
             x = self.norm2(x + self.dropout2(self.ff(x)))
         return x, w
 
+    def forward_packed(
+        self, x: Tensor, lengths: Sequence[int], workspace: PackedWorkspace | None = None
+    ) -> Tensor:
+        """The same layer on a packed stream: ``x (N, E)`` holds sequences of ``lengths`` back
+        to back (``sum(lengths) == N``) -> ``(N, E)``.
+
+        The linears, norms and feed-forward see only the N real tokens; attention runs once
+        per run of equal-length sequences (:func:`attnkit.varlen.varlen_attention`), so no
+        padding is computed. With a ``workspace`` (inference only) every step writes into its
+        reused buffers, and the result is its buffer ``"x0"``, which the next call overwrites.
+        Rotary positions, ring attention and attention dropout in training are not available
+        here (``ValueError``).
+        """
+        attn = self.self_attn
+        unsupported = {
+            "rotary positions": attn.rotary is not None,
+            "sequence_parallel": attn.sequence_parallel not in (None, False),
+            f"attention dropout {attn.dropout} in training": self.training and attn.dropout > 0.0,
+        }
+        bad = [name for name, present in unsupported.items() if present]
+        if bad:
+            raise ValueError(f"EncoderLayer.forward_packed does not support: {', '.join(bad)}")
+        if x.dim() != 2 or x.shape[1] != attn.embed_dim or x.shape[0] != sum(lengths):
+            raise ValueError(
+                f"forward_packed needs x (N, {attn.embed_dim}) with N = sum(lengths) = {sum(lengths)}, "
+                f"got {tuple(x.shape)}"
+            )
+        ws = workspace
+        if self.norm_first:  # x = x + attn(norm1(x));  x = x + ff(norm2(x))
+            x = self._attend_packed(_layer_norm(x, self.norm1, ws, "x1"), lengths, ws).add_(x)  # in "proj"
+            return self._ff_packed(_layer_norm(x, self.norm2, ws, "x1"), ws, "x0").add_(x)
+        # post-LN: x = norm1(x + attn(x));  x = norm2(x + ff(x))
+        x = _layer_norm(self._attend_packed(x, lengths, ws).add_(x), self.norm1, ws, "x1")
+        return _layer_norm(self._ff_packed(x, ws, "proj").add_(x), self.norm2, ws, "x0")
+
+    def _attend_packed(self, x: Tensor, lengths: Sequence[int], ws: PackedWorkspace | None) -> Tensor:
+        """``dropout1(out_proj(varlen attention(q, k, v)))`` of packed ``x (N, E)``, in buffer ``"proj"``."""
+        attn = self.self_attn
+        N, E = x.shape
+        w, b = ws.qkv_weight(attn) if ws is not None else attn.qkv_weight()
+        q, k, v = attn.split_qkv(_linear(x, w, b, ws, "qkv"))  # (N, H, d), (N, Hkv, d) x2: one matmul
+        out = None if ws is None else ws.take("attn", (N, attn.num_heads, attn.head_dim), x)
+        o = varlen_attention(q, k, v, lengths, out=out)  # (N, H, d)
+        return self.dropout1(_linear(o.view(N, E), attn.out_proj.weight, attn.out_proj.bias, ws, "proj"))
+
+    def _ff_packed(self, x: Tensor, ws: PackedWorkspace | None, name: str) -> Tensor:
+        """``dropout2(ff(x))`` of packed ``x (N, E)``, in buffer ``name``."""
+        ff = self.ff
+        h = _linear(x, ff.linear1.weight, ff.linear1.bias, ws, "ff")  # (N, ff_dim)
+        if ws is None:
+            h = F.relu(h) if ff.activation == "relu" else F.gelu(h)
+        else:
+            h = h.relu_() if ff.activation == "relu" else torch.ops.aten.gelu_(h)
+        return self.dropout2(_linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias, ws, name))
+
+
+class PackedWorkspace:
+    """Buffers a packed pass (:meth:`EncoderLayer.forward_packed`) reuses from batch to batch,
+    inference only.
+
+    Every step writes into a named buffer kept here (grown to the largest batch seen) instead
+    of a fresh tensor, and each attention's stacked q/k/v weights are concatenated once.
+    Fresh multi-megabyte tensors per layer cost page faults whenever the C allocator hands
+    freed memory back to the OS between batches: ~200,000 minor faults per pass over the
+    embedding benchmark's corpus, and pass times varying by 30% (measured; gone with the
+    workspace). Valid for one model whose weights do not change while it is in use.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+        self._qkv: dict[MultiHeadAttention, tuple[Tensor, Tensor | None]] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous ``shape`` view of buffer ``name`` (dtype and device of ``like``)."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = like.new_empty(n)
+        return buf[:n].view(shape)
+
+    def qkv_weight(self, attn: MultiHeadAttention) -> tuple[Tensor, Tensor | None]:
+        """``attn.qkv_weight()``, stacked on first use and kept."""
+        if attn not in self._qkv:
+            self._qkv[attn] = attn.qkv_weight()
+        return self._qkv[attn]
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, name: str) -> Tensor:
+        """``x @ weight.T + bias`` for ``x (N, in)``, into buffer ``name``."""
+        out = self.take(name, (x.shape[0], weight.shape[0]), x)
+        return torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
+
+    def layer_norm(self, x: Tensor, norm: nn.LayerNorm, name: str) -> Tensor:
+        """``norm(x)`` for ``x (N, E)``, into buffer ``name``."""
+        N = x.shape[0]
+        out = self.take(name, tuple(x.shape), x)
+        # mean and 1/std, which inference does not need: float32 for bfloat16 x with float32 weights
+        stats = self.take("norm_stats", (2, N, 1), x if norm.weight is None or norm.weight.dtype == x.dtype else norm.weight)
+        torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
+                                             out0=out, out1=stats[0], out2=stats[1])
+        return out
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, ws: PackedWorkspace | None, name: str) -> Tensor:
+    return F.linear(x, weight, bias) if ws is None else ws.linear(x, weight, bias, name)
+
+
+def _layer_norm(x: Tensor, norm: nn.LayerNorm, ws: PackedWorkspace | None, name: str) -> Tensor:
+    return norm(x) if ws is None else ws.layer_norm(x, norm, name)
+
 
 class DecoderLayer(nn.Module):
     """Causal self-attention, cross-attention over the encoder output, feed-forward.
@@ -343,32 +511,16 @@ class DecoderLayer(nn.Module):
     projected once into ``cross_cache``.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        ff_dim: int,
-        *,
-        kv_heads: int | None = None,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        rotary: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, settings: LayerSettings, *, rotary: nn.Module | None = None) -> None:
         super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
-        self.self_attn.rotary = rotary
-        self.cross_attn = MultiHeadAttention(embed_dim, num_heads, kv_heads=kv_heads, bias=bias, dropout=dropout)
-        self.ff = FeedForward(embed_dim, ff_dim, activation=activation, dropout=dropout, bias=bias)
-        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
-        self.norm3 = nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.norm_first = settings.norm_first
+        self.self_attn = settings.attention(rotary)
+        self.cross_attn = settings.attention()
+        self.ff = settings.feed_forward()
+        self.norm1, self.norm2, self.norm3 = settings.norm(), settings.norm(), settings.norm()
+        self.dropout1 = nn.Dropout(settings.dropout)
+        self.dropout2 = nn.Dropout(settings.dropout)
+        self.dropout3 = nn.Dropout(settings.dropout)
 
     def _sa(self, y, key_mask, need_weights, cache):
         out, w = self.self_attn(y, key_mask=key_mask, causal=True, need_weights=need_weights, cache=cache)
@@ -433,45 +585,34 @@ def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm) -> None:
         dst.bias.copy_(src.bias)
 
 
-def _layer_kwargs(layer: nn.Module) -> dict:
-    return dict(
-        dropout=layer.dropout.p,
-        activation=_torch_activation(layer),
-        norm_first=layer.norm_first,
-        layer_norm_eps=layer.norm1.eps,
-        bias=layer.linear1.bias is not None,
-    )
-
-
 # --------------------------------------------------------------------------- stacks
 
 
-def _final_norm(final_norm: bool | None, norm_first: bool, embed_dim: int, eps: float, bias: bool):
-    use = norm_first if final_norm is None else final_norm
-    return nn.LayerNorm(embed_dim, eps=eps, bias=bias) if use else None
+def _final_norm(final_norm: bool | None, settings: LayerSettings) -> nn.LayerNorm | None:
+    use = settings.norm_first if final_norm is None else final_norm
+    return settings.norm() if use else None
 
 
-def _stack_from_torch(cls: type, m: nn.Module, torch_type: type, copy_extra: Callable) -> nn.Module:
-    """Shared body of ``Encoder.from_torch``/``Decoder.from_torch``: build the stack with the
-    torch module's sizes, copy self-attention, feed-forward and norms layer by layer (plus
-    ``copy_extra(ours, theirs)`` for what only decoders have) and the optional final norm."""
+def _torch_stack_settings(cls: type, m: nn.Module, torch_type: type) -> LayerSettings:
+    """Check that ``m`` is a non-empty ``torch_type`` stack; the settings of its layers."""
     if not isinstance(m, torch_type):
         raise ValueError(f"{cls.__name__}.from_torch expects nn.{torch_type.__name__}, got {type(m).__name__}")
     if len(m.layers) == 0:
         raise ValueError(f"nn.{torch_type.__name__} has no layers")
-    first = m.layers[0]
-    sa = first.self_attn
-    new = cls(
-        len(m.layers), sa.embed_dim, sa.num_heads, first.linear1.out_features,
-        final_norm=m.norm is not None, **_layer_kwargs(first),
-    )
+    return LayerSettings.from_torch(m.layers[0])
+
+
+def _copy_torch_stack(new: nn.Module, m: nn.Module, copy_extra: Callable) -> nn.Module:
+    """Shared body of ``Encoder.from_torch``/``Decoder.from_torch``: copy self-attention,
+    feed-forward and norms layer by layer (plus ``copy_extra(ours, theirs)`` for what only
+    decoders have) and the optional final norm into the freshly built stack ``new``."""
     if m.norm is not None:
         new.norm.eps = m.norm.eps
-    p = first.linear1.weight
+    p = m.layers[0].linear1.weight
     new = new.to(device=p.device, dtype=p.dtype)
     with torch.no_grad():
         for ours, theirs in zip(new.layers, m.layers, strict=True):
-            ours.self_attn = MultiHeadAttention.from_torch(theirs.self_attn)
+            ours.self_attn.load_state_dict(MultiHeadAttention.from_torch(theirs.self_attn).state_dict())
             _copy_linear(ours.ff.linear1, theirs.linear1)
             _copy_linear(ours.ff.linear2, theirs.linear2)
             _copy_norm(ours.norm1, theirs.norm1)
@@ -483,30 +624,23 @@ def _stack_from_torch(cls: type, m: nn.Module, torch_type: type, copy_extra: Cal
 
 
 class Encoder(nn.Module):
-    """A stack of :class:`EncoderLayer` with an optional final LayerNorm (``norm``).
+    """A stack of ``num_layers`` :class:`EncoderLayer` with an optional final LayerNorm (``norm``).
 
     ``final_norm=None`` adds it for pre-LN stacks only; ``nn.Transformer`` always has one.
     ``forward(x (B, S, E), *, key_mask=None, need_weights=False)`` ->
     ``(hidden (B, S, E), [per-layer (B, H, S, S)] | None)``.
 
-    ``sequence_parallel=group`` (or :meth:`set_sequence_parallel`) runs every self-attention as
-    ring attention: ``x`` is then this rank's shard ``(B, S/P, E)`` of the sequence (see
-    :func:`attnkit.distributed.shard`); everything else in a layer is per token.
+    ``sequence_parallel=group`` (a process group, or ``True`` for the default one) runs every
+    self-attention as ring attention: ``x`` is then this rank's shard ``(B, S/P, E)`` of the
+    sequence, cut in ``sequence_layout`` (see :func:`attnkit.distributed.shard`); everything else
+    in a layer is per token.
     """
 
     def __init__(
         self,
         num_layers: int,
-        embed_dim: int,
-        num_heads: int,
-        ff_dim: int,
+        settings: LayerSettings,
         *,
-        kv_heads: int | None = None,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
         final_norm: bool | None = None,
         rotary: nn.Module | None = None,
         sequence_parallel: object = None,
@@ -516,33 +650,15 @@ class Encoder(nn.Module):
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                embed_dim, num_heads, ff_dim, kv_heads=kv_heads, dropout=dropout, activation=activation,
-                norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, rotary=rotary,
-            )
+            EncoderLayer(settings, rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
             for _ in range(num_layers)
         )
-        self.norm = _final_norm(final_norm, norm_first, embed_dim, layer_norm_eps, bias)
-        if sequence_parallel not in (None, False):
-            self.set_sequence_parallel(sequence_parallel, sequence_layout)
-
-    def set_sequence_parallel(self, group: object = True, layout: str = "contiguous") -> Encoder:
-        """Shard the sequence over ``group`` (a process group, ``True`` = the default one,
-        ``None`` = off) with ring attention in every layer, ``layout`` "contiguous" or "zigzag"."""
-        if layout not in ("contiguous", "zigzag"):
-            raise ValueError(f"sequence layout must be 'contiguous' or 'zigzag', got {layout!r}")
-        for layer in self.layers:
-            layer.self_attn.sequence_parallel, layer.self_attn.sequence_layout = group, layout
-        return self
+        self.norm = _final_norm(final_norm, settings)
 
     @classmethod
     def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Encoder:
         """The encoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
-        c = config
-        return cls(
-            c.num_encoder_layers, c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
-            activation=c.activation, norm_first=c.norm_first, final_norm=True, rotary=rotary,
-        )
+        return cls(config.num_encoder_layers, LayerSettings.from_config(config), final_norm=True, rotary=rotary)
 
     def forward(
         self, x: Tensor, *, key_mask: Tensor | None = None, need_weights: bool = False
@@ -557,10 +673,16 @@ class Encoder(nn.Module):
         return x, weights
 
     @classmethod
-    def from_torch(cls, m: nn.TransformerEncoder) -> Encoder:
+    def from_torch(
+        cls, m: nn.TransformerEncoder, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
+    ) -> Encoder:
         """Exact weight import from ``nn.TransformerEncoder`` (post-LN or ``norm_first``,
-        ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
-        return _stack_from_torch(cls, m, nn.TransformerEncoder, lambda ours, theirs: None)
+        ReLU or GELU, with or without the final norm, ``batch_first`` either way), optionally
+        run sequence-parallel (as in the constructor)."""
+        settings = _torch_stack_settings(cls, m, nn.TransformerEncoder)
+        new = cls(len(m.layers), settings, final_norm=m.norm is not None, sequence_parallel=sequence_parallel,
+                  sequence_layout=sequence_layout)
+        return _copy_torch_stack(new, m, lambda ours, theirs: None)
 
 
 class DecoderCache:
@@ -596,41 +718,19 @@ class Decoder(nn.Module):
     """
 
     def __init__(
-        self,
-        num_layers: int,
-        embed_dim: int,
-        num_heads: int,
-        ff_dim: int,
-        *,
-        kv_heads: int | None = None,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        final_norm: bool | None = None,
+        self, num_layers: int, settings: LayerSettings, *, final_norm: bool | None = None,
         rotary: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if num_layers <= 0:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                embed_dim, num_heads, ff_dim, kv_heads=kv_heads, dropout=dropout, activation=activation,
-                norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, rotary=rotary,
-            )
-            for _ in range(num_layers)
-        )
-        self.norm = _final_norm(final_norm, norm_first, embed_dim, layer_norm_eps, bias)
+        self.layers = nn.ModuleList(DecoderLayer(settings, rotary=rotary) for _ in range(num_layers))
+        self.norm = _final_norm(final_norm, settings)
 
     @classmethod
     def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Decoder:
         """The decoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
-        c = config
-        return cls(
-            c.num_decoder_layers, c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
-            activation=c.activation, norm_first=c.norm_first, final_norm=True, rotary=rotary,
-        )
+        return cls(config.num_decoder_layers, LayerSettings.from_config(config), final_norm=True, rotary=rotary)
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for step-by-step decoding (pass it as ``cache=``)."""
@@ -674,7 +774,9 @@ class Decoder(nn.Module):
         ReLU or GELU, with or without the final norm, ``batch_first`` either way)."""
 
         def copy_cross(ours: DecoderLayer, theirs: nn.TransformerDecoderLayer) -> None:
-            ours.cross_attn = MultiHeadAttention.from_torch(theirs.multihead_attn)
+            ours.cross_attn.load_state_dict(MultiHeadAttention.from_torch(theirs.multihead_attn).state_dict())
             _copy_norm(ours.norm3, theirs.norm3)
 
-        return _stack_from_torch(cls, m, nn.TransformerDecoder, copy_cross)
+        settings = _torch_stack_settings(cls, m, nn.TransformerDecoder)
+        new = cls(len(m.layers), settings, final_norm=m.norm is not None)
+        return _copy_torch_stack(new, m, copy_cross)

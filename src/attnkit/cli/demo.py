@@ -188,7 +188,7 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
 
 def write_minilm(out: Path, console: Any, sentence: str = SENTENCE) -> tuple[Any, list[str]]:
     """The MiniLM explorer for ``sentence`` and the "flies" comparison (table + plot)."""
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
     from attnkit.viz import explore
     from attnkit.viz.contextual import similarity_table
 
@@ -202,7 +202,7 @@ def write_minilm(out: Path, console: Any, sentence: str = SENTENCE) -> tuple[Any
 def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: Any = None,
              plan: DemoPlan | None = None) -> Path:
     """Run the whole tour into ``out`` and return the path of its ``index.html``."""
-    from attnkit.models.bert import resolve_model_folder
+    from attnkit.models.sentence_encoder import resolve_model_folder
 
     console = console or default_console
     plan = plan or (DemoPlan.quick() if quick else DemoPlan())

@@ -16,7 +16,7 @@ EMBED_FORMATS = (".npy", ".jsonl")
 
 def embed_file(
     input_path: str | Path, out_path: str | Path, *, model: str | Path = "all-MiniLM-L6-v2", batch_size: int = 32,
-    progress: bool = True,
+    progress: bool = True, dtype: str = "auto",
 ) -> tuple[int, int, int]:
     """Embed every line of a UTF-8 text file (empty lines included, so row ``i`` is line ``i``).
 
@@ -26,7 +26,7 @@ def embed_file(
     import numpy as np
 
     from attnkit.io import atomic_open
-    from attnkit.models.bert import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     input_path, out_path = Path(input_path), Path(out_path)
     if out_path.suffix not in EMBED_FORMATS:
@@ -45,7 +45,7 @@ def embed_file(
         raise FileNotFoundError(f"output folder {out_path.parent} does not exist")
     encoder = SentenceEncoder.from_pretrained(model)
     ids, _, cut = encoder.tokenize(texts)
-    emb = encoder.embed_ids(ids, batch_size=batch_size, progress=progress).numpy()  # (n, E) float32
+    emb = encoder.embed_ids(ids, batch_size=batch_size, progress=progress, dtype=dtype).numpy()  # (n, E) float32
     with atomic_open(out_path) as f:
         if out_path.suffix == ".npy":
             np.save(f, emb)
@@ -62,10 +62,12 @@ def embed(
     model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers BERT folder or known name"),
     batch_size: int = typer.Option(32, "--batch-size", help="texts per batch on the padded path"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    dtype: str = typer.Option("auto", "--dtype", help="compute dtype: auto (bfloat16 where the CPU has native "
+                              "bfloat16 matmul, else float32), float32 or bfloat16; the output is float32"),
 ) -> None:
     """Embed each line of INPUT.txt with a pretrained sentence encoder (packed: no compute on padding)."""
     try:
-        n, cut, dim = embed_file(input_file, out, model=model, batch_size=batch_size, progress=not quiet)
+        n, cut, dim = embed_file(input_file, out, model=model, batch_size=batch_size, progress=not quiet, dtype=dtype)
     except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:  # a full disk, a permission: the output was not written

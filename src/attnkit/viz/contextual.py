@@ -80,7 +80,7 @@ def contextual_similarity(
     if len(sentences) != 2:
         raise ValueError(f"need exactly two sentences to compare, got {len(sentences)}")
     if encoder is None:
-        from attnkit.models.bert import SentenceEncoder
+        from attnkit.models.sentence_encoder import SentenceEncoder
 
         encoder = SentenceEncoder.from_pretrained()
     bert = encoder.encoder
