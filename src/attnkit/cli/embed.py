@@ -253,20 +253,23 @@ def embed_file(
     return summary
 
 
+def _kept(job: Any) -> str:
+    """'the 3 finished chunks of 16 are kept in OUT.parts'."""
+    kept = len(job.finished()) if job.parts.is_dir() else 0
+    what = "finished chunk" + ("" if kept == 1 else "s")
+    return f"the {kept} {what} of {job.index.chunks} {'is' if kept == 1 else 'are'} kept in {job.parts}"
+
+
 def _write_failed(exc: OSError, job: Any, ranks: Any, *, assembling: bool = False) -> str:
     """The one line for a failed write (a full disk, a permission): what was kept, how to go on."""
     where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
     what = f"writing {job.out}" if assembling else "writing a chunk"
-    kept = len(job.finished()) if job.parts.is_dir() else 0
     return (f"{ranks.name + ': ' if ranks.distributed else ''}{what} failed{where}: {exc.strerror or exc}; "
-            f"the {kept} finished chunks of {job.index.chunks} are kept in {job.parts}: free the space (or fix the "
-            f"cause) and run the same command with --resume")
+            f"{_kept(job)}: free the space (or fix the cause) and run the same command with --resume")
 
 
 def _stopped_hint(job: Any) -> str:
-    kept = len(job.finished())
-    return (f"; the {kept} finished chunks of {job.index.chunks} are kept in {job.parts}: run the same command "
-            f"with --resume (on any number of processes) to finish")
+    return f"; {_kept(job)}: run the same command with --resume (on any number of processes) to finish"
 
 
 def _embed_one_chunk(input_path: Path, job: Any, k: int, encoder: Any, fmt: Any, *, dtype: str | None,
@@ -377,7 +380,7 @@ def embed(
     if s.rank != 0:
         return
     if not s.lines and s.note:
-        console.print(s.note, highlight=False)
+        console.print(s.note, highlight=False, soft_wrap=True)
         return
     notes = [f"{s.dim} dims"]
     if s.truncated:
@@ -388,4 +391,4 @@ def embed(
         listed = ", ".join(str(x[0]) for x in s.skipped[:5]) + (", ..." if len(s.skipped) > 5 else "")
         notes.append(f"{len(s.skipped)} bad lines skipped ({listed}; listed in "
                      f"{Path(out).with_suffix('.skipped.jsonl').name})")
-    console.print(f"embedded {s.lines} lines ({', '.join(notes)}) -> {out}", highlight=False)
+    console.print(f"embedded {s.lines} lines ({', '.join(notes)}) -> {out}", highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ chunks, in input order, into ``OUT`` (and the sidecars ``OUT``'s stem ``.ids.jso
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -101,8 +102,12 @@ class Job:
         return done
 
     def clean_temp_files(self) -> None:
-        """Remove the temp files a killed writer left (only when no other writer runs)."""
-        for p in self.parts.glob(".chunk-*.tmp"):
+        """Remove the temp files a killed writer left: of chunks in the work folder, and of the
+        output and its sidecars beside it (call it only when no writer of this job runs)."""
+        stale = list(self.parts.glob(".chunk-*.tmp"))
+        for target in outputs_of(self.out, ids=True):
+            stale += target.parent.glob(f".{glob.escape(target.name)}.*.tmp")
+        for p in stale:
             p.unlink(missing_ok=True)
 
 
