@@ -202,7 +202,7 @@ def embed_file(
     (or ``ids``, whose field defaults to ``"text"``) reads JSON lines. A bad line (not UTF-8,
     not such a JSON object) stops the job before anything is embedded, or with ``skip_bad`` keeps
     its row (zeros in ``.npy``, ``"embedding": null`` in ``.jsonl``) and is listed in
-    ``<stem>.skipped.jsonl``. ``resume`` continues the unfinished job of ``OUT`` (refused when
+    ``OUT.skipped.jsonl``. ``resume`` continues the unfinished job of ``OUT`` (refused when
     the input, model, dtype or output differ); without it an existing output is an error unless
     ``overwrite``. Under ``torchrun`` each rank embeds its share and rank 0 writes ``OUT``;
     ``threads`` defaults to cores ÷ local ranks there. ``dtype`` is passed to ``embed_ids``
@@ -361,9 +361,9 @@ def embed(
     field: str = typer.Option(None, "--field", help="read JSON lines and embed this field of each object "
                               "[default with --ids: text]"),
     ids: bool = typer.Option(False, "--ids", help='read JSON lines {"id": ..., "text": ...} and keep each id '
-                             "(in .jsonl rows; beside a .npy in <stem>.ids.jsonl)"),
+                             "(in .jsonl rows; beside a .npy in OUT.ids.jsonl)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip lines that are not UTF-8 (or not such JSON "
-                                  "objects): their row stays, zero / null, listed in <stem>.skipped.jsonl"),
+                                  "objects): their row stays, zero / null, listed in OUT.skipped.jsonl"),
     resume: bool = typer.Option(False, "--resume", help="finish the unfinished job of --out (after a kill, a full "
                                 "disk, on any number of processes)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out (discarding an unfinished "
@@ -389,6 +389,5 @@ def embed(
         notes.append(f"{s.resumed} of {s.chunks} chunks from before")
     if s.skipped:
         listed = ", ".join(str(x[0]) for x in s.skipped[:5]) + (", ..." if len(s.skipped) > 5 else "")
-        notes.append(f"{len(s.skipped)} bad lines skipped ({listed}; listed in "
-                     f"{Path(out).with_suffix('.skipped.jsonl').name})")
+        notes.append(f"{len(s.skipped)} bad lines skipped ({listed}; listed in {Path(out).name}.skipped.jsonl)")
     console.print(f"embedded {s.lines} lines ({', '.join(notes)}) -> {out}", highlight=False, soft_wrap=True)

@@ -13,8 +13,8 @@ Beside the output ``OUT`` lives ``OUT.parts/`` until the job is done::
 Every file is written with :mod:`attnkit.io` (temp file, fsync, rename, folder fsync), so a
 kill leaves each file complete or absent. A chunk counts as finished when its record exists and
 its rows file has the recorded size; :func:`assemble` checks every SHA-256 while it copies the
-chunks, in input order, into ``OUT`` (and the sidecars ``OUT``'s stem ``.ids.jsonl`` /
-``.skipped.jsonl``), renames it into place last, and then removes the folder.
+chunks, in input order, into ``OUT`` (and the sidecars ``OUT.ids.jsonl`` /
+``OUT.skipped.jsonl``), renames it into place last, and then removes the folder.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def parts_dir(out: Path) -> Path:
 
 
 def outputs_of(out: Path, *, ids: bool) -> list[Path]:
-    """Every file a finished job may write: ``out``, and beside it ``<stem>.skipped.jsonl`` (the
-    skipped lines, when there are any) and, for ``.npy`` with ids, ``<stem>.ids.jsonl``."""
-    extra = [out.with_suffix(".ids.jsonl")] if ids and out.suffix == ".npy" else []
-    return [out, *extra, out.with_suffix(".skipped.jsonl")]
+    """Every file a finished job may write: ``out``, and beside it ``out`` + ``.skipped.jsonl``
+    (the skipped lines, when there are any) and, for ``.npy`` with ids, ``out`` + ``.ids.jsonl``."""
+    extra = [out.with_name(out.name + ".ids.jsonl")] if ids and out.suffix == ".npy" else []
+    return [out, *extra, out.with_name(out.name + ".skipped.jsonl")]
 
 
 def model_fingerprint(folder: Path) -> str:
