@@ -126,7 +126,7 @@ def test_embed_chunk_equals_one_embed_ids_call_bit_for_bit(encoder, monkeypatch)
         seen: list[int] = []
         out, tokens, c = embed_mod.embed_chunk(encoder, texts, on_group=lambda n, t, seen=seen: seen.append(n))
         assert np.array_equal(out, ref) and (tokens, c) == (sum(map(len, ids)), cut) and cut == 2
-        assert sum(seen) == len(texts) and (len(seen) > 10) == (group < 1000)
+        assert sum(seen) == len(texts) and (len(seen) > 5) == (group < 1000)
 
 
 def test_streamed_npy_is_byte_identical_to_a_one_shot_save(tmp_path, tiny, encoder) -> None:
@@ -370,7 +370,9 @@ def _heartbeat_rank(rank: int, world: int, port: int, scenario: str, report: str
     from attnkit.training.ddp import PeerLostError
 
     init_group(rank, world, port, timeout_s=30)
-    beat = Heartbeat(Ranks(rank, world, world), interval=0.05).start()
+    import torch.distributed as dist
+
+    beat = Heartbeat(Ranks(rank, world, world, None, dist.new_group(backend="gloo")), interval=0.05).start()
     if rank == 1:
         time.sleep(0.3)
         if scenario == "dies":

@@ -209,7 +209,7 @@ def embed_file(
     (None: its default); ``encoder`` is an already loaded :class:`SentenceEncoder` of ``model``.
     """
     from attnkit.cli import corpus, embed_job
-    from attnkit.cli.embed_ranks import Heartbeat, join
+    from attnkit.cli.embed_ranks import join
 
     input_path, out_path = Path(input_path), Path(out_path)
     _check_arguments(input_path, out_path, batch_size=batch_size, chunk_lines=chunk_lines, float16=float16)
@@ -239,7 +239,7 @@ def embed_file(
                                resumed=plan["resumed"], note=plan["note"], rank=ranks.rank)
         mine = plan["pending"][ranks.rank :: ranks.world]
         _run_chunks(input_path, job, encoder, mine, plan["lines_done"], summary, ranks, dtype=dtype, fmt=fmt,
-                    progress=progress, heartbeat_cls=Heartbeat)
+                    progress=progress)
         if ranks.rank != 0:
             return summary
         records = job.finished()
@@ -297,10 +297,11 @@ def _embed_one_chunk(input_path: Path, job: Any, k: int, encoder: Any, fmt: Any,
 
 
 def _run_chunks(input_path: Path, job: Any, encoder: Any, mine: list[int], lines_done: int, summary: EmbedSummary,
-                ranks: Any, *, dtype: str | None, fmt: Any, progress: bool, heartbeat_cls: Any) -> None:
+                ranks: Any, *, dtype: str | None, fmt: Any, progress: bool) -> None:
     """Embed and write this rank's chunks ``mine``, with the progress bar and (under torchrun) the
     heartbeat; a failure becomes one line that says what is kept."""
     from attnkit.cli import embed_job
+    from attnkit.cli.embed_ranks import Heartbeat
     from attnkit.progress import progress_bar
     from attnkit.training.ddp import PeerLostError
 
@@ -313,7 +314,7 @@ def _run_chunks(input_path: Path, job: Any, encoder: Any, mine: list[int], lines
                       fields={"tokens": "-"}, rate="lines", eta=True) as bar:
         beat = None
         if ranks.distributed:
-            beat = heartbeat_cls(ranks, on_totals=lambda lines, tokens: bar.update(
+            beat = Heartbeat(ranks, on_totals=lambda lines, tokens: bar.update(
                 completed=lines_done + lines, tokens=tokens_field(tokens))).start()
 
         def on_group(lines: int, tokens: int) -> None:

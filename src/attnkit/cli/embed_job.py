@@ -188,9 +188,7 @@ def prepare(out: Path, identity: dict[str, Any], names: dict[str, str], *, resum
         if chunk_lines is not None and chunk_lines != index.chunk_lines:
             raise ValueError(f"cannot resume {out} with --chunk-lines {chunk_lines}: the job was started with "
                              f"--chunk-lines {index.chunk_lines} (leave it out to resume)")
-        job = Job(out, manifest, index)
-        done = len(job.finished())
-        return job, f"resuming: {done} of {index.chunks} chunks were finished"
+        return Job(out, manifest, index), ""
     if resume and not overwrite and out.exists():
         return None, f"{out} is already complete (no unfinished job in {parts}); nothing to resume"
     if not overwrite:
@@ -264,8 +262,9 @@ def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0
     else:
         with atomic_open(path) as f:
             w = _HashingWriter(f)
-            for i, (row, vec) in enumerate(zip(chunk.rows, chunk.embeddings.tolist(), strict=True)):
-                w.write(_json_line(row, vec, ids=ids, line=first + i + 1))
+            # one row of Python floats at a time: a whole chunk of them would take 6x the array's memory
+            for i, (row, vec) in enumerate(zip(chunk.rows, chunk.embeddings, strict=True)):
+                w.write(_json_line(row, vec.tolist(), ids=ids, line=first + i + 1))
         payload = w.sha.hexdigest()
     skipped = [[first + i + 1, r.bad, r.id] for i, r in enumerate(chunk.rows) if r.bad is not None]
     record = {"chunk": chunk.k, "first_line": first + 1, "lines": count, "dim": int(chunk.embeddings.shape[1]),

@@ -36,12 +36,14 @@ def default_threads(local_world: int) -> int | None:
 @dataclass
 class Ranks:
     """This process's place in the job: ``rank`` of ``world`` (``local_world`` on this machine),
-    and the gloo ``group`` of the job (None for a single process)."""
+    and two gloo groups of all ranks (None for a single process): ``group`` for the plan,
+    ``beat_group`` for the :class:`Heartbeat` (its own communicator, used from its thread)."""
 
     rank: int = 0
     world: int = 1
     local_world: int = 1
     group: Any = None
+    beat_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -84,7 +86,8 @@ def join(threads: int | None = None) -> Ranks:
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo")  # CPU tensors and objects, whatever the default backend
-    return Ranks(dist.get_rank(), dist.get_world_size(), local_world, group)
+    beat_group = dist.new_group(backend="gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_world, group, beat_group)
 
 
 class Heartbeat:
@@ -97,10 +100,7 @@ class Heartbeat:
 
     def __init__(self, ranks: Ranks, *, interval: float = 0.5,
                  on_totals: Callable[[int, int], None] | None = None) -> None:
-        import torch.distributed as dist
-
         self.ranks, self.interval, self.on_totals = ranks, interval, on_totals
-        self.group = dist.new_group(backend="gloo")  # its own communicator: never mixed with the job's
         self.lines = self.tokens = 0
         self._finished = self._failed = False
         self.lost: BaseException | None = None
@@ -127,7 +127,7 @@ class Heartbeat:
             state[2 + rank] = float(self._finished)
             state[2 + world + rank] = float(self._failed)
             try:
-                dist.all_reduce(state, group=self.group)
+                dist.all_reduce(state, group=self.ranks.beat_group)
             except Exception as exc:  # a rank died, hung past the timeout, or lost its network
                 self.lost = exc
                 self._stop.set()
