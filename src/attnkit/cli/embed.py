@@ -12,6 +12,9 @@ or ``.jsonl``), atomically. Under ``torchrun`` each rank embeds its share of the
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import inspect
 import signal
 import threading
@@ -108,6 +111,23 @@ def embed_chunk(encoder: Any, texts: list[str], *, dtype: str | None = None,
             on_group(len(group), sum(lengths[i] for i in group))
         group = []
     return out, sum(lengths), cut
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+def _release_memory() -> None:
+    """Hand the freed memory of a chunk back to the OS (glibc's ``malloc_trim``). Without it
+    glibc keeps a chunk's freed arenas fragmented and RSS crept up ~4 MiB a chunk (measured:
+    482 -> 547 MiB over 19 chunks; with it 374 -> 381 MiB)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 # --------------------------------------------------------------------------- signals
@@ -330,6 +350,8 @@ def _run_chunks(input_path: Path, job: Any, encoder: Any, mine: list[int], lines
                 t0 = time.perf_counter()
                 chunk = _embed_one_chunk(input_path, job, k, encoder, fmt, dtype=dtype, on_group=on_group)
                 embed_job.write_chunk(job, chunk, rank=ranks.rank, seconds=time.perf_counter() - t0)
+                del chunk  # not alive while the next one is read
+                _release_memory()
             if beat is not None:
                 beat.finish()
         except OSError as exc:
