@@ -34,7 +34,8 @@ def tiny_model(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 1
     pooling and normalisation, saved as a sentence-transformers folder."""
     from safetensors.torch import save_file
 
-    from attnkit.models.bert import BertConfig, BertEncoder, hf_name_map, resolve_model_folder
+    from attnkit.models.bert import BertConfig, BertEncoder, hf_name_map
+    from attnkit.models.sentence_encoder import resolve_model_folder
 
     src = resolve_model_folder("all-MiniLM-L6-v2")
     folder.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,9 @@ def test_tsv_bad_lines_strict_and_skipped(tmp_path):
 
 def test_time_budget_sets_the_schedule(corpus, tmp_path):
     """--time-budget without --steps: training ends by the budget, and the schedule's fitted
-    length (saved in the checkpoint) is the step it ended at, so the cosine was complete."""
+    length (saved in the checkpoint) is within a tenth of the step it ended at, so the cosine
+    was (nearly) complete. The last re-estimate is a few seconds before the end: a step time
+    that drifts after it (a busy machine) leaves a few steps of the fitted length unrun."""
     out = tmp_path / "ck"
     r = run("train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--out", str(out), "--time-budget", "4",
             "--eval-every", "1000", "--batch-size", "16", "--hidden", "32", "--quiet")
@@ -134,5 +136,6 @@ def test_time_budget_sets_the_schedule(corpus, tmp_path):
     assert "(time_budget," in r.output, r.output
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["train_config"]["steps"] is None and state["train_config"]["time_budget"] == 4
-    assert state["budget"]["length"] == state["step"] > 20
+    length, step = state["budget"]["length"], state["step"]
+    assert step > 20 and 0.9 * length <= step <= length, (step, length)
     assert state["elapsed"] <= 4.5
