@@ -3,7 +3,8 @@ on several seeds.
 
 The targets: an RNN with additive attention reaches >= 99% exact match on the held-out split
 of the multilingual date task (48 locales, native digits, ``attnkit.data.dates``) within 3
-minutes of training on 2 CPU cores, and the Transformer seq2seq model >= 99.5%, on every seed.
+minutes of training on 2 CPU cores, and the Transformer seq2seq model >= 99.5%, on every seed;
+with ``--budget 90`` (the demo's Transformer budget) the Transformer's target is 99%.
 
 Each model trains with :func:`attnkit.training.train_date_model` (what ``attnkit train
 --task dates --time-budget S`` runs) for ``--budget`` seconds: the cosine schedule is laid
@@ -38,6 +39,7 @@ BENCH = "dates"
 
 # name -> (arch, target exact match in %): the models `attnkit train --task dates` builds
 MODELS: dict[str, tuple[str, float]] = {"rnn": ("rnn", 99.0), "transformer": ("transformer", 99.5)}
+DEMO_BUDGET = 90.0  # seconds: `attnkit demo` trains its Transformer this long; its target is 99%
 LABELS = {"rnn": "RNN + additive attention", "transformer": "Transformer seq2seq"}
 N_VALID = 500
 
@@ -69,6 +71,8 @@ def main() -> None:
     extra: dict[str, str] = {}
     for name in args.models:
         arch, target = MODELS[name]
+        if name == "transformer" and budget <= DEMO_BUDGET:
+            target = 99.0  # the demo's 90 s Transformer
         results = []
         for seed in seeds:
             data = date_data(n_train=n_train, n_test=N_VALID + n_test, seed=seed)

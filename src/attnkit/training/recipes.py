@@ -37,11 +37,13 @@ TRANSFORMER_DEFAULTS: dict[str, Any] = {"embed_dim": 128, "num_heads": 4, "num_e
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     # rnn (left to right): 2000 steps reach 99.95-100% held-out on the date task (1000: 98.7-100%)
     "rnn": {"steps": 2000, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100},
-    # transformer (pre-LN, rotary), batches of 32 grouped by length. Measured at a fixed number of
-    # steps on 2 seeds each (sinusoidal unless named): ff_dim 512 98.0-99.25%; lr 5e-3 diverges; 3
-    # encoder + 1 decoder layers stalls near 10%; earlier: batch 64 for 1400 steps 99.2%,
-    # length_group 2 98.8%, label smoothing 0.1 99.4%, 2 heads 97.4%. bf16 autocast: see docs/data.md
-    "transformer": {"steps": 2400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "length_group": 4},
+    # transformer (pre-LN, rotary), batches of 64 grouped by length. Under a 90 s budget (seeds 2
+    # and 3, the weakest of 5 at batch 32): batch 64 99.55/99.95% held-out against 98.55/99.2% for
+    # batch 32 (more examples per second), lr 4e-3 96.35/89.3%, warm-up 50 98.15/99.6%. Measured at
+    # a fixed number of steps on 2 seeds each (sinusoidal unless named): ff_dim 512 98.0-99.25%; lr
+    # 5e-3 diverges; 3 encoder + 1 decoder layers stalls near 10%; length_group 2 98.8%, label
+    # smoothing 0.1 99.4%, 2 heads 97.4%. bf16 autocast: see docs/data.md
+    "transformer": {"steps": 2400, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "length_group": 4},
 }
 ARCHS = ("rnn", "transformer")
 
