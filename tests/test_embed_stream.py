@@ -204,7 +204,9 @@ def test_full_disk_while_assembling_keeps_every_chunk(tmp_path, tiny, monkeypatc
 
 @pytest.mark.parametrize("change", ["input", "model", "float16", "dtype", "field", "chunk-lines"])
 def test_resume_of_a_different_job_is_refused(tmp_path, tiny, monkeypatch, change) -> None:
-    src, out, res = _unfinished_job(tmp_path, tiny, monkeypatch)
+    # the dtype case pins the job to float32: "auto" is bfloat16 on a CPU with native bf16
+    pinned = ("--dtype", "float32") if change == "dtype" else ()
+    src, out, res = _unfinished_job(tmp_path, tiny, monkeypatch, args=pinned)
     args = [src, "--out", out, "--model", tiny, "--resume", "--quiet"]
     if change == "input":
         src.write_bytes(src.read_bytes() + b"one more line\n")
@@ -214,7 +216,7 @@ def test_resume_of_a_different_job_is_refused(tmp_path, tiny, monkeypatch, chang
         args += ["--float16"] if change == "float16" else ["--field", "text"]
     elif change == "chunk-lines":
         args += ["--chunk-lines", "50"]
-    if change == "dtype":  # the compute dtype (the --dtype option of the bf16 work): the manifest's
+    if change == "dtype":  # the manifest records the compute dtype
         with pytest.raises(ValueError, match="the dtype differs: the job computes in float32, this asks for bfloat16"):
             embed_mod.embed_file(src, out, model=tiny, resume=True, progress=False, dtype="bfloat16")
         return

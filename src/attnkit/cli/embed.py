@@ -177,7 +177,7 @@ def _check_arguments(input_path: Path, out_path: Path, *, batch_size: int, chunk
         raise ValueError(f"--out {out_path} is the input file")
 
 
-def _plan(input_path: Path, out_path: Path, model: str | Path, fmt: Any, *, dtype: str | None, float16: bool,
+def _plan(input_path: Path, out_path: Path, model: str | Path, fmt: Any, *, dtype: str, float16: bool,
           resume: bool, overwrite: bool, chunk_lines: int | None, skip_bad: bool, progress: bool) -> dict[str, Any]:
     """Rank 0: open or start the job. Returns what every rank needs (or the error to raise)."""
     from attnkit.cli import corpus, embed_job
@@ -186,7 +186,7 @@ def _plan(input_path: Path, out_path: Path, model: str | Path, fmt: Any, *, dtyp
 
     folder = resolve_model_folder(model)
     identity = {"input": corpus.fingerprint(input_path), "model": embed_job.model_fingerprint(folder),
-                "dtype": dtype or "float32",
+                "dtype": dtype,
                 "output": {"format": out_path.suffix, "dtype": "float16" if float16 else "float32"},
                 "lines": {"field": fmt.field, "ids": fmt.ids}}
     names = {"input": str(input_path), "model": str(model)}
@@ -211,7 +211,7 @@ def embed_file(
     input_path: str | Path, out_path: str | Path, *, model: str | Path = "all-MiniLM-L6-v2", batch_size: int = 32,
     progress: bool = True, chunk_lines: int | None = None, float16: bool = False, field: str | None = None,
     ids: bool = False, skip_bad: bool = False, resume: bool = False, overwrite: bool = False,
-    threads: int | None = None, dtype: str | None = None, encoder: Any = None,
+    threads: int | None = None, dtype: str = "auto", encoder: Any = None,
 ) -> EmbedSummary:
     """Embed every line of a UTF-8 text file (empty lines included, so row ``i`` is line ``i + 1``),
     streaming: chunks of ``chunk_lines`` lines (default :data:`DEFAULT_CHUNK_LINES`), each written
@@ -226,7 +226,7 @@ def embed_file(
     the input, model, dtype or output differ); without it an existing output is an error unless
     ``overwrite``. Under ``torchrun`` each rank embeds its share and rank 0 writes ``OUT``;
     ``threads`` defaults to cores ÷ local ranks there. ``dtype`` (``"auto"``, ``"float32"``,
-    ``"bfloat16"``; None: ``embed_ids``' default) is resolved on this machine, recorded in the
+    ``"bfloat16"``, as ``embed_ids`` takes it) is resolved on this machine, recorded in the
     job and passed to ``embed_ids``; ``encoder`` is an already loaded :class:`SentenceEncoder`
     of ``model``.
     """
@@ -235,10 +235,9 @@ def embed_file(
 
     input_path, out_path = Path(input_path), Path(out_path)
     _check_arguments(input_path, out_path, batch_size=batch_size, chunk_lines=chunk_lines, float16=float16)
-    if dtype is not None:  # "auto" -> what this machine computes in, as the job records it
-        from attnkit.models.bert import resolve_dtype
+    from attnkit.models.bert import resolve_dtype
 
-        dtype = str(resolve_dtype(dtype)).removeprefix("torch.")
+    dtype = str(resolve_dtype(dtype)).removeprefix("torch.")  # "auto" -> what this machine computes in
     fmt = corpus.LineFormat(field if field is not None else ("text" if ids else None), ids)
     ranks = join(threads)
     with _signals_stop(ranks):
