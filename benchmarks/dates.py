@@ -4,7 +4,8 @@ on several seeds.
 The targets: an RNN with additive attention reaches >= 99% exact match on the held-out split
 of the multilingual date task (48 locales, native digits, ``attnkit.data.dates``) within 3
 minutes of training on 2 CPU cores, and the Transformer seq2seq model >= 99.5%, on every seed;
-with ``--budget 90`` (the demo's Transformer budget) the Transformer's target is 99%.
+with ``--budget 90`` (the demo's Transformer budget) the Transformer's target is 99%; add
+``--no-validate`` to train as the demo does, without the periodic validation.
 
 Each model trains with :func:`attnkit.training.train_date_model` (what ``attnkit train
 --task dates --time-budget S`` runs) for ``--budget`` seconds: the cosine schedule is laid
@@ -17,6 +18,7 @@ the same budget buys fewer steps).
 
     python benchmarks/dates.py --seeds 5               # both models, 180 s each, seeds 0-4
     python benchmarks/dates.py --models rnn --seeds 1  # one model, seed 0
+    python benchmarks/dates.py --models transformer --budget 90 --no-validate  # as the demo
     python benchmarks/dates.py --quick                 # smoke run: 15 s each, small data
 """
 
@@ -54,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads (the target is 2 CPU cores)")
     p.add_argument("--n-train", type=int, default=None, help="training examples (default 100,000)")
     p.add_argument("--steps", type=int, default=None, help="cap on the schedule's length (default: the budget alone)")
+    p.add_argument("--no-validate", action="store_true",
+                   help="no validation during training (as `attnkit demo` trains); the budget is all steps")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="training compute dtype (bfloat16: torch.autocast; weights and optimizer stay float32)")
     return p.parse_args()
@@ -68,6 +72,8 @@ def main() -> None:
     n_test = 200 if args.quick else 2_000
     seeds = range(1 if args.quick else args.seeds)
     bench = BENCH if args.dtype == "float32" and budget == 180 else f"{BENCH}-{args.dtype}-{budget:.0f}s"
+    if args.no_validate:
+        bench += "-no-validation"
     extra: dict[str, str] = {}
     for name in args.models:
         arch, target = MODELS[name]
@@ -79,13 +85,15 @@ def main() -> None:
             valid, held_out = data.test[:N_VALID], data.test[N_VALID:]
             load = os.getloadavg()[0]
             model, result = train_date_model(arch, data, seed=seed, steps=args.steps, time_budget=budget,
-                                              eval_every=250, eval_size=N_VALID, max_decode_len=12,
+                                              validate=not args.no_validate, eval_every=250,
+                                              eval_size=N_VALID, max_decode_len=12,
                                               dtype=args.dtype, progress=sys.stdout.isatty())
             metrics = evaluate(model, held_out, max_len=12)
             em = 100 * metrics["exact_match"]
             summary = (f"seed {seed}: {result.step} steps in {result.seconds:.0f} s (stopped by {result.stopped}), "
-                       f"validation {100 * result.metrics.get('exact_match', 0):.2f}% on {len(valid)}, held-out char "
-                       f"accuracy {100 * metrics['char_accuracy']:.2f}%, load average {load:.1f} at start, "
+                       + ("no validation" if args.no_validate else
+                          f"validation {100 * result.metrics.get('exact_match', 0):.2f}% on {len(valid)}")
+                       + f", held-out char accuracy {100 * metrics['char_accuracy']:.2f}%, load average {load:.1f} at start, "
                        f"{args.threads} thread(s), {args.dtype}")
             print(f"-- {LABELS[name]}: held-out exact match {em:.2f}% (n={metrics['n']}); {summary}", flush=True)
             harness.record(bench, f"{LABELS[name]}, {budget:.0f} s training ({args.dtype}), seed {seed}, held-out n={metrics['n']}",
