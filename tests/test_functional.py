@@ -231,7 +231,8 @@ def test_masking_a_key_equals_deleting_it(L, S, d, seed, weights):
         torch.testing.assert_close(masked, deleted, atol=1e-5, rtol=1e-5)
 
 
-mask_kinds = st.sampled_from(["none", "bool_keys", "bool_full", "float", "float_neg_inf", "causal", "bool_causal"])
+mask_kinds = st.sampled_from(["none", "bool_keys", "bool_padding", "bool_full", "float", "float_neg_inf", "causal",
+                              "bool_causal"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -240,7 +241,8 @@ mask_kinds = st.sampled_from(["none", "bool_keys", "bool_full", "float", "float_
        dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, dtype):
     """The in-place weights path (inference, no graph) == the reference math path (taken when a
-    graph is needed), on every mask kind, grouped-query heads and rows with nothing to attend to."""
+    graph is needed), on every mask kind, grouped-query heads and rows with nothing to attend to
+    (``bool_padding``: a padded batch, key lengths 0..S, which scores only each item's real keys)."""
     if H % kv:
         kv = 1
     g = torch.Generator().manual_seed(seed)
@@ -250,6 +252,7 @@ def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, 
     allowed[:, :, 0] = False  # the first query row of every item sees nothing
     mask, causal = {
         "none": (None, False), "bool_keys": (allowed[:, :, :1, :].clone().fill_(True) & (torch.arange(S) > 0), False),
+        "bool_padding": (ak.padding_mask(torch.randint(0, S + 1, (B,), generator=g), S)[:, None, None, :], False),
         "bool_full": (allowed, False), "float": (torch.randn(B, H, L, S, generator=g), False),
         "float_neg_inf": (torch.zeros(B, 1, L, S).masked_fill(~allowed, float("-inf")), False),
         "causal": (None, True), "bool_causal": (allowed, True),

@@ -16,7 +16,8 @@ Two paths live side by side here. Without weights, :func:`scaled_dot_product_att
 ``torch.nn.functional.scaled_dot_product_attention`` (fused kernel, no score matrix kept).
 With ``return_weights=True`` it runs the explicit math path (scores -> masked softmax ->
 weighted sum of values), which is also the reference our tests read beside the formula; in
-CPU inference the same formula runs in place, writing the score matrix once.
+CPU inference the same formula runs in place, writing the score matrix once, and for a padded
+batch (a boolean key mask that allows a prefix of the keys) it scores only the real keys.
 
 :func:`attention_and_lse` (and its backward) is the one place that calls PyTorch's private CPU
 flash-attention op, which also returns each row's log-sum-exp (ring attention merges blocks
@@ -262,6 +263,21 @@ def _attention_math(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
+def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
+    """For a boolean key-padding mask ``(B or 1, 1, 1, S)`` over a ``(B, H)`` batch that allows a
+    prefix of the keys in every batch row and hides some key somewhere: each batch row's prefix
+    length (``B`` ints). Else None (no mask, another kind of mask, or nothing hidden)."""
+    if (mask is None or mask.dtype != torch.bool or mask.dim() != 4 or len(batch) != 2
+            or mask.shape[1:3] != (1, 1) or mask.shape[0] not in (1, batch[0])):
+        return None
+    allowed = mask[:, 0, 0, :]  # (B or 1, S)
+    n = allowed.sum(-1)  # (B or 1,)
+    S = allowed.shape[-1]
+    if int(n.min()) == S or not torch.equal(allowed, torch.arange(S, device=mask.device) < n[:, None]):
+        return None
+    return n.expand(batch[0]).tolist()
+
+
 def _attention_math_inplace(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -278,6 +294,20 @@ def _attention_math_inplace(
     qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
     weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
     flat = weights.view(-1, L, S)  # (n, L, S)
+    lengths = _key_prefix_lengths(mask, batch)
+    if lengths is not None:  # a padded batch: score, normalise and read only each row's real keys
+        out = torch.empty(flat.shape[0], L, dv, dtype=compute_dtype)  # (n, L, dv)
+        heads = flat.shape[0] // len(lengths)
+        scratch = torch.empty(heads * L * max(lengths), dtype=compute_dtype)
+        for b, n in enumerate(lengths):
+            rows = slice(b * heads, (b + 1) * heads)
+            s = scratch[: heads * L * n].view(heads, L, n)  # (heads, L, n), contiguous
+            torch.baddbmm(s, qf[rows], kf[rows, :n].transpose(-2, -1), beta=0.0, alpha=scale, out=s)
+            torch.ops.aten._softmax.out(s, -1, False, out=s)
+            torch.bmm(s, vf[rows, :n], out=out[rows])
+            flat[rows, :, :n].copy_(s)
+            flat[rows, :, n:].zero_()
+        return out.view(*batch, L, dv).to(v.dtype), weights.to(q.dtype)
     if mask is None:
         torch.baddbmm(flat, qf, kf.transpose(-2, -1), beta=0.0, alpha=scale, out=flat)
     else:
