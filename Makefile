@@ -32,8 +32,9 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/pip install -q -c constraints.txt -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
-	HF_HUB_OFFLINE=1 $(BENCH_VENV)/bin/python benchmarks/run_all.py
+# robustness.py runs the learned-outcome tests, with the test venv's pytest
+bench: $(BENCH_STAMP) $(STAMP)
+	HF_HUB_OFFLINE=1 ATTNKIT_TEST_PYTHON=$(abspath $(BIN))/python $(BENCH_VENV)/bin/python benchmarks/run_all.py
 
 wheel-smoke: $(STAMP)
 	PY=$(BIN)/python bash .ci/wheel-smoke

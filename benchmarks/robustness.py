@@ -9,6 +9,9 @@ each test's measured figures per seed; the rows go to ``results/robustness.json`
 
     python benchmarks/robustness.py               # seeds 0-4, ~15 min on 2 cores
     python benchmarks/robustness.py --seeds 3 -k reversal
+
+The tests run under ``--python`` (default: ``$ATTNKIT_TEST_PYTHON``, else this interpreter);
+``make bench`` points it at the test venv, since the benchmarks' venv has no pytest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main() -> int:
     p.add_argument("-k", default=None, help="only the tests matching this pytest -k expression")
     p.add_argument("--quick", action="store_true", help="the fast tests only, 2 seeds (smoke run)")
     p.add_argument("--no-save", action="store_true", help="print only; do not write results/")
+    p.add_argument("--python", default=os.environ.get("ATTNKIT_TEST_PYTHON", sys.executable),
+                   help="the interpreter with the test dependencies (default: $ATTNKIT_TEST_PYTHON, else this one)")
     args = p.parse_args()
     seeds = list(range(2 if args.quick else args.seeds))
     k = "reversal" if args.quick and args.k is None else args.k
@@ -45,7 +50,7 @@ def main() -> int:
         mine = seeds[w::args.workers]
         if not mine:
             continue
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "learning", "-p", "no:cacheprovider",
+        cmd = [args.python, "-m", "pytest", "-q", "-m", "learning", "-p", "no:cacheprovider",
                "--seeds", ",".join(map(str, mine)) + ",", "--figures", str(figures), str(ROOT / "tests")]
         if k:
             cmd += ["-k", k]
