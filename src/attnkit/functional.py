@@ -263,6 +263,12 @@ def _attention_math(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
+# A padded batch is scored item by item only where an item holds at least this many scores
+# (heads x L x S): each item costs ~55 us of calls, which broke even with the padded scores it
+# skips at 12 heads x 128 x 128 (measured on 2 cores; 2.2 ms against 1.2 at 12 x 64 x 64).
+_PREFIX_MIN_SCORES = 1 << 18
+
+
 def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
     """For a boolean key-padding mask ``(B or 1, 1, 1, S)`` over a ``(B, H)`` batch that allows a
     prefix of the keys in every batch row and hides some key somewhere: each batch row's prefix
@@ -294,7 +300,7 @@ def _attention_math_inplace(
     qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
     weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
     flat = weights.view(-1, L, S)  # (n, L, S)
-    lengths = _key_prefix_lengths(mask, batch)
+    lengths = _key_prefix_lengths(mask, batch) if math.prod(batch[1:]) * L * S >= _PREFIX_MIN_SCORES else None
     if lengths is not None:  # a padded batch: score, normalise and read only each row's real keys
         out = torch.empty(flat.shape[0], L, dv, dtype=compute_dtype)  # (n, L, dv)
         heads = flat.shape[0] // len(lengths)
