@@ -271,3 +271,31 @@ def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, 
     torch.testing.assert_close(out, ref_out.detach(), **tol)
     if kind in ("bool_full", "float_neg_inf", "bool_causal"):
         assert not w[:, :, 0].any() and not out[:, :, 0].any()  # empty rows: zero weights and output
+
+
+@pytest.mark.parametrize("kind", ["none", "padding", "causal", "padding+causal", "gqa"])
+def test_short_training_attention_takes_the_explicit_path_and_matches_torch(kind) -> None:
+    """Training on short sequences (here 20 x 20 scores a head) runs the explicit path, which
+    is faster there than the fused kernel; output and gradients equal torch's fused SDPA."""
+    g = torch.Generator().manual_seed(3)
+    B, H, L, d = 6, 4, 20, 16
+    kv = 2 if kind == "gqa" else H
+    q = torch.randn(B, H, L, d, generator=g, requires_grad=True)
+    k, v = (torch.randn(B, kv, L, d, generator=g, requires_grad=True) for _ in range(2))
+    lengths = torch.tensor([20, 17, 9, 1, 20, 12])
+    mask = ak.padding_mask(lengths, L)[:, None, None, :] if "padding" in kind else None
+    causal = "causal" in kind
+    dout = torch.randn(B, H, L, d, generator=g)
+    with mock.patch.object(functional, "_attention_math", wraps=functional._attention_math) as spy:
+        out = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    assert spy.call_count == 1
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    full = mask if not causal else (ak.causal_mask(L) if mask is None else mask & ak.causal_mask(L))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full, enable_gqa=kind == "gqa")
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), mock.patch.object(functional, "_attention_math") as spy:  # inference: fused
+        ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    assert spy.call_count == 0
