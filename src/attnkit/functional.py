@@ -301,10 +301,10 @@ def _attention_math_inplace(
     qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
     weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
     flat = weights.view(-1, L, S)  # (n, L, S)
-    lengths = _key_prefix_lengths(mask, batch) if math.prod(batch[1:]) * L * S >= _PREFIX_MIN_SCORES else None
+    heads = math.prod(batch[1:])
+    lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= _PREFIX_MIN_SCORES else None
     if lengths is not None:  # a padded batch: score, normalise and read only each row's real keys
         out = torch.empty(flat.shape[0], L, dv, dtype=compute_dtype)  # (n, L, dv)
-        heads = flat.shape[0] // len(lengths)
         scratch = torch.empty(heads * L * max(lengths), dtype=compute_dtype)
         for b, n in enumerate(lengths):
             rows = slice(b * heads, (b + 1) * heads)
@@ -364,22 +364,23 @@ def _empty_large(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
 _EXPLICIT_MAX_SCORES = 48 * 48
 
 
+def _needs_graph(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether autograd will differentiate through this attention call."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+
+
 def _explicit_is_faster(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether a call without weights takes the explicit path (see :data:`_EXPLICIT_MAX_SCORES`)."""
     L, S = q.shape[-2], k.shape[-2]
-    return (
-        q.device.type == "cpu" and 1 < L and L * S <= _EXPLICIT_MAX_SCORES
-        and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    )
+    return q.device.type == "cpu" and 1 < L and L * S <= _EXPLICIT_MAX_SCORES and _needs_graph(q, k, v)
 
 
 def _weights_path(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
 ) -> tuple[Tensor, Tensor]:
     """Which explicit path computes the weights: in place for CPU inference, else the reference."""
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     in_place = (
-        not needs_graph and dropout == 0.0 and q.device.type == "cpu" and q.dim() >= 3 and k.dim() >= 3
+        not _needs_graph(q, k, v) and dropout == 0.0 and q.device.type == "cpu" and q.dim() >= 3 and k.dim() >= 3
         and (mask is None or not mask.requires_grad)
     )
     if in_place:
