@@ -3,8 +3,11 @@ real positions), cached decoding against the full causal forward, positions and 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import attnkit as ak
@@ -256,6 +259,65 @@ def test_forward_packed_equals_padded_forward(norm_first, activation, bias, kv_h
         again = layer.forward_packed(x[mask][: sum(lengths[:3])], lengths[:3], ws)  # a smaller batch, same buffers
     torch.testing.assert_close(got, want[mask], **TOL)
     torch.testing.assert_close(again, want[mask][: sum(lengths[:3])], **TOL)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn", "addmm"])
+@pytest.mark.parametrize("activation,residual", [(None, False), ("relu", False), ("gelu", False), (None, True)])
+def test_workspace_linear_in_bf16_equals_torch_in_fp32(fused, activation, residual, monkeypatch):
+    """PackedWorkspace.linear in bfloat16, through oneDNN's fused linear (bias, activation or
+    residual sum in the matmul) and through addmm, against torch's F.linear/F.gelu in float32."""
+    import attnkit.transformer as T
+
+    if fused and not T._onednn_bf16_linear():
+        pytest.skip("oneDNN's fused bf16 linear serves CPUs with native bf16 matmul only")
+    monkeypatch.setattr(T, "_onednn_bf16_linear", lambda: fused)
+    torch.manual_seed(0)
+    x, w, b, r = torch.randn(70, 48), torch.randn(40, 48) / 7, torch.randn(40), torch.randn(70, 40)
+    want = F.linear(x, w, b)
+    want = {None: want, "relu": F.relu(want), "gelu": F.gelu(want)}[activation] + (r if residual else 0)
+    bf = [t.bfloat16() for t in (x, w, b, r)]
+    with torch.inference_mode():
+        got = T.PackedWorkspace().linear(*bf[:3], "out", activation=activation, residual=bf[3] if residual else None)
+    assert got.dtype == torch.bfloat16 and got.shape == (70, 40)
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+
+
+def test_workspace_linear_refuses_bad_post_ops():
+    from attnkit.transformer import PackedWorkspace
+
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="not both"):
+        PackedWorkspace().linear(x, w, None, "o", activation="relu", residual=torch.randn(3, 5))
+    with pytest.raises(ValueError, match="'tanh'"):
+        PackedWorkspace().linear(x, w, None, "o", activation="tanh")
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn", "addmm"])
+@pytest.mark.parametrize("norm_first,activation", [(False, "gelu"), (True, "relu")])
+def test_bf16_forward_packed_follows_the_fp32_padded_forward(fused, norm_first, activation, monkeypatch):
+    """A bfloat16 packed layer with a workspace (fused or addmm linears, fused attention at every
+    length) against the float32 padded forward: within bf16 rounding, no NaN."""
+    import attnkit.transformer as T
+
+    if fused and not T._onednn_bf16_linear():
+        pytest.skip("oneDNN's fused bf16 linear serves CPUs with native bf16 matmul only")
+    monkeypatch.setattr(T, "_onednn_bf16_linear", lambda: fused)
+    torch.manual_seed(0)
+    settings = LayerSettings(64, 4, 96, dropout=0.0, activation=activation, norm_first=norm_first)
+    layer = EncoderLayer(settings).eval()
+    lengths = [9, 9, 30, 3, 0, 17]
+    x = torch.randn(len(lengths), max(lengths), 64)
+    mask = ak.padding_mask(lengths, max(lengths))
+    with torch.inference_mode():
+        want, _ = layer(x, key_mask=mask)
+        bf16 = copy.deepcopy(layer)
+        for lin in (bf16.self_attn.q_proj, bf16.self_attn.k_proj, bf16.self_attn.v_proj, bf16.self_attn.out_proj,
+                    bf16.ff.linear1, bf16.ff.linear2):
+            lin.to(torch.bfloat16)
+        got = bf16.forward_packed(x[mask].bfloat16(), lengths, T.PackedWorkspace())
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got.float()).all()
+    cos = F.cosine_similarity(got.float(), want[mask], dim=-1)
+    assert cos.min() > 0.999, cos
 
 
 def test_forward_packed_refuses_what_it_does_not_compute():

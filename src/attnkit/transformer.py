@@ -15,6 +15,7 @@ Attention scores are ``q·k / sqrt(d_k)`` with ``d_k`` the head dimension (the s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "Decoder",
     "DecoderCache",
     "PackedWorkspace",
+    "native_bf16",
 ]
 
 ACTIVATIONS = ("relu", "gelu")
@@ -421,31 +423,38 @@ class EncoderLayer(nn.Module):
             )
         ws = workspace
         if self.norm_first:  # x = x + attn(norm1(x));  x = x + ff(norm2(x))
-            x = self._attend_packed(_layer_norm(x, self.norm1, ws, "x1"), lengths, ws).add_(x)  # in "proj"
-            return self._ff_packed(_layer_norm(x, self.norm2, ws, "x1"), ws, "x0").add_(x)
+            x = self._attend_packed(_layer_norm(x, self.norm1, ws, "x1"), lengths, ws, residual=x)  # in "proj"
+            return self._ff_packed(_layer_norm(x, self.norm2, ws, "x1"), ws, "x0", residual=x)
         # post-LN: x = norm1(x + attn(x));  x = norm2(x + ff(x))
-        x = _layer_norm(self._attend_packed(x, lengths, ws).add_(x), self.norm1, ws, "x1")
-        return _layer_norm(self._ff_packed(x, ws, "proj").add_(x), self.norm2, ws, "x0")
+        x = _layer_norm(self._attend_packed(x, lengths, ws, residual=x), self.norm1, ws, "x1")
+        return _layer_norm(self._ff_packed(x, ws, "proj", residual=x), self.norm2, ws, "x0")
 
-    def _attend_packed(self, x: Tensor, lengths: Sequence[int], ws: PackedWorkspace | None) -> Tensor:
-        """``dropout1(out_proj(varlen attention(q, k, v)))`` of packed ``x (N, E)``, in buffer ``"proj"``."""
+    def _attend_packed(
+        self, x: Tensor, lengths: Sequence[int], ws: PackedWorkspace | None, *, residual: Tensor
+    ) -> Tensor:
+        """``residual + dropout1(out_proj(varlen attention(q, k, v)))`` of packed ``x (N, E)``,
+        in buffer ``"proj"``."""
         attn = self.self_attn
         N, E = x.shape
         w, b = ws.qkv_weight(attn) if ws is not None else attn.qkv_weight()
         q, k, v = attn.split_qkv(_linear(x, w, b, ws, "qkv"))  # (N, H, d), (N, Hkv, d) x2: one matmul
         out = None if ws is None else ws.take("attn", (N, attn.num_heads, attn.head_dim), x)
-        o = varlen_attention(q, k, v, lengths, out=out)  # (N, H, d)
-        return self.dropout1(_linear(o.view(N, E), attn.out_proj.weight, attn.out_proj.bias, ws, "proj"))
+        o = varlen_attention(q, k, v, lengths, out=out).view(N, E)  # (N, H, d) -> (N, E)
+        if ws is not None and not self.training:  # dropout1 is the identity: the sum goes into the linear
+            return ws.linear(o, attn.out_proj.weight, attn.out_proj.bias, "proj", residual=residual)
+        return self.dropout1(_linear(o, attn.out_proj.weight, attn.out_proj.bias, ws, "proj")).add_(residual)
 
-    def _ff_packed(self, x: Tensor, ws: PackedWorkspace | None, name: str) -> Tensor:
-        """``dropout2(ff(x))`` of packed ``x (N, E)``, in buffer ``name``."""
+    def _ff_packed(self, x: Tensor, ws: PackedWorkspace | None, name: str, *, residual: Tensor) -> Tensor:
+        """``residual + dropout2(ff(x))`` of packed ``x (N, E)``, in buffer ``name``."""
         ff = self.ff
-        h = _linear(x, ff.linear1.weight, ff.linear1.bias, ws, "ff")  # (N, ff_dim)
         if ws is None:
+            h = _linear(x, ff.linear1.weight, ff.linear1.bias, ws, "ff")  # (N, ff_dim)
             h = F.relu(h) if ff.activation == "relu" else F.gelu(h)
-        else:
-            h = h.relu_() if ff.activation == "relu" else torch.ops.aten.gelu_(h)
-        return self.dropout2(_linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias, ws, name))
+            return self.dropout2(F.linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias)).add_(residual)
+        h = ws.linear(x, ff.linear1.weight, ff.linear1.bias, "ff", activation=ff.activation)  # (N, ff_dim)
+        if not self.training:  # the dropouts are the identity: the sum goes into the linear
+            return ws.linear(h, ff.linear2.weight, ff.linear2.bias, name, residual=residual)
+        return self.dropout2(ws.linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias, name)).add_(residual)
 
 
 class PackedWorkspace:
@@ -478,10 +487,32 @@ class PackedWorkspace:
             self._qkv[attn] = attn.qkv_weight()
         return self._qkv[attn]
 
-    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, name: str) -> Tensor:
-        """``x @ weight.T + bias`` for ``x (N, in)``, into buffer ``name``."""
+    def linear(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, name: str, *,
+        activation: str | None = None, residual: Tensor | None = None,
+    ) -> Tensor:
+        """``activation(x @ weight.T + bias) + residual`` for ``x (N, in)`` (``activation`` one of
+        ``"relu"``, ``"gelu"`` or None; ``residual (N, out)`` or None; not both), into buffer ``name``.
+
+        bfloat16 on a CPU with native bf16 matmul (:func:`native_bf16`) takes oneDNN's linear, with
+        the bias, activation or residual sum fused into the matmul, into a fresh tensor (not the
+        buffer): one pass over the output instead of two or three, 8-20% faster embedding than
+        ``addmm`` (measured on AMX). Elsewhere ``addmm`` into the buffer, then in place.
+        """
+        if activation is not None and residual is not None:
+            raise ValueError("PackedWorkspace.linear takes an activation or a residual, not both")
+        if activation not in (None, *ACTIVATIONS):
+            raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+        if _fused_linear(x):
+            fused = torch.ops.mkldnn._linear_pointwise
+            if residual is not None:
+                return fused.binary(x, residual, weight, bias, "add")
+            return fused(x, weight, bias, activation or "none", [], "none")  # "none": exact (erf) GELU
         out = self.take(name, (x.shape[0], weight.shape[0]), x)
-        return torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
+        out = torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
+        if activation is not None:
+            out = out.relu_() if activation == "relu" else torch.ops.aten.gelu_(out)
+        return out if residual is None else out.add_(residual)
 
     def layer_norm(self, x: Tensor, norm: nn.LayerNorm, name: str) -> Tensor:
         """``norm(x)`` for ``x (N, E)``, into buffer ``name``."""
@@ -492,6 +523,28 @@ class PackedWorkspace:
         torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
                                              out0=out, out1=stats[0], out2=stats[1])
         return out
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), asked once.
+
+    Elsewhere PyTorch emulates bfloat16 matmuls, several times slower than float32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+@functools.cache
+def _onednn_bf16_linear() -> bool:
+    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) serves bfloat16
+    here: a CPU with native bf16 matmul and a torch build that has the op."""
+    return native_bf16() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _fused_linear(x: Tensor) -> bool:
+    """Whether :meth:`PackedWorkspace.linear` of ``x`` takes oneDNN's fused bfloat16 linear."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear()
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, ws: PackedWorkspace | None, name: str) -> Tensor:

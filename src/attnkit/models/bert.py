@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnkit.transformer import Embeddings, EncoderLayer, LayerSettings, PackedWorkspace
+from attnkit.transformer import (
+    Embeddings,
+    EncoderLayer,
+    LayerSettings,
+    PackedWorkspace,
+    native_bf16,
+)
 from attnkit.varlen import cu_seqlens_from_lengths, positions
 
 __all__ = ["DTYPES", "BertConfig", "BertEncoder", "PackedWorkspace", "hf_name_map", "native_bf16", "resolve_dtype"]
@@ -111,16 +117,6 @@ class BertConfig:
 
 
 # --------------------------------------------------------------------------- dtype
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), asked once.
-
-    Elsewhere PyTorch emulates bfloat16 matmuls, several times slower than float32.
-    """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 @functools.cache
