@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
                    help="no validation during training (as `attnkit demo` trains); the budget is all steps")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="training compute dtype (bfloat16: torch.autocast; weights and optimizer stay float32)")
+    p.add_argument("--name", default=None,
+                   help="results/NAME.json (default: dates.json for 180 s float32, else from dtype, budget, validation)")
     return p.parse_args()
 
 
@@ -74,6 +76,7 @@ def main() -> None:
     bench = BENCH if args.dtype == "float32" and budget == 180 else f"{BENCH}-{args.dtype}-{budget:.0f}s"
     if args.no_validate:
         bench += "-no-validation"
+    bench = args.name or bench
     extra: dict[str, str] = {}
     for name in args.models:
         arch, target = MODELS[name]

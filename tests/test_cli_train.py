@@ -90,6 +90,20 @@ def test_resume_continues_and_refuses_mismatch(trained, corpus, tmp_path):
     assert json.loads((ck / "config.json").read_text())["meta"]["step"] == 16
 
 
+def test_dtype_bfloat16_trains_and_a_resume_keeps_it(corpus, tmp_path):
+    """--dtype bfloat16 trains under autocast and is saved; a resume in another dtype is refused."""
+    out = tmp_path / "ck"
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "transformer", "--out", str(out), "--steps", "4",
+            "--eval-every", "4", "--batch-size", "16", "--hidden", "32", "--dtype", "bfloat16", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "trainer_state.json").read_text())["train_config"]["dtype"] == "bfloat16"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run("train", "--task", f"tsv:{corpus}", "--arch", "transformer", "--out", str(out), "--resume",
+            "--steps", "6", "--dtype", "float32", "--quiet")
+    assert r.exit_code == 2 and "--dtype bfloat16, not float32" in " ".join(r.output.split())
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 @pytest.mark.parametrize("args, words", [
     (["translate", "{missing}", "abc"], "does not exist"),
     (["translate", "{plain}", "abc"], "not an attnkit checkpoint"),
@@ -97,6 +111,7 @@ def test_resume_continues_and_refuses_mismatch(trained, corpus, tmp_path):
     (["train", "--task", "bogus", "--out", "{new}", "--steps", "2"], "unknown task"),
     (["train", "--task", "copy", "--arch", "lstm", "--out", "{new}"], "--arch"),
     (["train", "--task", "copy", "--out", "{plain}", "--resume"], "not an attnkit checkpoint"),
+    (["train", "--task", "copy", "--out", "{new}", "--dtype", "float16", "--steps", "1"], "'float16'"),
 ])
 def test_errors_are_one_red_line(tmp_path, args, words):
     plain = tmp_path / "plain"

@@ -29,14 +29,16 @@ def train_command(
     batch_size: int | None = None, lr: float | None = None, hidden: int | None = None, cell: str = "gru",
     n_train: int = 100_000, n_test: int = 2_000, tokenizer: str = "char", strict: bool = False,
     eval_every: int = 250, checkpoint_every: int = 1000, seed: int = 0, threads: int | None = None,
-    progress: bool = True,
+    dtype: str | None = None, progress: bool = True,
 ) -> Any:
     """``attnkit train``: build (or, with ``resume``, reload) the model and task, train, save.
 
     Without ``resume`` an existing checkpoint in ``out`` is an error (nothing is touched);
     with ``resume`` the task, architecture and attention must match the checkpoint's, and
     the saved training settings are reused (``steps``/``time_budget``/``target`` may be
-    changed; the rest would change the result). Returns the :class:`~attnkit.training.TrainResult`."""
+    changed; the rest would change the result). ``dtype`` is the training compute dtype
+    (``TrainConfig.dtype``: ``"float32"``, the default of a new run, or ``"bfloat16"`` autocast); a
+    resume keeps the checkpoint's and refuses another. Returns the :class:`~attnkit.training.TrainResult`."""
     import torch
 
     from attnkit.data import load_task, load_tokenizer
@@ -56,7 +58,7 @@ def train_command(
         task_from_meta,
     )
     from attnkit.training.ddp import init_distributed
-    from attnkit.training.trainer import keep_freed_memory
+    from attnkit.training.trainer import TRAIN_DTYPES, keep_freed_memory
 
     if threads:
         torch.set_num_threads(threads)
@@ -64,6 +66,8 @@ def train_command(
     init_distributed()  # under torchrun: join its process group (gloo on CPU, nccl on GPU); else no-op
     if arch not in ARCHS:
         raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
+    if dtype not in (None, *TRAIN_DTYPES):
+        raise ValueError(f"--dtype must be one of {TRAIN_DTYPES}, got {dtype!r}")
     out = Path(out)
     overrides = {k: v for k, v in {"steps": steps, "time_budget": time_budget, "target_accuracy": target}.items()
                  if v is not None}
@@ -79,6 +83,9 @@ def train_command(
         if wrong:
             raise ValueError(f"--resume: the checkpoint in {out} does not match this command (checkpoint, command): {wrong}")
         state = load_trainer_state(out, manifest=manifest)
+        saved_dtype = state["train_config"].get("dtype", "float32")
+        if dtype is not None and dtype != saved_dtype:
+            raise ValueError(f"--resume: the checkpoint in {out} was trained in --dtype {saved_dtype}, not {dtype}")
         config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
         data = encode_task(task_from_meta(meta), load_tokenizer(out))
         trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,
@@ -111,7 +118,8 @@ def train_command(
     defaults = TRAIN_DEFAULTS[arch]
     config = TrainConfig(**{
         **defaults, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"], "eval_every": eval_every,
-        "checkpoint_every": checkpoint_every, "seed": seed, "progress": progress, **overrides, **budget_only,
+        "checkpoint_every": checkpoint_every, "seed": seed, "dtype": dtype or "float32", "progress": progress,
+        **overrides, **budget_only,
     })
     meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
             "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
@@ -192,6 +200,7 @@ def train(
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="checkpoint every N steps (0 = end only)"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads"),
+    dtype: str = typer.Option(None, "--dtype", help="compute dtype: float32 | bfloat16 (autocast; weights and optimizer stay float32) [default: float32, or the checkpoint's with --resume]"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Train a seq2seq model (RNN with attention, or Transformer) and save a checkpoint in --out."""
@@ -201,7 +210,7 @@ def train(
                            time_budget=time_budget, resume=resume, target=target, batch_size=batch_size,
                            lr=lr, hidden=hidden, cell=cell, n_train=n_train, tokenizer=tokenizer, strict=strict,
                            eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
-                           threads=threads, progress=not quiet)
+                           threads=threads, dtype=dtype, progress=not quiet)
     m = result.metrics
     acc = f"exact match {100 * m['exact_match']:.2f}%, char accuracy {100 * m['char_accuracy']:.2f}%" if m else "no validation"
     if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):  # rank 0 reports
