@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from attnkit.functional import scaled_dot_product_attention
+from attnkit.functional import _needs_graph, scaled_dot_product_attention
 
 __all__ = [
     "cu_seqlens_from_lengths",
@@ -44,7 +44,7 @@ SERIAL_WORK = 1 << 22
 # CPU inference runs sequences up to this length through the explicit path of
 # :func:`_explicit_runs` (scores -> softmax -> weighted sum, in float32) instead of the fused
 # kernel, whose per-block overhead dominates short sequences. Measured on an AVX512-BF16 EPYC,
-# 2 threads, all-MiniLM's 12 heads x 32 dims: the embedding benchmark ran 10-12% faster in
+# 2 threads, all-MiniLM's 12 heads x 32 dims: the embedding benchmark ran 7-16% faster in
 # bfloat16 and 5-6% in float32 than with the fused kernel at every length; over 2,048-token
 # blocks of one length the explicit path took 1.5 against 3.0 ms at L=16 and broke even near
 # L=128 (bfloat16 and float32). Longer runs stay fused, whose memory stays O(L) per row.
@@ -343,8 +343,7 @@ def varlen_attention(
     elif out.shape != (N, H, dv):
         raise ValueError(f"varlen_attention: out must have shape {(N, H, dv)}, got {tuple(out.shape)}")
     runs = equal_length_runs(lens)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if q.device.type == "cpu" and not grad and q.dtype in _EXPLICIT_DTYPES:
+    if q.device.type == "cpu" and not _needs_graph(q, k, v) and q.dtype in _EXPLICIT_DTYPES:
         short = [run for run in runs if run[2] <= EXPLICIT_MAX_LEN]
         if short and _explicit_runs(q, k, v, short, out, causal=causal,
                                     scale=1.0 / math.sqrt(d) if scale is None else float(scale), workspace=workspace):
