@@ -66,6 +66,10 @@ RULES = {
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
+    "relevance/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.relevance") and _in(
+        b, "attnkit.training", "attnkit.cli"),
+    "viz/ and models/ never import relevance/ (relevance reads them)": lambda a, b: _in(
+        a, "attnkit.viz", "attnkit.models") and _in(b, "attnkit.relevance"),
     "data/ imports nothing above it": lambda a, b: _in(a, "attnkit.data") and not _in(
         b, "attnkit.data", "attnkit.io", "attnkit.progress"),
     "the layers (functional ... rnn) import no package above them": lambda a, b: a in (

@@ -163,11 +163,20 @@ def _safe(x: Tensor) -> Tensor:
 
 def _grads(p: Pass, leaves) -> list[list[Tensor | None]]:
     """For each output ``i``: the gradients of ``outputs[i]`` w.r.t. the chosen leaves."""
-    chosen = [p.leaves[i] for i in leaves]
-    out = []
-    for i in range(p.outputs.shape[0]):
-        out.append(list(torch.autograd.grad(p.outputs[i], chosen, retain_graph=True, allow_unused=True)))
-    return out
+    return _per_output(p.outputs, [p.leaves[i] for i in leaves])
+
+
+def _per_output(outputs: Tensor, inputs: list[Tensor]) -> list[list[Tensor | None]]:
+    """``[[d outputs[i] / d x for x in inputs] for i]``: one vmapped backward pass over the rows of
+    an identity (``is_grads_batched``), or one pass per output where vmap cannot run the graph."""
+    n = outputs.shape[0]
+    try:
+        batched = torch.autograd.grad(outputs, inputs, grad_outputs=torch.eye(n, dtype=outputs.dtype),
+                                      retain_graph=True, allow_unused=True, is_grads_batched=True)
+        return [[None if g is None else g[i] for g in batched] for i in range(n)]
+    except RuntimeError:
+        return [list(torch.autograd.grad(outputs[i], inputs, retain_graph=True, allow_unused=True))
+                for i in range(n)]
 
 
 def _attention_method(subj: Subject, method: str) -> tuple[Tensor, Tensor]:
@@ -179,8 +188,9 @@ def _attention_method(subj: Subject, method: str) -> tuple[Tensor, Tensor]:
     n = subj.n_inputs
     if method == "grad_rollout":
         rows = []
+        all_grads = _weight_grads(p, maps)
         for o in range(p.outputs.shape[0]):
-            grads = _weight_grads(p, maps, o)
+            grads = all_grads[o]
             full = graphs.chefer(maps, grads, subj.layout)
             rows.append(_pick(subj, full, o))
         return torch.stack(rows)[:, :n], p.outputs
@@ -198,19 +208,23 @@ def _attention_method(subj: Subject, method: str) -> tuple[Tensor, Tensor]:
     return torch.stack([_pick(subj, full, o) for o in range(p.outputs.shape[0])])[:, :n], p.outputs
 
 
-def _weight_grads(p: Pass, maps: dict[str, list[Tensor]], o: int) -> dict[str, list[Tensor]]:
-    """The gradient of output ``o`` w.r.t. every attention map, kind -> per-layer ``(H, Tq, Tk)``."""
+def _weight_grads(p: Pass, maps: dict[str, list[Tensor]]) -> list[dict[str, list[Tensor]]]:
+    """For each output: its gradient w.r.t. every attention map, kind -> per-layer ``(H, Tq, Tk)``."""
     if p.steps is not None:  # the RNN: one cross map made of T step tensors (1, S)
-        g = torch.autograd.grad(p.outputs[o], p.steps, retain_graph=True, allow_unused=True)
-        rows = [torch.zeros_like(s[0]) if gi is None else gi[0] for s, gi in zip(p.steps, g, strict=True)]
-        return {"cross": [torch.stack(rows)[None].detach()]}
+        out = []
+        for g in _per_output(p.outputs, p.steps):
+            rows = [torch.zeros_like(s[0]) if gi is None else gi[0] for s, gi in zip(p.steps, g, strict=True)]
+            out.append({"cross": [torch.stack(rows)[None].detach()]})
+        return out
     flat = [(k, i) for k, v in p.weights.items() for i in range(len(v)) if v[i].requires_grad]
-    g = torch.autograd.grad(p.outputs[o], [p.weights[k][i] for k, i in flat], retain_graph=True, allow_unused=True)
-    grads = {k: [torch.zeros_like(m) for m in v] for k, v in maps.items()}
-    for (k, i), gi in zip(flat, g, strict=True):
-        if gi is not None:
-            grads[k][i] = _heads(gi.detach()[0])
-    return grads
+    out = []
+    for g in _per_output(p.outputs, [p.weights[k][i] for k, i in flat]):
+        grads = {k: [torch.zeros_like(m) for m in v] for k, v in maps.items()}
+        for (k, i), gi in zip(flat, g, strict=True):
+            if gi is not None:
+                grads[k][i] = _heads(gi.detach()[0])
+        out.append(grads)
+    return out
 
 
 def _heads(w: Tensor) -> Tensor:

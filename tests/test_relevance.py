@@ -1,0 +1,298 @@
+"""attnkit.explain and its measures, each against a direct computation (float64, tiny models).
+
+- rollout and flow on hand-made attention graphs with known answers (flow also against
+  networkx's max-flow on a random layered graph);
+- input x gradient against Hugging Face's own ``inputs_embeds`` path and autograd;
+- AttnLRP's rules for one attention layer against a direct float64 implementation of the
+  paper's rules (no autograd), and conservation where the rules conserve exactly;
+- every method on every model family: shapes, tokens, no NaN; bad input: one clear ValueError;
+- pointing game, AOPC, insertion, bootstrap and the randomisation check on constructed cases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attnkit as ak
+import attnkit.viz
+from attnkit.relevance import METHODS, explain, faithfulness, graphs
+from attnkit.relevance.rules import AttnLRP
+
+TEXT = "the cat sat on the mat"
+TARGET = "le chat est sur le tapis"
+
+
+# ----------------------------------------------------------------------------- attention graphs
+
+
+def test_rollout_known_graph() -> None:
+    """Two layers where every token attends to token 0: Â = [[1, 0], [½, ½]], Â² = [[1, 0], [¾, ¼]]."""
+    A = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    out = graphs.rollout({"encoder": [A, A]}, "encoder")
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.0], [0.75, 0.25]], dtype=torch.float64))
+    # the explorer's rollout (viz) agrees on the same maps
+    viz = ak.viz.rollout(A[None, None].expand(2, 1, 2, 2))[-1].double()
+    torch.testing.assert_close(out, viz)
+
+
+def test_rollout_through_cross_attention_known_answer() -> None:
+    """One decoder layer, no self-attention: M = ½[I | 0] + ½ A_cross [0 | E] -> ½ A_cross E."""
+    A = torch.tensor([[0.25, 0.75]], dtype=torch.float64)
+    enc = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    out = graphs.rollout({"encoder": [enc], "cross": [A]}, "seq2seq")
+    E = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(out, 0.5 * A @ E)
+
+
+def test_flow_known_graph() -> None:
+    """Layers Â = [[1, 0], [½, ½]] twice: from top token 1, flow 1.0 reaches bottom token 0
+    (½ via the middle token 0, ½ via the middle token 1) and ½ reaches bottom token 1."""
+    A = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    out = graphs.flow({"encoder": [A, A]}, "encoder", rows=[0, 1])
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.0], [1.0, 0.5]], dtype=torch.float64))
+
+
+def test_flow_matches_networkx() -> None:
+    nx = pytest.importorskip("networkx")
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.softmax(torch.randn(5, 5, generator=g, dtype=torch.float64) * 2, -1) for _ in range(3)]
+    ours = graphs.flow({"encoder": layers}, "encoder", rows=[2])[0]
+    G = nx.DiGraph()
+    for l, A in enumerate(layers):
+        mix = graphs._mix(A)
+        for i in range(5):
+            for j in range(5):
+                G.add_edge((l + 1, i), (l, j), capacity=float(mix[i, j]))
+    theirs = torch.tensor([nx.maximum_flow_value(G, (3, 2), (0, j)) for j in range(5)], dtype=torch.float64)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- gradients vs peers
+
+
+def test_input_x_gradient_matches_hugging_face_inputs_embeds(tiny_model) -> None:
+    """explain(bert folder, query=...) against HF's inputs_embeds path differentiated by autograd."""
+    import transformers as tf
+
+    folder = tiny_model("bert")
+    e = explain(folder, TEXT, query="a cat on a mat", method="input_x_gradient")
+    model = tf.AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        q = model(**tok("a cat on a mat", return_tensors="pt")).last_hidden_state[0].mean(0)
+    ids = tok(TEXT, return_tensors="pt")["input_ids"]
+    x = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (1, T, E)
+    pooled = model(inputs_embeds=x).last_hidden_state[0].mean(0)
+    cos = torch.nn.functional.cosine_similarity(pooled, q, dim=0)
+    (grad,) = torch.autograd.grad(cos, x)
+    expected = (x * grad).sum(-1)[0]
+    torch.testing.assert_close(e.relevance[0], expected.float(), atol=1e-5, rtol=1e-4)
+    assert e.outputs[0].item() == pytest.approx(cos.item(), abs=1e-5)
+    assert len(e.tokens) == ids.shape[1] and e.tokens[0] == "[CLS]"
+
+
+@pytest.mark.slow
+def test_integrated_gradients_completeness(tiny_checkpoint) -> None:
+    """Integrated gradients sum to f(x) - f(0) (Sundararajan et al.'s completeness), to the Riemann error."""
+    e = explain(tiny_checkpoint("transformer"), TEXT, target=TARGET, method="integrated_gradients", steps=24)
+    assert e.conservation is not None
+    # midpoint sums over ReLU kinks: most outputs within 5%, all within 60%
+    assert (e.conservation - 1).abs().median().item() < 0.05, e.conservation
+    assert (e.conservation - 1).abs().max().item() < 0.6, e.conservation
+
+
+# ----------------------------------------------------------------------------- AttnLRP's rules
+
+
+def _direct_lrp_attention(mha: ak.MultiHeadAttention, x: torch.Tensor, row: int, c: torch.Tensor) -> torch.Tensor:
+    """The paper's rules written out for one self-attention layer, float64, no autograd.
+
+    Explains ``y = c · out[row]``. Linear maps: epsilon rule (epsilon 0, the bias in the
+    denominator); products ``A·V`` and ``Q·Kᵀ``: uniform rule (half to each factor);
+    softmax: ``R_s = s ⊙ (R_A - A Σ R_A)``. Returns the relevance of each token ``(T,)``.
+    """
+    T, E = x.shape
+    H, d = mha.num_heads, mha.head_dim
+
+    def lin(m: nn.Linear, inp: torch.Tensor) -> torch.Tensor:
+        return inp @ m.weight.T + m.bias
+
+    def eps_back(m: nn.Linear, inp: torch.Tensor, z: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        # R_in[t, e] = sum_n inp[t, e] W[n, e] R[t, n] / z[t, n]
+        return inp * ((R / z) @ m.weight)
+
+    Q, K, V = lin(mha.q_proj, x), lin(mha.k_proj, x), lin(mha.v_proj, x)  # (T, E)
+    split = lambda t: t.view(T, H, d).transpose(0, 1)  # noqa: E731  (H, T, d)
+    q, k, v = split(Q), split(K), split(V)
+    S = q @ k.transpose(-1, -2) * d**-0.5  # (H, T, T)
+    A = torch.softmax(S, -1)
+    Z = (A @ v).transpose(0, 1).reshape(T, E)  # (T, E)
+    out = lin(mha.out_proj, Z)
+    R_out = torch.zeros_like(out)
+    R_out[row] = c * out[row]
+    R_Z = split(eps_back(mha.out_proj, Z, out, R_out))  # (H, T, d)
+    z = A @ v
+    contrib = A[..., :, :, None] * v[..., None, :, :]  # (H, Tq, Tk, d): A[t,j] v[j,:]
+    share = contrib * (R_Z / z)[:, :, None, :]
+    R_A = 0.5 * share.sum(-1)  # (H, T, T)
+    R_v = 0.5 * share.sum(1)  # (H, T, d)
+    R_S = S * (R_A - A * R_A.sum(-1, keepdim=True))
+    prod = q[:, :, None, :] * k[:, None, :, :] * d**-0.5  # (H, Tq, Tk, d)
+    share = prod * (R_S / S)[..., None]
+    R_q, R_k = 0.5 * share.sum(2), 0.5 * share.sum(1)  # (H, T, d)
+    merge = lambda t: t.transpose(0, 1).reshape(T, E)  # noqa: E731
+    R_x = (eps_back(mha.q_proj, x, Q, merge(R_q)) + eps_back(mha.k_proj, x, K, merge(R_k))
+           + eps_back(mha.v_proj, x, V, merge(R_v)))
+    return R_x.sum(-1)
+
+
+def test_attnlrp_one_attention_layer_matches_the_papers_rules() -> None:
+    torch.manual_seed(0)
+    mha = ak.MultiHeadAttention(16, 4).double().eval()
+    for p in mha.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(6, 16, dtype=torch.float64)
+    c = torch.randn(16, dtype=torch.float64)
+    leaf = x.clone().requires_grad_(True)
+    with AttnLRP():
+        out, _ = mha(leaf[None])
+    y = c @ out[0, 3]
+    (grad,) = torch.autograd.grad(y, leaf)
+    ours = (leaf * grad).sum(-1).detach()
+    direct = _direct_lrp_attention(mha, x, 3, c)
+    torch.testing.assert_close(ours, direct, atol=1e-10, rtol=1e-8)
+    # and the rules change something: plain gradient x input differs
+    leaf2 = x.clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(c @ mha(leaf2[None])[0][0, 3], leaf2)
+    assert not torch.allclose((leaf2 * g2).sum(-1), direct, atol=1e-6)
+
+
+def test_attnlrp_conserves_where_the_rules_do() -> None:
+    """Without biases, LayerNorm (identity rule) -> linear -> GELU (identity rule) -> linear conserves
+    the output exactly: the input relevance sums to the explained output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LayerNorm(8, bias=False), nn.Linear(8, 16, bias=False), nn.GELU(),
+                        nn.Linear(16, 1, bias=False)).double()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    with AttnLRP():
+        y = net(x).sum()
+    (g,) = torch.autograd.grad(y, x)
+    assert (x * g).sum().item() == pytest.approx(y.item(), rel=1e-10)
+    # the same stack's plain gradient x input does not conserve
+    (g_plain,) = torch.autograd.grad(net(x).sum(), x)
+    assert (x * g_plain).sum().item() != pytest.approx(y.item(), rel=1e-3)
+
+
+def test_attnlrp_leaves_forward_values_alone(tiny_checkpoint) -> None:
+    from attnkit.relevance.subjects import subject
+
+    s = subject(tiny_checkpoint("transformer"), TEXT, target=TARGET, query=None)
+    # LayerNorm written out (its std a constant) rounds differently in float32: equal to 1e-5
+    torch.testing.assert_close(s.run(lrp=True).outputs, s.run().outputs, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- every family
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["transformer", "rnn", "bert", "gpt2", "t5"])
+def test_every_method_on_every_family(family: str, method: str, tiny_model, tiny_checkpoint) -> None:
+    kwargs: dict = {"steps": 4}
+    if family in ("transformer", "rnn"):
+        source, kwargs["target"] = tiny_checkpoint(family), TARGET
+    elif family == "bert":
+        source, kwargs["query"] = tiny_model("bert"), "a cat on a mat"
+    elif family == "gpt2":
+        source, kwargs["target"] = tiny_model("gpt2"), " on the mat"
+    else:
+        source, kwargs["target"] = tiny_model("t5"), TARGET
+    e = explain(source, TEXT, method=method, **kwargs)
+    assert e.relevance.shape == (len(e.target_tokens or [None]), len(e.tokens))
+    assert torch.isfinite(e.relevance).all()
+    if family in ("transformer", "rnn"):
+        assert e.target_tokens[-1] == "</s>" and "".join(e.target_tokens[:-1]) == TARGET
+    if method in ("rollout", "flow", "attention", "grad_rollout"):
+        assert (e.relevance >= 0).all()
+
+
+def test_attention_method_is_the_last_cross_attention(tiny_checkpoint) -> None:
+    folder = tiny_checkpoint("transformer")
+    e = explain(folder, TEXT, target=TARGET, method="attention")
+    att = ak.viz.explore(folder, TEXT, target=TARGET, path=None)
+    torch.testing.assert_close(e.relevance, att.weights["cross"][-1].mean(0)[:-1].float(), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_one_clear_line(tiny_checkpoint, tmp_path) -> None:
+    folder = tiny_checkpoint("transformer")
+    cases = {
+        "text must be a non-empty string": dict(text="   "),
+        "unknown method 'lime'": dict(method="lime"),
+        "cannot encode the target": dict(target="\u2603\u2603"),
+        "needs a sentence encoder": dict(query="a query"),
+    }
+    for message, kw in cases.items():
+        args = {"text": TEXT, "target": TARGET, **kw}
+        text = args.pop("text")
+        with pytest.raises(ValueError, match=message) as info:
+            explain(folder, text, **args)
+        assert "\n" not in str(info.value)
+    torch.manual_seed(0)
+    from attnkit.data import CharVocab
+
+    rnn = ak.RNNSeq2Seq(ak.RNNConfig(40, embed_dim=8, hidden_dim=8, attention="none"))
+    with pytest.raises(ValueError, match="needs attention weights"):
+        explain(rnn, "ab", target="ab", method="grad_rollout", tokenizer=CharVocab.build(["ab"]))
+    with pytest.raises(FileNotFoundError):
+        explain(tmp_path / "nothing-here", TEXT)
+
+
+def test_a_zero_map_is_labelled() -> None:
+    e = ak.Explanation(tokens=["a", "b"], target_tokens=["x", "y"], relevance=torch.tensor([[0.0, 0.0], [1.0, 0.0]]),
+                       method="attnlrp")
+    assert e.zero_rows == [0]
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def test_pointing_game_and_orders() -> None:
+    r = torch.tensor([0.1, 0.9, 0.3, 0.9])
+    assert faithfulness.deletion_order(r) == [1, 3, 2, 0]  # ties: left first
+    assert faithfulness.pointing_game(r, range(1, 2))
+    assert not faithfulness.pointing_game(r, [2, 3])
+    assert faithfulness.pointing_game(r, [3], candidates=[0, 2, 3])
+
+
+def test_aopc_insertion_and_bootstrap() -> None:
+    # f drops by 0.5 then 1.0: AOPC = mean(0.5, 1.0)
+    assert faithfulness.aopc(1.0, [0.5, 0.0]) == pytest.approx(0.75)
+    assert faithfulness.insertion_auc(1.0, 0.0, [0.5, 1.0]) == pytest.approx(0.75)
+    mean, lo, hi = faithfulness.bootstrap_ci([1.0] * 10)
+    assert mean == lo == hi == 1.0
+    mean, lo, hi = faithfulness.bootstrap_ci(list(range(100)))
+    assert lo < mean < hi and mean == pytest.approx(49.5)
+    assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(833.25 / 100), rel=0.15)
+
+
+def test_rank_correlation_and_randomisation() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert faithfulness.rank_correlation(a, a * 10) == pytest.approx(1.0)
+    assert faithfulness.rank_correlation(a, -a) == pytest.approx(-1.0)
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 1)
+    x = torch.randn(4)
+    constant = faithfulness.cascading_randomisation([lin], lambda: x.clone())
+    assert constant == [pytest.approx(1.0)]  # a map that ignores the weights does not change
+    before = lin.weight.clone()
+    changed = faithfulness.cascading_randomisation([lin], lambda: (lin.weight[0] * x).detach())
+    assert changed[0] < 0.99
+    torch.testing.assert_close(lin.weight, before)  # weights restored
