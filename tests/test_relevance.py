@@ -97,12 +97,11 @@ def test_input_x_gradient_matches_hugging_face_inputs_embeds(tiny_model) -> None
 
 @pytest.mark.slow
 def test_integrated_gradients_completeness(tiny_checkpoint) -> None:
-    """Integrated gradients sum to f(x) - f(0) (Sundararajan et al.'s completeness), to the Riemann error."""
-    e = explain(tiny_checkpoint("transformer"), TEXT, target=TARGET, method="integrated_gradients", steps=24)
+    """Integrated gradients sum to f(x) - f(0) (Sundararajan et al.'s completeness), to the Riemann
+    error: on the RNN (smooth: tanh, sigmoid; no ReLU kinks) 16 midpoints give 1% or better."""
+    e = explain(tiny_checkpoint("rnn"), TEXT, target=TARGET, method="integrated_gradients", steps=16)
     assert e.conservation is not None
-    # midpoint sums over ReLU kinks: most outputs within 5%, all within 60%
-    assert (e.conservation - 1).abs().median().item() < 0.05, e.conservation
-    assert (e.conservation - 1).abs().max().item() < 0.6, e.conservation
+    assert (e.conservation - 1).abs().max().item() < 0.02, e.conservation
 
 
 # ----------------------------------------------------------------------------- AttnLRP's rules
