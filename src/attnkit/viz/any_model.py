@@ -143,12 +143,14 @@ def explore(
 
 
 def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None = None,
-                   neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
+                   neuron: bool | None = None, kinds: Sequence[str] | None = None,
+                   relevance: dict | None = None) -> Path:
     """Write the explorer page of an :class:`Attention` and return its path.
 
     ``kinds`` limits the page to some attention kinds (default: all, in the order encoder,
     decoder, cross; the first is shown first). A link to ``page.html#cross`` (or
-    ``#decoder:rollout``) opens the page on that kind (and view).
+    ``#decoder:rollout``) opens the page on that kind (and view). ``relevance``: the relevance
+    view's data (:func:`attnkit.relevance.page.relevance_data`), drawn above the attention views.
     """
     kinds = att.kinds if kinds is None else list(kinds)
     bad = [k for k in kinds if k not in att.weights]
@@ -179,6 +181,8 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
         note = "The neuron view was not requested (neuron=False)."
     if note:
         data["neuronNote"] = note
+    if relevance is not None:
+        data["relevance"] = relevance
     return write_data(data, path)
 
 
