@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from lrp_reference import direct_attention_relevance, direct_encoder_relevance
 from torch import nn
 
 import attnkit as ak
@@ -62,11 +63,11 @@ def test_flow_matches_networkx() -> None:
     layers = [torch.softmax(torch.randn(5, 5, generator=g, dtype=torch.float64) * 2, -1) for _ in range(3)]
     ours = graphs.flow({"encoder": layers}, "encoder", rows=[2])[0]
     G = nx.DiGraph()
-    for l, A in enumerate(layers):
+    for depth, A in enumerate(layers):
         mix = graphs._mix(A)
         for i in range(5):
             for j in range(5):
-                G.add_edge((l + 1, i), (l, j), capacity=float(mix[i, j]))
+                G.add_edge((depth + 1, i), (depth, j), capacity=float(mix[i, j]))
     theirs = torch.tensor([nx.maximum_flow_value(G, (3, 2), (0, j)) for j in range(5)], dtype=torch.float64)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
@@ -107,48 +108,6 @@ def test_integrated_gradients_completeness(tiny_checkpoint) -> None:
 # ----------------------------------------------------------------------------- AttnLRP's rules
 
 
-def _direct_lrp_attention(mha: ak.MultiHeadAttention, x: torch.Tensor, row: int, c: torch.Tensor) -> torch.Tensor:
-    """The paper's rules written out for one self-attention layer, float64, no autograd.
-
-    Explains ``y = c · out[row]``. Linear maps: epsilon rule (epsilon 0, the bias in the
-    denominator); products ``A·V`` and ``Q·Kᵀ``: uniform rule (half to each factor);
-    softmax: ``R_s = s ⊙ (R_A - A Σ R_A)``. Returns the relevance of each token ``(T,)``.
-    """
-    T, E = x.shape
-    H, d = mha.num_heads, mha.head_dim
-
-    def lin(m: nn.Linear, inp: torch.Tensor) -> torch.Tensor:
-        return inp @ m.weight.T + m.bias
-
-    def eps_back(m: nn.Linear, inp: torch.Tensor, z: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        # R_in[t, e] = sum_n inp[t, e] W[n, e] R[t, n] / z[t, n]
-        return inp * ((R / z) @ m.weight)
-
-    Q, K, V = lin(mha.q_proj, x), lin(mha.k_proj, x), lin(mha.v_proj, x)  # (T, E)
-    split = lambda t: t.view(T, H, d).transpose(0, 1)  # noqa: E731  (H, T, d)
-    q, k, v = split(Q), split(K), split(V)
-    S = q @ k.transpose(-1, -2) * d**-0.5  # (H, T, T)
-    A = torch.softmax(S, -1)
-    Z = (A @ v).transpose(0, 1).reshape(T, E)  # (T, E)
-    out = lin(mha.out_proj, Z)
-    R_out = torch.zeros_like(out)
-    R_out[row] = c * out[row]
-    R_Z = split(eps_back(mha.out_proj, Z, out, R_out))  # (H, T, d)
-    z = A @ v
-    contrib = A[..., :, :, None] * v[..., None, :, :]  # (H, Tq, Tk, d): A[t,j] v[j,:]
-    share = contrib * (R_Z / z)[:, :, None, :]
-    R_A = 0.5 * share.sum(-1)  # (H, T, T)
-    R_v = 0.5 * share.sum(1)  # (H, T, d)
-    R_S = S * (R_A - A * R_A.sum(-1, keepdim=True))
-    prod = q[:, :, None, :] * k[:, None, :, :] * d**-0.5  # (H, Tq, Tk, d)
-    share = prod * (R_S / S)[..., None]
-    R_q, R_k = 0.5 * share.sum(2), 0.5 * share.sum(1)  # (H, T, d)
-    merge = lambda t: t.transpose(0, 1).reshape(T, E)  # noqa: E731
-    R_x = (eps_back(mha.q_proj, x, Q, merge(R_q)) + eps_back(mha.k_proj, x, K, merge(R_k))
-           + eps_back(mha.v_proj, x, V, merge(R_v)))
-    return R_x.sum(-1)
-
-
 def test_attnlrp_one_attention_layer_matches_the_papers_rules() -> None:
     torch.manual_seed(0)
     mha = ak.MultiHeadAttention(16, 4).double().eval()
@@ -162,12 +121,33 @@ def test_attnlrp_one_attention_layer_matches_the_papers_rules() -> None:
     y = c @ out[0, 3]
     (grad,) = torch.autograd.grad(y, leaf)
     ours = (leaf * grad).sum(-1).detach()
-    direct = _direct_lrp_attention(mha, x, 3, c)
+    direct = direct_attention_relevance(mha, x, 3, c)
     torch.testing.assert_close(ours, direct, atol=1e-10, rtol=1e-8)
     # and the rules change something: plain gradient x input differs
     leaf2 = x.clone().requires_grad_(True)
     (g2,) = torch.autograd.grad(c @ mha(leaf2[None])[0][0, 3], leaf2)
     assert not torch.allclose((leaf2 * g2).sum(-1), direct, atol=1e-6)
+
+
+def test_attnlrp_two_encoder_layers_match_the_papers_rules() -> None:
+    """Two post-LN GELU encoder layers (attention, residuals, LayerNorm, feed-forward)."""
+    from attnkit.transformer import EncoderLayer, LayerSettings
+
+    torch.manual_seed(1)
+    settings = LayerSettings(embed_dim=16, num_heads=4, ff_dim=32, dropout=0.0, activation="gelu")
+    layers = nn.ModuleList([EncoderLayer(settings) for _ in range(2)]).double().eval()
+    for p in layers.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(7, 16, dtype=torch.float64)
+    c = torch.randn(16, dtype=torch.float64)
+    leaf = x.clone().requires_grad_(True)
+    with AttnLRP():
+        h = leaf[None]
+        for layer in layers:
+            h, _ = layer(h)
+    (grad,) = torch.autograd.grad(c @ h[0, 2], leaf)
+    torch.testing.assert_close((leaf * grad).sum(-1).detach(), direct_encoder_relevance(layers, x, 2, c),
+                               atol=1e-9, rtol=1e-7)
 
 
 def test_attnlrp_conserves_where_the_rules_do() -> None:

@@ -156,7 +156,6 @@ def _folder(source: str | os.PathLike, text: str, *, target: str | None, query: 
     import json
 
     from attnkit import SentenceEncoder
-    from attnkit.viz import any_model
 
     folder = Path(source).expanduser()
     if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
