@@ -117,10 +117,10 @@ class FlowGraph:
         return ids
 
     def connect(self, upper: Tensor, lower: Tensor, cap: Tensor) -> None:
-        q = torch.round(cap.double() * FLOW_UNIT).long()
-        i, j = torch.nonzero(q > 0, as_tuple=True)
-        self.rows.append(upper[i])
-        self.cols.append(lower[j])
+        q = (cap.double() * FLOW_UNIT).round().numpy().astype("int64")
+        i, j = q.nonzero()
+        self.rows.append(upper.numpy()[i])
+        self.cols.append(lower.numpy()[j])
         self.caps.append(q[i, j])
         self._csr = None
 
@@ -128,7 +128,9 @@ class FlowGraph:
         """Max flow from ``source`` to each node of ``sinks`` (one exact solve each) -> float64."""
         csr_array, maximum_flow = _scipy()
         if self._csr is None:
-            rows, cols, caps = (torch.cat(x).numpy() for x in (self.rows, self.cols, self.caps))
+            import numpy as np
+
+            rows, cols, caps = (np.concatenate(x) for x in (self.rows, self.cols, self.caps))
             self._csr = csr_array((caps.astype("int32"), (rows.astype("int32"), cols.astype("int32"))),
                                   shape=(self.n, self.n))
             self._csr.sum_duplicates()

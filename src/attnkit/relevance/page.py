@@ -44,11 +44,12 @@ def relevance_data(explanations: Mapping[str, Explanation]) -> dict[str, Any]:
 
 
 def write_page(explanations: Mapping[str, Explanation], path: str | os.PathLike, *, source: Any, text: str,
-               target: str | None = None, title: str | None = None) -> Path:
+               target: str | None = None, title: str | None = None, tokenizer: Any = None) -> Path:
     """One offline page: the relevance view of ``explanations`` above the attention explorer of
-    ``source`` on ``text`` (``target`` for an encoder-decoder). Returns the page's path."""
+    ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
+    model). Returns the page's path."""
     from attnkit.viz import explore, write_explorer
 
-    att = explore(source, text, target=target, path=None)
+    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
     return write_explorer(att, path, title=title or f"{name}: {text}", relevance=relevance_data(explanations))
