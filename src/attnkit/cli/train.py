@@ -42,6 +42,7 @@ def train_command(
     import torch
 
     from attnkit.data import load_task, load_tokenizer
+    from attnkit.distributed import init_distributed
     from attnkit.models.checkpoint import (
         is_checkpoint,
         load_trainer_state,
@@ -58,7 +59,6 @@ def train_command(
         encode_task,
         task_from_meta,
     )
-    from attnkit.training.ddp import init_distributed
     from attnkit.training.trainer import TRAIN_DTYPES
 
     if threads:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from attnkit.data.batching import collate, pad_ids
+from attnkit.distributed import peer_guard
 from attnkit.models.checkpoint import (
     config_diff,
     load_optimizer,
@@ -49,7 +50,7 @@ from attnkit.models.checkpoint import (
 from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.progress import progress_bar
-from attnkit.training.ddp import agree_min, ddp_token_loss, peer_guard, sync_stop
+from attnkit.training.ddp import agree_min, ddp_token_loss, sync_stop
 
 __all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "evaluate", "learning_rate"]
 

@@ -237,7 +237,7 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
     """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
     folder = Path(source).expanduser()
     if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
-        from attnkit import SentenceEncoder
+        from attnkit.models.sentence_encoder import SentenceEncoder
 
         encoder = SentenceEncoder.from_pretrained(str(source))
         _no_target(target, "a sentence-transformers encoder")
@@ -257,7 +257,7 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path} is not a model config (a JSON object)")
     if config.get("format") == "attnkit-checkpoint":
-        from attnkit import load
+        from attnkit.models import load
         from attnkit.data import load_tokenizer
 
         return _run_attnkit(load(folder), load_tokenizer(folder), text, target=target,
@@ -266,7 +266,7 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
         raise ValueError(f"{cfg_path} names no model_type and is not an attnkit checkpoint: "
                          f"{folder} is not a model folder")
     if (folder / "modules.json").is_file() and config["model_type"] == "bert":
-        from attnkit import SentenceEncoder
+        from attnkit.models.sentence_encoder import SentenceEncoder
 
         _no_target(target, "a sentence-transformers encoder")
         return _run_sentence_encoder(SentenceEncoder.from_pretrained(folder), text)
