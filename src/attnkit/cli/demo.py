@@ -155,7 +155,7 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
     locale's long date, plus the Transformer's encoder, decoder and cross-attention in the
     explorer (and its decoder alone)."""
     from attnkit.data.dates import DateTask
-    from attnkit.viz import explore, write_explorer
+    from attnkit.viz import explore
     from attnkit.viz.alignment import align, draw
 
     vocab = task.tokenizer
@@ -181,8 +181,8 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
         # decoder's causal self-attention on a page of its own, as a decoder-only model shows it
         att = explore(transformer.model, example.source, tokenizer=vocab, path=out / "transformer-explorer.html",
                       title=f"Transformer: {example.source}")
-        write_explorer(att, out / "transformer-decoder.html", kinds=["decoder"],
-                       title=f"Transformer decoder (causal self-attention) writing {example.target}")
+        att.save(out / "transformer-decoder.html", kinds=["decoder"],
+                 title=f"Transformer decoder (causal self-attention) writing {example.target}")
     return pictures
 
 
