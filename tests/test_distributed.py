@@ -70,7 +70,7 @@ def _check_shard_roundtrip(rank: int, world: int) -> None:
 
 def _check_rotary_sequence_parallel(rank: int, world: int, layout: str) -> None:
     """Rotary positions under ring attention are the *global* ones: sharded == whole sequence."""
-    from attnkit.transformer import RotaryEmbedding
+    from attnkit.positions import RotaryEmbedding
 
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(2)

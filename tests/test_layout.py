@@ -60,7 +60,7 @@ LAYERS = [
     ("attnkit.runtime", "attnkit.io", "attnkit.progress"),
     ("attnkit.functional", "attnkit.data"),
     ("attnkit.varlen", "attnkit.distributed"),
-    ("attnkit.attention",),
+    ("attnkit.attention", "attnkit.positions"),
     ("attnkit.transformer", "attnkit.rnn"),
     ("attnkit.models",),
     ("attnkit.hf", "attnkit.embedding", "attnkit.training", "attnkit.relevance", "attnkit.viz"),

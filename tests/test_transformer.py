@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnkit as ak
+from attnkit.models.transformer_seq2seq import TransformerConfig
+from attnkit.positions import RotaryEmbedding, sinusoidal_table
 from attnkit.transformer import (
     Decoder,
     Embeddings,
@@ -18,9 +20,6 @@ from attnkit.transformer import (
     EncoderLayer,
     FeedForward,
     LayerSettings,
-    RotaryEmbedding,
-    TransformerConfig,
-    sinusoidal_table,
 )
 from attnkit.varlen import Packed
 
