@@ -46,9 +46,10 @@ import contextlib
 import datetime
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,7 +58,7 @@ from torch import Tensor
 from attnkit.functional import attention_and_lse, attention_and_lse_backward
 
 __all__ = [
-    "LAYOUTS", "PeerLostError", "check_layout", "chunk_offsets", "default_backend", "init_distributed", "peer_guard",
+    "LAYOUTS", "PeerLostError", "SequenceParallel", "check_layout", "chunk_offsets", "default_backend", "init_distributed", "peer_guard",
     "ring_attention", "shard", "unshard",
 ]
 
@@ -358,6 +359,44 @@ def ring_attention(
         raise ValueError(f"a zigzag shard holds two equal chunks; got odd shard length {q.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return _RingAttention.apply(q, k, v, group, causal, scale, layout)
+
+
+# ----------------------------------------------------------------------------- sequence parallelism
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """How a self-attention layer attends over a sequence sharded across ranks: ring attention
+    over ``group`` (None: the default process group), the sequence cut in ``layout`` (see
+    :func:`shard`). Give it to a layer at construction
+    (``MultiHeadAttention(..., sequence_parallel=SequenceParallel(layout="zigzag"))``); the
+    layer's input is then this rank's shard ``(B, N/P, E)``."""
+
+    group: Any = None
+    layout: str = "contiguous"
+
+    def __post_init__(self) -> None:
+        check_layout(self.layout, "SequenceParallel.layout")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None,
+               rotary: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
+        """``q (B, H, n, d)``, ``k``/``v`` ``(B, Hkv, n, d)``: this rank's shard -> ``(B, H, n, d)``.
+        ``rotary(x, offset)`` (a :class:`attnkit.positions.RotaryEmbedding`) rotates queries and
+        keys by their *global* positions, piece by piece (:func:`chunk_offsets`)."""
+        if rotary is not None:
+            offsets = chunk_offsets(q.shape[-2], group=self.group, layout=self.layout)
+            q, k = (_rotate_pieces(t, offsets, rotary) for t in (q, k))
+        return ring_attention(q, k, v, group=self.group, causal=causal, scale=scale, layout=self.layout)
+
+
+def _rotate_pieces(x: Tensor, offsets: list[tuple[int, int]], rotary: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """Rotate each piece of ``x (B, H, n, d)`` by its global position: ``offsets`` lists
+    ``(global start, length)`` of the pieces in order."""
+    pieces, at = [], 0
+    for start, length in offsets:
+        pieces.append(rotary(x[..., at : at + length, :], start))
+        at += length
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
 
 
 # ----------------------------------------------------------------------------- process groups

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import attnkit.runtime as runtime
 from attnkit.attention import KVCache, MultiHeadAttention
+from attnkit.distributed import SequenceParallel
 from attnkit.positions import POSITIONS, SinusoidalPositions
 from attnkit.varlen import Packed
 
@@ -195,12 +196,12 @@ class LayerSettings:
             layer_norm_eps=layer.norm1.eps, bias=layer.linear1.bias is not None,
         )
 
-    def attention(self, rotary: nn.Module | None = None, sequence_parallel: object = None,
-                  sequence_layout: str = "contiguous") -> MultiHeadAttention:
+    def attention(self, rotary: nn.Module | None = None,
+                  sequence_parallel: SequenceParallel | None = None) -> MultiHeadAttention:
         """A :class:`MultiHeadAttention` of these sizes."""
         return MultiHeadAttention(
             self.embed_dim, self.num_heads, kv_heads=self.kv_heads, bias=self.bias, dropout=self.dropout,
-            rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout,
+            rotary=rotary, sequence_parallel=sequence_parallel,
         )
 
     def norm(self) -> nn.LayerNorm:
@@ -216,7 +217,7 @@ class EncoderLayer(nn.Module):
 
     Submodules mirror ``nn.TransformerEncoderLayer``: ``self_attn``, ``ff.linear1``,
     ``ff.linear2``, ``norm1``, ``norm2``. ``rotary`` (a :class:`RotaryEmbedding`) rotates the
-    self-attention queries/keys; ``sequence_parallel``/``sequence_layout`` make the
+    self-attention queries/keys; ``sequence_parallel`` (a :class:`SequenceParallel`) makes the
     self-attention ring attention (see :class:`MultiHeadAttention`).
 
     :meth:`forward` takes a padded batch ``(B, S, E)``, or a packed stream of real tokens
@@ -228,12 +229,11 @@ class EncoderLayer(nn.Module):
         settings: LayerSettings,
         *,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         self.norm_first = settings.norm_first
-        self.self_attn = settings.attention(rotary, sequence_parallel, sequence_layout)
+        self.self_attn = settings.attention(rotary, sequence_parallel)
         self.ff = settings.feed_forward()
         self.norm1, self.norm2 = settings.norm(), settings.norm()
         self.dropout1 = nn.Dropout(settings.dropout)
@@ -388,9 +388,9 @@ class Encoder(nn.Module):
     ``forward(x (B, S, E), *, key_mask=None, need_weights=False)`` ->
     ``(hidden (B, S, E), [per-layer (B, H, S, S)] | None)``.
 
-    ``sequence_parallel=group`` (a process group, or ``True`` for the default one) runs every
+    ``sequence_parallel`` (a :class:`SequenceParallel`: group and layout) runs every
     self-attention as ring attention: ``x`` is then this rank's shard ``(B, S/P, E)`` of the
-    sequence, cut in ``sequence_layout`` (see :func:`attnkit.distributed.shard`); everything else
+    sequence (see :func:`attnkit.distributed.shard`); everything else
     in a layer is per token.
     """
 
@@ -401,14 +401,13 @@ class Encoder(nn.Module):
         *,
         final_norm: bool | None = None,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         self.layers = nn.ModuleList(
-            EncoderLayer(settings, rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
+            EncoderLayer(settings, rotary=rotary, sequence_parallel=sequence_parallel)
             for _ in range(num_layers)
         )
         self.norm = _final_norm(final_norm, settings)
@@ -427,14 +426,13 @@ class Encoder(nn.Module):
 
     @classmethod
     def from_torch(
-        cls, m: nn.TransformerEncoder, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
+        cls, m: nn.TransformerEncoder, *, sequence_parallel: SequenceParallel | None = None
     ) -> Encoder:
         """Exact weight import from ``nn.TransformerEncoder`` (post-LN or ``norm_first``,
         ReLU or GELU, with or without the final norm, ``batch_first`` either way), optionally
         run sequence-parallel (as in the constructor)."""
         settings = _torch_stack_settings(cls, m, nn.TransformerEncoder)
-        new = cls(len(m.layers), settings, final_norm=m.norm is not None, sequence_parallel=sequence_parallel,
-                  sequence_layout=sequence_layout)
+        new = cls(len(m.layers), settings, final_norm=m.norm is not None, sequence_parallel=sequence_parallel)
         return _copy_torch_stack(new, m, lambda ours, theirs: None)
 
 
