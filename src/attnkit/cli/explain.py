@@ -23,7 +23,7 @@ def explain_command(text: str, *, model: str, target: str | None = None, query: 
     explanations (method -> :class:`~attnkit.Explanation`), the page and the picture paths."""
     from attnkit.relevance import METHODS, explain
     from attnkit.relevance.page import write_page
-    from attnkit.viz import explore, write_views
+    from attnkit.viz import explore
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -38,7 +38,7 @@ def explain_command(text: str, *, model: str, target: str | None = None, query: 
     page = write_page(explanations, out, source=model, text=text, target=target)
     pictures: list[Path] = []
     if svg or png:
-        pictures = write_views(explore(model, text, target=target, path=None), svg_dir=svg, png_dir=png)
+        pictures = explore(model, text, target=target, path=None).save(svg=svg, png=png)
         pictures += _relevance_pictures(first, svg, png)
     return explanations, page, pictures
 

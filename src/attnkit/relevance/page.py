@@ -48,8 +48,10 @@ def write_page(explanations: Mapping[str, Explanation], path: str | os.PathLike,
     """One offline page: the relevance view of ``explanations`` above the attention explorer of
     ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
     model). Returns the page's path."""
-    from attnkit.viz import explore, write_explorer
+    from attnkit.viz import explore
+    from attnkit.viz.any_model import _write_page
 
     att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
-    return write_explorer(att, path, title=title or f"{name}: {text}", relevance=relevance_data(explanations))
+    att.path = _write_page(att, path, title=title or f"{name}: {text}", relevance=relevance_data(explanations))
+    return att.path
