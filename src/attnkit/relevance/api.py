@@ -20,9 +20,7 @@ against the output. A map is never NaN; an all-zero row is reported by :attr:`Ex
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,7 +54,6 @@ class Explanation:
     outputs: Tensor | None = None
     conservation: Tensor | None = None
     query: str | None = None
-    path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -240,9 +237,3 @@ def _pick(subj: Subject, full: Tensor, o: int) -> Tensor:
         return full[subj.rows[o]]
     return full[o]
 
-
-def save(explanation: Explanation, path: str | os.PathLike) -> Path:
-    """Write the relevance page of one explanation (see :func:`attnkit.relevance.page.write_page`)."""
-    from attnkit.relevance.page import write_page
-
-    return write_page({explanation.method: explanation}, path)

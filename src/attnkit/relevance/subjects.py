@@ -118,7 +118,8 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 def subject(source: Any, text: str, *, target: str | None, query: str | None, tokenizer: Any = None,
             max_new_tokens: int = 32) -> Subject:
     """The :class:`Subject` for any model :func:`attnkit.explain` takes."""
-    from attnkit import RNNSeq2Seq, SentenceEncoder, TransformerSeq2Seq
+    from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
+    from attnkit.models.sentence_encoder import SentenceEncoder
     from attnkit.viz import any_model
 
     if isinstance(source, (str, os.PathLike)):
@@ -155,7 +156,7 @@ def _folder(source: str | os.PathLike, text: str, *, target: str | None, query: 
             max_new_tokens: int) -> Subject:
     import json
 
-    from attnkit import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     folder = Path(source).expanduser()
     if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
@@ -171,8 +172,8 @@ def _folder(source: str | os.PathLike, text: str, *, target: str | None, query: 
     if not isinstance(config, dict):
         raise ValueError(f"{cfg} is not a model config (a JSON object)")
     if config.get("format") == "attnkit-checkpoint":
-        from attnkit import load
         from attnkit.data import load_tokenizer
+        from attnkit.models import load
 
         _no_query(query, "an attnkit seq2seq checkpoint")
         return _attnkit(load(folder), load_tokenizer(folder), text, target=target, max_new_tokens=max_new_tokens)
@@ -206,7 +207,7 @@ def _load_hf(folder: Path, config: dict) -> tuple[nn.Module, Any]:
 
 
 def _attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Subject:
-    from attnkit import TransformerSeq2Seq, generate
+    from attnkit.models import TransformerSeq2Seq, generate
     from attnkit.viz.any_model import _attnkit_tokens
 
     c = model.config
