@@ -52,8 +52,11 @@ def args_() -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--dates", type=int, default=2000)
     p.add_argument("--ig-steps", type=int, default=32)
-    p.add_argument("--train-seconds", type=float, default=90.0)
-    p.add_argument("--parts", default="speed,agreement,minilm,dates")
+    p.add_argument("--ig-dates", type=int, default=200, help="integrated gradients on the first N dates only")
+    p.add_argument("--train-seconds", type=float, default=90.0, help="training budget per date model (the demo's)")
+    p.add_argument("--train-steps", type=int, default=None, help="train for this many steps instead of a time budget")
+    p.add_argument("--checkpoints", default=None, help="folder of the date models: reused when there, else written")
+    p.add_argument("--parts", default="speed,agreement,conservation,minilm,dates")
     p.add_argument("--name", default=BENCH, help="results/<name>.json (run parts in parallel under two names)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     return p.parse_args()
@@ -174,11 +177,23 @@ def bench_dates(a: argparse.Namespace) -> None:
     examples = D.generate(min(a.dates, 20) if a.quick else a.dates, seed=1, split="test")
     methods = ["attnlrp", "input_x_gradient", "grad_rollout", "rollout", "flow", "attention", "integrated_gradients"]
     for arch in ("transformer", "rnn"):
-        model, result = train_date_model(arch, data, attention="additive", seed=0, validate=False, steps=None,
-                                          time_budget=seconds)
+        folder = None if a.checkpoints is None else Path(a.checkpoints) / arch
+        if folder is not None and (folder / "config.json").is_file():
+            from attnkit.models import load
+
+            model, steps = load(folder).eval(), "reused"
+        else:
+            budget = {"steps": a.train_steps, "time_budget": None} if a.train_steps else {
+                "steps": None, "time_budget": seconds}
+            model, result = train_date_model(arch, data, attention="additive", seed=0, validate=False,
+                                             out_dir=folder, **budget)
+            steps = result.step
         model.eval()
+        from attnkit.training import evaluate
+
+        exact = evaluate(model, data.test, batch_size=256)["exact_match"]
         hits = {m: [] for m in methods}
-        n_ig = min(len(examples), 200)
+        n_ig = min(len(examples), a.ig_dates)
         with progress_bar(f"pointing game ({arch})", total=len(examples)) as bar:
             for i, ex in enumerate(examples):
                 s = subject(model, ex.source, target=ex.target, query=None, tokenizer=vocab)
@@ -199,7 +214,8 @@ def bench_dates(a: argparse.Namespace) -> None:
                             hits[m].append(ff.pointing_game(rel[row], inside, candidates=cands))
                 bar.update(advance=1)
         acc = {m: sum(h) / max(1, len(h)) for m, h in hits.items()}
-        extra[f"(b) date pointing game, {arch} ({result.step} steps, {len(examples)} held-out dates; "
+        extra[f"(b) date pointing game, {arch} ({steps} steps, held-out exact match {100 * exact:.1f}% on "
+              f"{len(data.test)}; {len(examples)} held-out dates; "
               f"integrated_gradients on the first {n_ig})"] = ", ".join(
             f"{m} {100 * v:.1f}% (n={len(hits[m])})" for m, v in acc.items())
         best = max((m for m in methods if m != "attention"), key=acc.get)
@@ -319,6 +335,43 @@ def bench_agreement(a: argparse.Namespace) -> None:
                    "target 0.99", 0.99, min(rs), "Pearson", target=1.0)
 
 
+# ----------------------------------------------------------------------------- conservation
+
+
+def bench_conservation(a: argparse.Namespace) -> None:
+    """How closely AttnLRP's relevance sums to the explained output, per model family: the sum over
+    every embedding the model read (input and, for a decoder, its own earlier tokens) / the output.
+    MiniLM (trained) on the docstring pairs; tiny random Hugging Face and attnkit models otherwise."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from viz_support import TARGET, TEXT, build, build_checkpoint
+
+    from attnkit import SentenceEncoder
+
+    rows = {}
+    encoder = SentenceEncoder.from_pretrained()
+    pairs = make_pairs(encoder, 10 if a.quick else 50)
+    vals = [float(explain_subject(subject(encoder, d, target=None, query=q), "attnlrp").conservation[0])
+            for q, d in pairs]
+    rows["MiniLM (trained), cosine"] = vals
+    root = Path(tempfile.mkdtemp())
+    for family in ("bert", "gpt2", "bart", "t5"):
+        folder = build(family, root / family)
+        kw = {"query": "a cat on a mat"} if family == "bert" else {"target": TARGET if family != "gpt2" else " on the mat"}
+        s = subject(folder, TEXT, max_new_tokens=8, **{"target": None, "query": None, **kw})
+        rows[f"tiny random {family}"] = explain_subject(s, "attnlrp").conservation.tolist()
+    for kind in ("transformer", "rnn"):
+        folder = build_checkpoint(kind, root / kind)
+        s = subject(folder, TEXT, target=TARGET, query=None)
+        rows[f"tiny random attnkit {kind}"] = explain_subject(s, "attnlrp").conservation.tolist()
+    text = []
+    for name, v in rows.items():
+        t = torch.tensor(v)
+        text.append(f"{name}: median {t.median():.3f}, IQR [{t.quantile(0.25):.3f}, {t.quantile(0.75):.3f}] (n={len(v)})")
+    extra["AttnLRP conservation (sum of relevance / output)"] = "; ".join(text)
+
+
 # ----------------------------------------------------------------------------- speed
 
 
@@ -357,8 +410,8 @@ def main() -> None:
     torch.manual_seed(0)
     parts = a.parts.split(",")
     extra["CPU"] = f"{harness.machine()} (Intel Ice Lake Xeon, AVX-512 + VNNI, no bf16), shared with other jobs"
-    for name, fn in (("speed", bench_speed), ("agreement", bench_agreement), ("minilm", bench_minilm),
-                     ("dates", bench_dates)):
+    for name, fn in (("speed", bench_speed), ("agreement", bench_agreement), ("conservation", bench_conservation),
+                     ("minilm", bench_minilm), ("dates", bench_dates)):
         if name in parts:
             t = time.perf_counter()
             fn(a)

@@ -275,3 +275,12 @@ def test_rank_correlation_and_randomisation() -> None:
     changed = faithfulness.cascading_randomisation([lin], lambda: (lin.weight[0] * x).detach())
     assert changed[0] < 0.99
     torch.testing.assert_close(lin.weight, before)  # weights restored
+
+
+def test_explain_after_embedding_in_inference_mode() -> None:
+    """embed() runs under torch.inference_mode and the runtime keeps the stacked q/k/v weights it
+    made there; explain() afterwards must not hand those inference tensors to autograd."""
+    encoder = ak.SentenceEncoder.from_pretrained()
+    encoder.embed(["a first text embedded in inference mode " * 3], dtype="float32")
+    e = explain(encoder, "time flies like an arrow", query="how fast does time pass")
+    assert e.relevance.shape == (1, len(e.tokens)) and torch.isfinite(e.relevance).all()
