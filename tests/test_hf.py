@@ -34,6 +34,11 @@ FAMILIES = {
     "qwen2": ("decoder", lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(
         vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD))),
+    "gpt_oss": ("decoder", lambda: tf.GptOssForCausalLM(tf.GptOssConfig(  # attention sinks, sliding layers, MoE
+        vocab_size=V, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=3,
+        max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        pad_token_id=PAD))),
     "gpt2": ("decoder", lambda: tf.GPT2LMHeadModel(tf.GPT2Config(
         vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=PAD))),
@@ -147,7 +152,7 @@ def test_weights_only_when_asked(family, monkeypatch):
     with torch.no_grad():
         out = _run(model, NAME, **_inputs(kind, "right"))
     assert getattr(out, "attentions", None) is None
-    if name != "gemma2":  # soft-capped scores are written out by attnkit.hf itself
+    if name not in ("gemma2", "gpt_oss"):  # soft-capped scores and sinks are written out by attnkit.hf itself
         assert asked and not any(asked)
 
 
@@ -205,9 +210,8 @@ def test_attention_dropout_draws_eager_masks():
 def test_rows_with_nothing_to_attend_to():
     """A left-padded causal model's first rows see only padding: eager makes them uniform over
     every key (its mask is the dtype's minimum, not -inf); attnkit makes them zero. No NaN."""
-    _, kind, model = "llama", *FAMILIES["llama"]
     torch.manual_seed(0)
-    model = model().eval()
+    model = FAMILIES["llama"][1]().eval()
     inputs = _batch("left")
     with torch.no_grad():
         eager = _run(model, "eager", **inputs, output_attentions=True)
@@ -249,7 +253,7 @@ def test_packed_equals_each_sequence_alone(family, form, side, monkeypatch):
     for b in range(len(LENGTHS)):
         torch.testing.assert_close(out[b][rows[b]], _alone(model, batch["input_ids"][b][rows[b]]), atol=1e-5, rtol=0)
     assert torch.equal(out[~rows], torch.zeros_like(out[~rows]))
-    if name not in ("mistral", "gemma2"):  # a sliding window shorter than a sequence runs each one densely
+    if name not in ("mistral", "gemma2", "gpt_oss"):  # sinks, or a sliding window shorter than a sequence runs each one densely
         assert calls and all(lengths == LENGTHS for lengths in calls)
 
 
@@ -260,6 +264,8 @@ def test_packed_weights_equal_eager(family):
     name, kind, model = family
     if kind == "seq2seq":
         pytest.skip("encoder-decoder families are not packed")
+    if name == "gpt_oss":
+        pytest.skip("gpt-oss gives its mask functions no position_ids: eager attends across a packed row")
     packed = akhf.pack(_batch("right"))
     packed = {k: v for k, v in packed.items() if not k.startswith(("cu_seq", "max_length"))}
     if kind == "decoder":  # transformers reads a packed row only without a cache
