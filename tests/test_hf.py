@@ -345,3 +345,25 @@ def test_transformers_too_old_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"needs transformers >= 4\.53 .*found \S+: pip install") as info:
         akhf.register()
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the explorer
+
+
+def test_explorer_loads_with_attnkit(tiny_model, tmp_path, monkeypatch):
+    """explore() on a Hugging Face folder runs attnkit's weights path; the weights are eager's."""
+    from viz_support import TEXT, load_reference
+
+    from attnkit.viz import explore
+
+    asked = []
+    real = akhf.scaled_dot_product_attention
+    monkeypatch.setattr(akhf, "scaled_dot_product_attention",
+                        lambda *a, **k: asked.append(k.get("return_weights")) or real(*a, **k))
+    folder = tiny_model("gpt2")
+    att = explore(folder, TEXT, path=tmp_path / "view.html")
+    assert asked and all(asked)
+    model, _ = load_reference("gpt2", folder)  # eager
+    with torch.no_grad():
+        eager = model(input_ids=torch.tensor([att.ids]), output_attentions=True).attentions
+    torch.testing.assert_close(att.weights["decoder"], torch.stack([w[0] for w in eager]), atol=1e-6, rtol=0)

@@ -101,11 +101,54 @@ def check(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- the mask function
 
 
-def attention_mask(*args: Any, **kwargs: Any) -> Tensor | None:
+def attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor | None:
     """The mask function registered with ``AttentionMaskInterface``: transformers' boolean
     ``(B, 1, L, S)`` mask, True = may attend (attnkit's convention), or None where the call can
-    say ``causal`` instead (no padding, full causal) or needs no mask at all."""
-    return _interfaces()[2](*args, **kwargs)
+    say ``causal`` instead (no padding, full causal) or needs no mask at all.
+
+    A packed row (one row, no padding, tokens that do not see their neighbour: sequences that
+    restart) is built block by block: the pattern is evaluated inside each sequence only and is
+    False across them, where transformers would evaluate it on all ``N x N`` pairs."""
+    sdpa_mask = _interfaces()[2]
+    args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+    if mask_function is not None:
+        args["mask_function"] = mask_function
+    if (mask_function is None or batch_size != 1 or attention_mask is not None or q_length != kv_length
+            or q_length < 2 or not isinstance(q_offset, int) or q_offset or kv_offset or kwargs.get("use_vmap")):
+        return sdpa_mask(**args)
+    lengths = _mask_blocks(mask_function, q_length, kwargs.get("device", "cpu"))
+    if lengths is None:
+        return sdpa_mask(**args)
+    device = kwargs.get("device", "cpu")
+    mask = torch.zeros(1, 1, q_length, kv_length, dtype=torch.bool, device=device)  # (1, 1, N, N)
+    zero, start = torch.zeros((), dtype=torch.long, device=device), 0
+    for n in lengths:
+        idx = torch.arange(start, start + n, device=device)
+        mask[0, 0, start:start + n, start:start + n] = mask_function(zero, zero, idx[:, None], idx[None, :])
+        start += n
+    return mask
+
+
+def _mask_blocks(mask_function: Any, N: int, device: Any) -> list[int] | None:
+    """The lengths of the runs of tokens that see their neighbour (token ``i`` sees ``i - 1`` or
+    ``i - 1`` sees ``i``), when there are several; None when every token sees its neighbour."""
+    idx = torch.arange(N, device=device)
+    zero = torch.zeros(N - 1, dtype=torch.long, device=device)
+    joined = mask_function(zero, zero, idx[1:], idx[:-1]) | mask_function(zero, zero, idx[:-1], idx[1:])  # (N-1,)
+    if bool(joined.all()):
+        return None
+    bounds = [0, *(torch.nonzero(~joined).flatten() + 1).tolist(), N]
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 # ----------------------------------------------------------------------------- the attention function
@@ -270,8 +313,8 @@ def _packed_lengths(q: Tensor, k: Tensor, mask: Tensor | None, kwargs: Mapping[s
     starts = torch.nonzero(pos[1:] - pos[:-1] != 1).flatten() + 1  # where a new sequence begins
     if starts.numel() == 0:
         return None
-    if mask is not None and (mask.dtype != torch.bool or not bool(mask[0, 0].any(0).all())):
-        return None  # a custom float mask, or padding (a key nobody sees): not a packed row
+    if mask is not None and (mask.dtype != torch.bool or not bool(mask[0, 0].diagonal().all())):
+        return None  # a custom float mask, or padding (a token that does not see itself): not a packed row
     wrong = starts[pos[starts] != 0]
     if wrong.numel() or int(pos[0]) != 0:
         at = 0 if int(pos[0]) != 0 else int(wrong[0])
