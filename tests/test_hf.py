@@ -13,6 +13,7 @@ import torch
 tf = pytest.importorskip("transformers")
 
 import attnkit.hf as akhf  # noqa: E402
+import attnkit.hf.attention as akattn  # noqa: E402
 import attnkit.varlen  # noqa: E402
 
 NAME = akhf.register()
@@ -142,13 +143,13 @@ def test_weights_only_when_asked(family, monkeypatch):
     """Without output_attentions attnkit's fused path runs and no weights come back."""
     name, kind, model = family
     asked = []
-    real = akhf.scaled_dot_product_attention
+    real = akattn.scaled_dot_product_attention
 
     def spy(*args, **kwargs):
         asked.append(kwargs.get("return_weights", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(akhf, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(akattn, "scaled_dot_product_attention", spy)
     with torch.no_grad():
         out = _run(model, NAME, **_inputs(kind, "right"))
     assert getattr(out, "attentions", None) is None
@@ -246,7 +247,7 @@ def test_packed_equals_each_sequence_alone(family, form, side, monkeypatch):
         packed = {k: v for k, v in packed.items() if not k.startswith(("cu_seq", "max_length"))}
     calls = []
     real = attnkit.varlen.varlen_attention
-    monkeypatch.setattr(akhf, "varlen_attention", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(akattn, "varlen_attention", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     with torch.no_grad():
         out = akhf.unpack(model(**packed, return_dict=True).logits, batch["attention_mask"])  # (B, T, V)
     rows = batch["attention_mask"].bool()
@@ -357,8 +358,8 @@ def test_explorer_loads_with_attnkit(tiny_model, tmp_path, monkeypatch):
     from attnkit.viz import explore
 
     asked = []
-    real = akhf.scaled_dot_product_attention
-    monkeypatch.setattr(akhf, "scaled_dot_product_attention",
+    real = akattn.scaled_dot_product_attention
+    monkeypatch.setattr(akattn, "scaled_dot_product_attention",
                         lambda *a, **k: asked.append(k.get("return_weights")) or real(*a, **k))
     folder = tiny_model("gpt2")
     att = explore(folder, TEXT, path=tmp_path / "view.html")
@@ -367,3 +368,64 @@ def test_explorer_loads_with_attnkit(tiny_model, tmp_path, monkeypatch):
     with torch.no_grad():
         eager = model(input_ids=torch.tensor([att.ids]), output_attentions=True).attentions
     torch.testing.assert_close(att.weights["decoder"], torch.stack([w[0] for w in eager]), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- sentence embeddings
+
+SENTENCES = ["the cat sat on the mat", "a dog", "time flies like an arrow, fruit flies like a banana",
+             "hello", "attention is all you need, they said, and then they padded everything"]
+
+
+def _sentence_folder(family: str, pooling: str, normalize: bool, root) -> str:
+    """A tiny random sentence-transformers folder around an XLM-R or ModernBERT model."""
+    st = pytest.importorskip("sentence_transformers")
+    from viz_support import _byte_bpe
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import (
+            Normalize,
+            Pooling,
+            Transformer,
+        )
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    torch.manual_seed(0)
+    tok = _byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>")
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                      unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    small = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if family == "xlm-roberta":
+        model = tf.XLMRobertaModel(tf.XLMRobertaConfig(max_position_embeddings=66, **small))
+    else:
+        model = tf.ModernBertModel(tf.ModernBertConfig(max_position_embeddings=64, global_attn_every_n_layers=2,
+                                                       local_attention=8, cls_token_id=0, sep_token_id=2, **small))
+    hf_folder, folder = root / f"{family}-hf", root / f"{family}-st"
+    model.save_pretrained(hf_folder)
+    fast.save_pretrained(hf_folder)
+    modules = [Transformer(str(hf_folder), max_seq_length=24), Pooling(32, pooling_mode=pooling)]
+    if normalize:
+        modules.append(Normalize())
+    st.SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return str(folder)
+
+
+@pytest.mark.parametrize(("family", "pooling", "normalize"),
+                         [("xlm-roberta", "mean", True), ("xlm-roberta", "cls", False), ("modernbert", "mean", True)])
+def test_hf_sentence_encoder_equals_sentence_transformers(family, pooling, normalize, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    folder = _sentence_folder(family, pooling, normalize, tmp_path)
+    texts = SENTENCES * 3  # the longest is cut to max_seq_length=24
+    reference = SentenceTransformer(folder, device="cpu").encode(texts, convert_to_tensor=True, batch_size=4)
+    calls = []
+    real = attnkit.varlen.varlen_attention
+    monkeypatch.setattr(akattn, "varlen_attention", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    encoder = akhf.HFSentenceEncoder.from_pretrained(folder)
+    assert encoder.model.config._attn_implementation == NAME and encoder.max_seq_length == 24
+    ours = encoder.embed(texts, max_tokens=40)
+    assert ours.shape == (len(texts), 32)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    if family == "xlm-roberta":  # packed rows ran through varlen (ModernBERT's local layers window them)
+        assert calls and max(len(lengths) for lengths in calls) > 1

@@ -1,4 +1,4 @@
-"""attnkit's attention inside Hugging Face models: ``attn_implementation="attnkit"``.
+"""attnkit's attention in Hugging Face models: the functions transformers calls, and packed rows.
 
 :func:`register` adds one attention function and its mask function to ``transformers``
 (``AttentionInterface`` / ``AttentionMaskInterface``, transformers >= 4.53); then
