@@ -5,6 +5,7 @@ gradients, and packed (padding-free) batches against each sequence run alone."""
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -137,6 +138,21 @@ def test_output_attentions_equal_eager(family, side):
             if rows is not None:  # (B, H, T, S) -> the rows of real query tokens
                 w_eager, w_ours = w_eager.transpose(1, 2)[rows], w_ours.transpose(1, 2)[rows]
             torch.testing.assert_close(w_ours, w_eager, atol=1e-6, rtol=0)
+
+
+def test_bfloat16_logits_close_to_eager(family):
+    """bfloat16 (native or emulated): both softmax in float32 and multiply in bfloat16, in another
+    order; the logits at real tokens differ by at most 2 bfloat16 steps of the largest logit
+    (measured 0 to 1.1 steps on Llama, Gemma 2, BERT and T5)."""
+    name, kind, model = family
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    inputs = _inputs(kind, "left")
+    with torch.no_grad():
+        eager, ours = _run(model, "eager", **inputs), _run(model, NAME, **inputs)
+    rows = _query_rows(kind, inputs)
+    assert ours.logits.dtype == torch.bfloat16
+    e, o = eager.logits[rows].float(), ours.logits[rows].float()
+    assert float((o - e).abs().max()) <= 2 * 2**-7 * float(e.abs().max())
 
 
 def test_weights_only_when_asked(family, monkeypatch):
