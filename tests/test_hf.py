@@ -65,6 +65,7 @@ def family(request):
     torch.manual_seed(0)
     kind, build = FAMILIES[request.param]
     model = build().eval()
+    model.set_attn_implementation(NAME)  # the tests' default; _run switches to eager and back
     with torch.no_grad():  # random weights that are not all tiny: attention that is far from uniform
         for p in model.parameters() if request.param != "t5" else ():  # (T5's scores are unscaled already)
             if p.dim() > 1:
