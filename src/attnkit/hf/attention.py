@@ -101,35 +101,31 @@ def check(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- the mask function
 
 
-def attention_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function: Any = None,
-    attention_mask: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor | None:
+def attention_mask(*args: Any, **kwargs: Any) -> Tensor | None:
     """The mask function registered with ``AttentionMaskInterface``: transformers' boolean
     ``(B, 1, L, S)`` mask, True = may attend (attnkit's convention), or None where the call can
-    say ``causal`` instead (no padding, full causal) or needs no mask at all.
+    say ``causal`` instead (no padding, full causal) or needs no mask at all. Called with
+    transformers' keywords (``batch_size``, ``q_length``, ``kv_length``, ``mask_function``, ...).
 
     A packed row (one row, no padding, tokens that do not see their neighbour: sequences that
     restart) is built block by block: the pattern is evaluated inside each sequence only and is
     False across them, where transformers would evaluate it on all ``N x N`` pairs."""
     sdpa_mask = _interfaces()[2]
-    args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
-    if mask_function is not None:
-        args["mask_function"] = mask_function
+    packed = None if args else _packed_mask(**kwargs)
+    return packed if packed is not None else sdpa_mask(*args, **kwargs)
+
+
+def _packed_mask(*, batch_size: int = 0, q_length: int = 0, kv_length: int = 0, q_offset: Any = 0,
+                 kv_offset: Any = 0, mask_function: Any = None, attention_mask: Tensor | None = None,
+                 use_vmap: bool = False, device: Any = "cpu", **_: Any) -> Tensor | None:
+    """A packed row's ``(1, 1, N, N)`` mask built sequence by sequence, or None when the call is
+    not one (several rows, padding, a cache offset, a custom pattern that needs vmap)."""
     if (mask_function is None or batch_size != 1 or attention_mask is not None or q_length != kv_length
-            or q_length < 2 or not isinstance(q_offset, int) or q_offset or kv_offset or kwargs.get("use_vmap")):
-        return sdpa_mask(**args)
-    lengths = _mask_blocks(mask_function, q_length, kwargs.get("device", "cpu"))
+            or q_length < 2 or not isinstance(q_offset, int) or q_offset or kv_offset or use_vmap):
+        return None
+    lengths = _mask_blocks(mask_function, q_length, device)
     if lengths is None:
-        return sdpa_mask(**args)
-    device = kwargs.get("device", "cpu")
+        return None
     mask = torch.zeros(1, 1, q_length, kv_length, dtype=torch.bool, device=device)  # (1, 1, N, N)
     zero, start = torch.zeros((), dtype=torch.long, device=device), 0
     for n in lengths:
