@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -221,14 +222,15 @@ def _weights_requested(module: nn.Module, kwargs: Mapping[str, Any]) -> bool:
     return bool(collecting) and any(key.endswith("attentions") for key in collecting)
 
 
+@dataclass(frozen=True)
 class _Spec:
     """What one call asks besides q, k, v and the mask."""
 
-    __slots__ = ("scaling", "dropout", "softcap", "sinks", "weights")
-
-    def __init__(self, *, scaling: float, dropout: float, softcap: float | None, sinks: Tensor | None,
-                 weights: bool) -> None:
-        self.scaling, self.dropout, self.softcap, self.sinks, self.weights = scaling, dropout, softcap, sinks, weights
+    scaling: float
+    dropout: float  # 0.0 outside training
+    softcap: float | None
+    sinks: Tensor | None  # (H,)
+    weights: bool
 
     @property
     def plain(self) -> bool:
