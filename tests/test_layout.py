@@ -64,6 +64,8 @@ RULES = {
     "progress and io import nothing of attnkit": lambda a, b: a in ("attnkit.progress", "attnkit.io"),
     "models/ never imports training/, viz/ or cli/": lambda a, b: _in(a, "attnkit.models") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
+    "viz/notebook (inline display, called by the records' _repr_ methods) imports only viz/fonts":
+        lambda a, b: a == "attnkit.viz.notebook" and b != "attnkit.viz.fonts",
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
     "data/ imports nothing above it": lambda a, b: _in(a, "attnkit.data") and not _in(

@@ -54,7 +54,8 @@ class Attention:
     over ``target_tokens``, or ``tokens`` for a decoder-only model), ``"cross"`` (queries
     ``target_tokens``, keys ``tokens``). ``ids``/``target_ids``: the token ids that were run.
     ``projections``: kind -> captured q/k/v (:class:`~attnkit.viz.hooks.Projections`), for
-    the kinds the hooks could capture; ``neuron_note`` says why a kind has none.
+    the kinds the hooks could capture; ``neuron_note`` says why a kind has none. In a notebook
+    the record shows its page inline (:mod:`attnkit.viz.notebook`).
     """
 
     tokens: list[str]
@@ -66,6 +67,17 @@ class Attention:
     target_ids: list[int] | None = None
     projections: dict[str, Projections] = field(default_factory=dict)
     neuron_note: str = ""
+    title: str | None = None  # the page's title
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`)."""
+        from attnkit.viz.explorer import render_page
+        from attnkit.viz.notebook import exploration_html
+
+        def render(neuron: bool | None, max_bytes: int) -> str:
+            return render_page(explorer_data(self, title=self.title, neuron=neuron, max_bytes=max_bytes))
+
+        return exploration_html(self.path, render, MAX_PAGE_BYTES)
 
     @property
     def kinds(self) -> list[str]:
@@ -136,9 +148,9 @@ def explore(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     att = _run(model_or_folder, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    att.title = title or f"{_display_name(model_or_folder, att)}: {text}"
     if path is not None:
-        name = _display_name(model_or_folder, att)
-        att.path = write_explorer(att, path, title=title or f"{name}: {text}", neuron=neuron)
+        att.path = write_explorer(att, path, title=att.title, neuron=neuron)
     return att
 
 
@@ -150,6 +162,13 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
     decoder, cross; the first is shown first). A link to ``page.html#cross`` (or
     ``#decoder:rollout``) opens the page on that kind (and view).
     """
+    return write_data(explorer_data(att, title=title, neuron=neuron, kinds=kinds), path)
+
+
+def explorer_data(att: Attention, *, title: str | None = None, neuron: bool | None = None,
+                  kinds: Sequence[str] | None = None, max_bytes: int = MAX_PAGE_BYTES) -> dict[str, Any]:
+    """The data of :func:`write_explorer`'s page (same arguments; ``max_bytes`` bounds the
+    quantised weights of all views together)."""
     kinds = att.kinds if kinds is None else list(kinds)
     bad = [k for k in kinds if k not in att.weights]
     if bad or not kinds:
@@ -163,7 +182,7 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
                 causal=kind in CAUSAL_KINDS, cross=kind == "cross",
                 head_names=["all heads"] if view == "rollout" else None,
             ))
-    data = page_data(panels, title=title, max_bytes=MAX_PAGE_BYTES)
+    data = page_data(panels, title=title, max_bytes=max_bytes)
     note = att.neuron_note
     if att.projections and neuron is not False:
         projections = {kind: p for kind, p in att.projections.items() if kind in kinds}
@@ -179,7 +198,7 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
         note = "The neuron view was not requested (neuron=False)."
     if note:
         data["neuronNote"] = note
-    return write_data(data, path)
+    return data
 
 
 def _neuron_note(model_type: str, kind: str) -> str:

@@ -49,6 +49,7 @@ import numpy as np
 from attnkit.io import atomic_write
 from attnkit.viz.fonts import web_font_css
 from attnkit.viz.heatmap import as_numpy
+from attnkit.viz.notebook import Page
 
 MAX_DENSE_BYTES = 12_000_000  # raw uint8 bytes embedded densely before switching to top-k
 MAX_DEFAULT_LINES = 4_000  # the default threshold keeps each layer's head view below this
@@ -315,8 +316,9 @@ def page_data(
 
 
 def write_data(data: dict[str, Any], path: str | Path) -> Path:
-    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it."""
-    return atomic_write(path, _render_page(data))
+    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it
+    (a :class:`~attnkit.viz.notebook.Page`: a path that shows the page inline in a notebook)."""
+    return Page(atomic_write(path, _render_page(data)))
 
 
 def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
