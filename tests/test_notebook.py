@@ -19,7 +19,7 @@ import torch
 
 from attnkit.viz import explorer, heatmap
 from attnkit.viz.alignment import Alignment, draw
-from attnkit.viz.any_model import Attention
+from attnkit.viz.any_model import Exploration
 from attnkit.viz.contextual import ContextualSimilarity
 from attnkit.viz.notebook import INLINE_MAX_BYTES, Page
 
@@ -75,7 +75,7 @@ def test_512_tokens_12_layers_12_heads_fit_25_mb() -> None:
     25 MB, keeping each row's top-k weights, and says so above the view."""
     tokens = [f"t{i}" for i in range(512)]
     weights = torch.from_numpy(softmax(12, 12, 512, 512))
-    att = Attention(tokens, None, {"encoder": weights}, title="512 tokens")
+    att = Exploration(tokens, None, {"encoder": weights}, title="512 tokens")
     view = att._repr_html_()
     assert len(view.encode("utf-8")) <= INLINE_MAX_BYTES
     note = re.search(r"<p[^>]*>([^<]*)</p>", view).group(1)
@@ -90,7 +90,7 @@ def test_over_budget_leaves_out_the_neuron_view_and_says_so(tmp_path, monkeypatc
 
     T, L, H, d = 24, 2, 4, 16
     q, k, v = (torch.randn(L, H, T, d) for _ in range(3))
-    att = Attention([f"w{i}" for i in range(T)], None, {"encoder": torch.from_numpy(softmax(L, H, T, T))},
+    att = Exploration([f"w{i}" for i in range(T)], None, {"encoder": torch.from_numpy(softmax(L, H, T, T))},
                     projections={"encoder": Projections(q=q, k=k, v=v, out_proj_weight=torch.randn(L, H * d, H * d),
                                                         scale=[d**-0.5] * L, bias=None, causal=False)})
     full = att._repr_html_()

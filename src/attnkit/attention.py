@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.distributed import check_layout, chunk_offsets, ring_attention
+from attnkit.distributed import SequenceParallel
 from attnkit.functional import (
     additive_scores,
     dot_scores,
@@ -22,6 +21,8 @@ from attnkit.functional import (
     merge_masks,
     scaled_dot_product_attention,
 )
+from attnkit.runtime import linear, prepared
+from attnkit.varlen import Packed, varlen_attention
 
 __all__ = [
     "AttentionHead",
@@ -96,6 +97,13 @@ class KVCache:
         self.values = torch.cat([self.values, v], dim=-2)
         return self.keys, self.values, self.key_mask
 
+    def store(self, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> None:
+        """Hold the memory's keys and values ``(B, Hkv, S, d)`` (cross-attention): stored once,
+        read by every later step; a cache that already holds some refuses (``ValueError``)."""
+        if self.keys is not None:
+            raise ValueError(f"KVCache already holds keys of length {len(self)}; use a new cache")
+        self.keys, self.values, self.key_mask = k, v, key_mask
+
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (beam search: follow the surviving hypotheses)."""
         if self.keys is None:
@@ -122,10 +130,9 @@ class MultiHeadAttention(nn.Module):
     positions (``offset`` = the position of the first one: steps already in the KV cache, or
     where this rank's shard starts). None = no rotation.
 
-    ``sequence_parallel=group`` (a ``torch.distributed`` process group, or ``True`` for the
-    default one) turns self-attention into ring attention: ``forward`` then takes this rank's
-    shard ``(B, N/P, E)`` of a sequence cut in ``sequence_layout`` ("contiguous" or "zigzag", see
-    :func:`attnkit.distributed.shard`) and returns this rank's shard of the output. Masks other
+    ``sequence_parallel`` (an :class:`attnkit.distributed.SequenceParallel`: a process group and
+    a layout) turns self-attention into ring attention: ``forward`` then takes this rank's shard
+    ``(B, N/P, E)`` of the sequence and returns this rank's shard of the output. Masks other
     than ``causal``, weights, caches and attention dropout are not available on that path.
     """
 
@@ -140,8 +147,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         kv_heads = num_heads if kv_heads is None else kv_heads
@@ -156,17 +162,15 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"kv_heads={kv_heads} does not divide num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        check_layout(sequence_layout, "sequence_layout")
+        if sequence_parallel is not None and not isinstance(sequence_parallel, SequenceParallel):
+            raise ValueError(f"sequence_parallel must be an attnkit.distributed.SequenceParallel or None, "
+                             f"got {sequence_parallel!r}")
         self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
         self.dropout = dropout
-        # Sequence parallelism (attnkit.distributed.ring_attention): None/False = off, True = the
-        # default process group, or a torch.distributed ProcessGroup. The input of forward() is then
-        # this rank's shard of the sequence (B, N/P, E), cut in ``sequence_layout``.
         self.sequence_parallel = sequence_parallel
-        self.sequence_layout = sequence_layout
         kv_dim = kv_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
@@ -183,12 +187,19 @@ class MultiHeadAttention(nn.Module):
         # (B, L, heads*d) -> (B, heads, L, d)
         return x.unflatten(-1, (heads, self.head_dim)).transpose(1, 2)
 
-    def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
-        """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
-        self-attention projects all three with one matmul."""
+    def _stack_qkv(self) -> tuple[Tensor, Tensor | None]:
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         return w, b
+
+    def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
+        """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
+        self-attention projects all three with one matmul. Without autograd the stack is made
+        once and kept until a projection's weights change (:func:`attnkit.runtime.prepared`)."""
+        sources = tuple(getattr(lin, n) for lin in (self.q_proj, self.k_proj, self.v_proj) for n in ("weight", "bias"))
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+            return self._stack_qkv()
+        return prepared(self, "qkv", sources, self._stack_qkv)
 
     def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``qkv (..., E + 2*Hkv*d)`` (the output of the stacked projection) ->
@@ -200,10 +211,14 @@ class MultiHeadAttention(nn.Module):
                 v.unflatten(-1, (self.kv_heads, self.head_dim)))
 
     def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One matmul for q, k and v when all three come from the same tensor ``x (B, L, E)``."""
-        qkv = F.linear(x, *self.qkv_weight())  # (B, L, E + 2*kv_dim)
-        # (B, L, heads, d) -> (B, heads, L, d)
-        return tuple(t.transpose(1, 2) for t in self.split_qkv(qkv))
+        """One matmul for q, k and v when all three come from the same tensor ``x (..., E)``
+        -> ``q (..., H, d)``, ``k``/``v`` ``(..., Hkv, d)``."""
+        w, b = self.qkv_weight()
+        return self.split_qkv(linear(x, w, b, owner=self, key="qkv"))  # (..., E + 2*kv_dim) split
+
+    def _out(self, o: Tensor) -> Tensor:
+        """The output projection of ``o (..., E)``."""
+        return linear(o, self.out_proj.weight, self.out_proj.bias, owner=self.out_proj)
 
     def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """``key (B, S, kdim)``, ``value (B, S, vdim)`` -> ``k, v (B, Hkv, S, d)``."""
@@ -250,6 +265,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
         cache: KVCache | None = None,
+        packed: Packed | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (B, L, E)`` to ``key (B, S, kdim)`` / ``value (B, S, vdim)``.
 
@@ -260,7 +276,18 @@ class MultiHeadAttention(nn.Module):
 
         Returns ``(out (B, L, E), weights (B, H, L, S) | None)``. A query row with nothing to
         attend to gets zero attention, so its output is ``out_proj.bias`` and its weights zero.
+
+        ``packed`` (a :class:`attnkit.varlen.Packed`): self-attention over a packed stream,
+        ``query (N, E)`` holding the sequences of ``packed`` back to back; every sequence attends
+        only to itself, and no padding is computed. Returns ``(out (N, E), None)``.
         """
+        if packed is not None:
+            extras = {"key/value": key is not None or value is not None, "key_mask": key_mask is not None,
+                      "attn_mask": attn_mask is not None, "need_weights": need_weights, "cache": cache is not None}
+            bad = [name for name, given in extras.items() if given]
+            if bad:
+                raise ValueError(f"packed self-attention takes no {', '.join(bad)}")
+            return self._forward_packed(query, packed, causal), None
         self_attn = key is None
         key = query if key is None else key
         value = key if value is None else value
@@ -272,14 +299,15 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"key_mask must be bool (True = real token), got {key_mask.dtype}")
 
         if self_attn and self.kdim == self.vdim == self.embed_dim:
-            q, k, v = self._project_self(query)  # (B, H, L, d), (B, Hkv, L, d) x2
+            # (B, L, heads, d) -> (B, heads, L, d)
+            q, k, v = (t.transpose(1, 2) for t in self._project_self(query))  # (B, H, L, d), (B, Hkv, L, d) x2
         else:
             q = self._split(self.q_proj(query), self.num_heads)  # (B, H, L, d)
             k = v = None
             if cache is None or self_attn or cache.keys is None:
                 k, v = self.project_kv(key, value)  # (B, Hkv, S, d)
 
-        if self.sequence_parallel not in (None, False):
+        if self.sequence_parallel is not None:
             return self._forward_sequence_parallel(
                 q, k, v, self_attn=self_attn, key_mask=key_mask, attn_mask=attn_mask, causal=causal,
                 need_weights=need_weights, cache=cache,
@@ -295,7 +323,7 @@ class MultiHeadAttention(nn.Module):
                 causal = True
             else:
                 if cache.keys is None:
-                    cache.keys, cache.values, cache.key_mask = k, v, key_mask
+                    cache.store(k, v, key_mask)
                 k, v = cache.keys, cache.values
                 key_mask = cache.key_mask if key_mask is None else key_mask
         S = k.shape[-2]
@@ -310,7 +338,27 @@ class MultiHeadAttention(nn.Module):
         )
         out, weights = res if need_weights else (res, None)  # (B, H, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
-        return self.out_proj(out), weights
+        return self._out(out), weights
+
+    def _forward_packed(self, x: Tensor, packed: Packed, causal: bool) -> Tensor:
+        """Self-attention of the packed stream ``x (N, E)`` -> ``(N, E)`` (see :meth:`forward`)."""
+        unsupported = {
+            "rotary positions": self.rotary is not None,
+            "sequence_parallel": self.sequence_parallel is not None,
+            f"attention dropout {self.dropout} in training": self.training and self.dropout > 0.0,
+            f"kdim/vdim {self.kdim}/{self.vdim} != embed_dim": not self.kdim == self.vdim == self.embed_dim,
+        }
+        bad = [name for name, present in unsupported.items() if present]
+        if bad:
+            raise ValueError(f"packed attention does not support: {', '.join(bad)}")
+        if x.dim() != 2 or x.shape != (packed.num_tokens, self.embed_dim):
+            raise ValueError(
+                f"packed attention needs x (N, {self.embed_dim}) with N = sum(lengths) = {packed.num_tokens}, "
+                f"got {tuple(x.shape)}"
+            )
+        q, k, v = self._project_self(x)  # (N, H, d), (N, Hkv, d) x2
+        o = varlen_attention(q, k, v, packed, causal=causal)  # (N, H, d)
+        return self._out(o.flatten(1))  # (N, H, d) -> (N, E) -> out_proj
 
     def _forward_sequence_parallel(
         self, q: Tensor, k: Tensor, v: Tensor, *, self_attn: bool, key_mask: Tensor | None,
@@ -326,30 +374,16 @@ class MultiHeadAttention(nn.Module):
         bad = [name for name, present in unsupported.items() if present]
         if bad:
             raise ValueError(f"sequence_parallel attention does not support: {', '.join(bad)}")
-        group = None if self.sequence_parallel is True else self.sequence_parallel
         B, _, n, _ = q.shape
-        if self.rotary is not None:  # rotate by the *global* positions of this rank's chunks
-            offsets = chunk_offsets(n, group=group, layout=self.sequence_layout)
-            q, k = (self._rotate_pieces(t, offsets) for t in (q, k))
-        out = ring_attention(q, k, v, group=group, causal=causal, layout=self.sequence_layout)  # (B, H, n, d)
+        out = self.sequence_parallel.attend(q, k, v, causal=causal, rotary=self.rotary)  # (B, H, n, d)
         out = out.transpose(1, 2).reshape(B, n, self.embed_dim)  # (B, n, E)
-        return self.out_proj(out), None
-
-    def _rotate_pieces(self, x: Tensor, offsets: list[tuple[int, int]]) -> Tensor:
-        """Rotate each piece of ``x (B, H, n, d)`` by its global position: ``offsets`` lists
-        ``(global start, length)`` of the pieces in order (see :func:`attnkit.distributed.chunk_offsets`)."""
-        pieces, at = [], 0
-        for start, length in offsets:
-            pieces.append(self.rotary(x[..., at : at + length, :], start))
-            at += length
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+        return self._out(out), None
 
     # -- interop with torch.nn.MultiheadAttention ------------------------------------------
 
     @classmethod
-    def from_torch(
-        cls, m: nn.MultiheadAttention, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
-    ) -> MultiHeadAttention:
+    def from_torch(cls, m: nn.MultiheadAttention, *, sequence_parallel: SequenceParallel | None = None
+                   ) -> MultiHeadAttention:
         """Exact weight import from ``nn.MultiheadAttention`` (packed or separate in-proj,
         with or without bias, ``batch_first`` either way; ours is always batch first),
         optionally run sequence-parallel (as in the constructor).
@@ -365,7 +399,7 @@ class MultiHeadAttention(nn.Module):
         if bias != (m.out_proj.bias is not None):
             raise ValueError("in-projection and out-projection must both have or both lack a bias")
         new = cls(m.embed_dim, m.num_heads, kdim=m.kdim, vdim=m.vdim, bias=bias, dropout=m.dropout,
-                  sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
+                  sequence_parallel=sequence_parallel)
         new = new.to(device=m.out_proj.weight.device, dtype=m.out_proj.weight.dtype)
         E = m.embed_dim
         with torch.no_grad():

@@ -95,8 +95,8 @@ class ModelResult:
 
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
+    from attnkit.runtime import keep_freed_memory
     from attnkit.training import date_data, evaluate, train_date_model
-    from attnkit.training.trainer import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's activations (see its docstring)
     with console.status("generating the multilingual date task (CLDR data via babel)"):
@@ -155,7 +155,7 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
     locale's long date, plus the Transformer's encoder, decoder and cross-attention in the
     explorer (and its decoder alone)."""
     from attnkit.data.dates import DateTask
-    from attnkit.viz import explore, write_explorer
+    from attnkit.viz import explore
     from attnkit.viz.alignment import align, draw
 
     vocab = task.tokenizer
@@ -181,8 +181,8 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
         # decoder's causal self-attention on a page of its own, as a decoder-only model shows it
         att = explore(transformer.model, example.source, tokenizer=vocab, path=out / "transformer-explorer.html",
                       title=f"Transformer: {example.source}")
-        write_explorer(att, out / "transformer-decoder.html", kinds=["decoder"],
-                       title=f"Transformer decoder (causal self-attention) writing {example.target}")
+        att.save(out / "transformer-decoder.html", kinds=["decoder"],
+                 title=f"Transformer decoder (causal self-attention) writing {example.target}")
     return pictures
 
 

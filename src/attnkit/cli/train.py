@@ -42,12 +42,14 @@ def train_command(
     import torch
 
     from attnkit.data import load_task, load_tokenizer
+    from attnkit.distributed import init_distributed
     from attnkit.models.checkpoint import (
         is_checkpoint,
         load_trainer_state,
         new_model,
         read_manifest,
     )
+    from attnkit.runtime import keep_freed_memory
     from attnkit.training import (
         ARCHS,
         TRAIN_DEFAULTS,
@@ -57,8 +59,7 @@ def train_command(
         encode_task,
         task_from_meta,
     )
-    from attnkit.training.ddp import init_distributed
-    from attnkit.training.trainer import TRAIN_DTYPES, keep_freed_memory
+    from attnkit.training.trainer import TRAIN_DTYPES
 
     if threads:
         torch.set_num_threads(threads)

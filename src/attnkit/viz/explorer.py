@@ -12,7 +12,7 @@ this module inlines the three files and the data into the one file it writes.
 * buttons that save the head view and the model view as SVG and as PNG (drawn in the page,
   downloaded from a blob URL: nothing leaves the machine).
 
-:func:`write_page` shows several :class:`Panel` s on one page (what
+:func:`_write_panels` shows several :class:`Panel` s on one page (what
 :func:`attnkit.viz.explore` writes): a selector for the attention kinds present (encoder,
 decoder, cross; causal kinds are drawn without lines to future tokens and greyed out above the
 diagonal), one for the views of a kind (raw weights, rollout, value norm), and the **neuron
@@ -259,10 +259,10 @@ def explorer(
     left, right, is_cross = _split_tokens(tokens, w.shape[2], w.shape[3])
     panel = Panel(w, left, right, cross=is_cross, threshold=threshold,
                   layer_names=None if layer_names is None else list(layer_names))
-    return write_page([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
+    return _write_panels([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
 
 
-def write_page(
+def _write_panels(
     panels: Sequence[Panel],
     path: str | Path,
     *,
@@ -283,11 +283,11 @@ def write_page(
         ValueError: no panels, a panel without layers or heads, tokens that do not match the
             weights, negative weights, a threshold outside ``[0, 1]`` or wrong ``layer_names``.
     """
-    return write_data(page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
+    return _write_data(_page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
                                 max_bytes=max_bytes), path)
 
 
-def page_data(
+def _page_data(
     panels: Sequence[Panel],
     *,
     title: str | None = None,
@@ -296,10 +296,10 @@ def page_data(
     top_k: int | None = None,
     max_bytes: int = MAX_DENSE_BYTES,
 ) -> dict[str, Any]:
-    """The JSON object :func:`write_page` embeds (same arguments): the first panel's record at
+    """The JSON object :func:`_write_panels` embeds (same arguments): the first panel's record at
     the top level, the others under ``"more"``, the neuron data under ``"neuron"``."""
     if not panels:
-        raise ValueError("write_page needs at least one panel")
+        raise ValueError("_write_panels needs at least one panel")
     total = sum(p.weights.size for p in panels)
     views = []
     for p in panels:
@@ -315,8 +315,8 @@ def page_data(
     return data
 
 
-def write_data(data: dict[str, Any], path: str | Path) -> Path:
-    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it
+def _write_data(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the page for :func:`_page_data`'s ``data`` to ``path`` (atomically) and return it
     (a :class:`~attnkit.viz.notebook.Page`: a path that shows the page inline in a notebook)."""
     return Page(atomic_write(path, _render_page(data)))
 
@@ -449,11 +449,6 @@ def shown_characters(data: dict[str, Any]) -> list[str]:
     if "neuron" in data or "neuronNote" in data:
         parts.append("neuron")
     return [*texts, *(UI_CHARACTERS[part] for part in parts)]
-
-
-def render_page(data: dict[str, Any]) -> str:
-    """The page for :func:`page_data`'s ``data`` as a string (what :func:`write_data` writes)."""
-    return _render_page(data)
 
 
 def _render_page(data: dict[str, Any]) -> str:
