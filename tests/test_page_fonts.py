@@ -131,3 +131,27 @@ def test_ascii_needs_no_font_and_each_character_goes_to_one_font() -> None:
     ranges = [set(r.split(",")) for r in RANGE.findall(css)]
     assert len(ranges) == 2  # Devanagari and CJK: two fonts
     assert not ranges[0] & ranges[1]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_loads_every_embedded_font(dates, tmp_path) -> None:
+    """Headless Debian chromium (only DejaVu installed) accepts every embedded subset (its font
+    sanitizer rejects malformed fonts with a console error) and draws each locale's date with
+    them: every face of the page is used and ends up loaded."""
+    from browser_support import Browser
+
+    tokens = [dates.render(DAY, locale, "long", tagged=False).source for locale in DEFAULT_LOCALES]
+    path = explorer(tokens, np.full((1, 1, 48, 48), 1 / 48), tmp_path / "all.html", title="48 locales")
+    faces = len(FACE.findall(path.read_text("utf-8")))
+    assert faces >= 15  # one per script's font
+    browser = Browser(tmp_path / "profile")
+    try:
+        view = browser.open(path)
+        view.page.wait_for_function("document.body.dataset.thumbs === 'done'")
+        status = view.page.evaluate("""async () => { await document.fonts.ready;
+            return [...document.fonts].filter(f => f.family.includes('attnkit-text')).map(f => f.status); }""")
+        assert status == ["loaded"] * faces
+        view.assert_clean()
+    finally:
+        browser.close()

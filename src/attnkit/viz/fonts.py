@@ -247,7 +247,8 @@ def _subset_woff(path: Path, chars: str) -> bytes:
     from fontTools.ttLib import TTFont
 
     options = subset.Options()
-    options.layout_features = ["*"]  # keep shaping (Indic conjuncts, Arabic joining)
+    # fontTools' default features: shaping (Indic conjuncts, Arabic joining, marks, kerning), not
+    # the stylistic extras (small caps, old-style figures, ...) that "*" keeps
     options.name_IDs = [1, 2]
     options.hinting = False
     options.notdef_outline = False
