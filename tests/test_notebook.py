@@ -169,3 +169,39 @@ def test_tutorial_runs_top_to_bottom(kernel) -> None:
     assert not [o for o in shown if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in shown)
     assert any("<iframe " in o.get("data", {}).get("text/html", "") for o in shown)
+
+
+@pytest.mark.browser
+def test_two_inline_views_work_independently_in_chromium(tmp_path) -> None:
+    """Two inline views on one page (as two cells' outputs): each draws its lines, switching a
+    layer in one leaves the other alone, and the export buttons download from the sandboxed
+    frame; no request, no console error."""
+    from browser_support import Browser
+
+    a = explorer(["[CLS]", "time", "flies", "[SEP]"], softmax(3, 4, 4, 4), tmp_path / "a.html")
+    b = explorer(["[CLS]", "fruit", "flies", "like", "[SEP]"], softmax(2, 2, 5, 5, seed=1), tmp_path / "b.html")
+    host = tmp_path / "notebook.html"
+    host.write_text(f"<!doctype html><meta charset=utf-8><body>{a._repr_html_()}{b._repr_html_()}</body>",
+                    "utf-8")
+    browser = Browser(tmp_path / "profile")
+    try:
+        view = browser.open(host)
+        frames = [el.content_frame() for el in view.page.locator("iframe").element_handles()]
+        assert len(frames) == 2
+        for frame in frames:
+            frame.wait_for_function("document.body.dataset.thumbs === 'done'")
+        before = [f.locator("#lines line.attn").count() for f in frames]
+        assert all(n > 0 for n in before)
+        frames[0].select_option("#layer", "2")
+        frames[0].wait_for_function("document.body.dataset.layer === '2'")
+        assert frames[1].evaluate("document.body.dataset.layer") == "0"
+        assert frames[1].locator("#lines line.attn").count() == before[1]
+        assert frames[1].locator(".tok.left").count() == 5 and frames[0].locator(".tok.left").count() == 4
+        with view.page.expect_download() as info:
+            frames[1].click("#export-head-svg")
+        saved = tmp_path / info.value.suggested_filename
+        info.value.save_as(saved)
+        assert saved.suffix == ".svg" and "<line" in saved.read_text("utf-8")
+        view.assert_clean()
+    finally:
+        browser.close()
