@@ -152,6 +152,12 @@ def test_chromium_loads_every_embedded_font(dates, tmp_path) -> None:
         status = view.page.evaluate("""async () => { await document.fonts.ready;
             return [...document.fonts].filter(f => f.family.includes('attnkit-text')).map(f => f.status); }""")
         assert status == ["loaded"] * faces
+        with view.page.expect_download() as info:  # the exported head view carries the fonts too
+            view.page.click("#export-head-svg")
+        saved = tmp_path / "head.svg"
+        info.value.save_as(saved)
+        covered, _ = embedded_coverage(saved.read_text("utf-8"))
+        assert needs_font("".join(tokens)) <= covered
         view.assert_clean()
     finally:
         browser.close()
