@@ -103,6 +103,8 @@ RULES = {
     "embedding imports nothing from training/": lambda a, b: _in(a, "attnkit.embedding") and _in(b, "attnkit.training"),
     "models/ never imports training/, viz/ or cli/": lambda a, b: _in(a, "attnkit.models") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
+    "viz/notebook (inline display, called by the records' _repr_ methods) imports only viz/fonts":
+        lambda a, b: a == "attnkit.viz.notebook" and b != "attnkit.viz.fonts",
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
     "models/ never imports hf (data flows models <- hf)": lambda a, b: _in(a, "attnkit.models") and _in(b, "attnkit.hf"),

@@ -213,7 +213,7 @@ def embed_file(
         if plan["done"]:
             return EmbedSummary(note=plan["note"], rank=ranks.rank)
         manifest = plan["manifest"]
-        job = job_files.Job(out_path, manifest, corpus.CorpusIndex.from_json(manifest["index"]))
+        job = Job(out_path, manifest, corpus.CorpusIndex.from_json(manifest["index"]))
         if encoder is None:
             encoder = SentenceEncoder.from_pretrained(model)
         summary = EmbedSummary(lines=job.index.lines, dim=encoder.dim, chunks=job.index.chunks,
@@ -272,7 +272,7 @@ def _embed_one_chunk(input_path: Path, job: Job, k: int, encoder: SentenceEncode
         full = np.zeros((len(rows), encoder.dim), dtype=np.float32)  # (lines, E): zero rows where skipped
         full[good] = emb
         emb = full
-    return writers.ChunkRows(k, rows, emb, tokens, cut)
+    return writers.ChunkRows(k, first, rows, emb, tokens, cut)
 
 
 def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list[int], lines_done: int,

@@ -33,10 +33,11 @@ class _HashingWriter:
 
 @dataclass
 class ChunkRows:
-    """What one chunk produced: the rows (``(lines, E)`` float32, zero at skipped lines), the
-    rows as read (texts, ids, bad) and the token counts."""
+    """What chunk ``k`` produced: the rows (``(lines, E)`` float32, zero at skipped lines), the
+    rows as read (texts, ids, bad; the first is input line ``first + 1``) and the token counts."""
 
     k: int
+    first: int
     rows: Sequence[Row]
     embeddings: Any  # numpy (lines, E) float32
     tokens: int
@@ -58,7 +59,7 @@ def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0
     from attnkit.io import atomic_open, atomic_write
 
     ident = job.manifest["identity"]
-    first, count = job.index.chunk_span(chunk.k)
+    first, count = chunk.first, len(chunk.rows)
     ids = ident["lines"]["ids"]
     path = job.data_path(chunk.k)
     if ident["output"]["format"] == ".npy":

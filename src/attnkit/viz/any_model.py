@@ -72,6 +72,17 @@ class Exploration:
     target_ids: list[int] | None = None
     projections: dict[str, Projections] = field(default_factory=dict)
     neuron_note: str = ""
+    title: str | None = None  # the page's title
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`)."""
+        from attnkit.viz.explorer import _render_page
+        from attnkit.viz.notebook import exploration_html
+
+        def render(neuron: bool | None, max_bytes: int) -> str:
+            return _render_page(_explorer_data(self, title=self.title, neuron=neuron, max_bytes=max_bytes))
+
+        return exploration_html(self.path, render, MAX_PAGE_BYTES)
 
     @property
     def kinds(self) -> list[str]:
@@ -119,7 +130,8 @@ class Exploration:
             raise ValueError("save needs a page path, svg= or png= (a folder)")
         written = []
         if path is not None:
-            self.path = _write_page(self, path, title=title, neuron=neuron, kinds=kinds)
+            self.path = _write_page(self, path, title=title if title is not None else self.title,
+                                    neuron=neuron, kinds=kinds)
             written.append(self.path)
         if svg is not None or png is not None:
             written += write_views(self, svg_dir=svg, png_dir=png, kinds=kinds, view=view)
@@ -166,15 +178,22 @@ def explore(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     att = _run(model_or_folder, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    att.title = title or f"{_display_name(model_or_folder, att)}: {text}"
     if path is not None:
-        name = _display_name(model_or_folder, att)
-        att.save(path, title=title or f"{name}: {text}", neuron=neuron)
+        att.save(path, title=att.title, neuron=neuron)
     return att
 
 
 def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None = None,
                 neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
     """The explorer page of ``att`` (see :meth:`Exploration.save`); returns its path."""
+    return _write_data(_explorer_data(att, title=title, neuron=neuron, kinds=kinds), path)
+
+
+def _explorer_data(att: Exploration, *, title: str | None = None, neuron: bool | None = None,
+                   kinds: Sequence[str] | None = None, max_bytes: int = MAX_PAGE_BYTES) -> dict[str, Any]:
+    """The data of :func:`_write_page`'s page (same arguments; ``max_bytes`` bounds the
+    quantised weights of all views together)."""
     kinds = att.kinds if kinds is None else list(kinds)
     bad = [k for k in kinds if k not in att.weights]
     if bad or not kinds:
@@ -188,7 +207,7 @@ def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None 
                 causal=kind in CAUSAL_KINDS, cross=kind == "cross",
                 head_names=["all heads"] if view == "rollout" else None,
             ))
-    data = _page_data(panels, title=title, max_bytes=MAX_PAGE_BYTES)
+    data = _page_data(panels, title=title, max_bytes=max_bytes)
     note = att.neuron_note
     if att.projections and neuron is not False:
         projections = {kind: p for kind, p in att.projections.items() if kind in kinds}
@@ -204,7 +223,7 @@ def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None 
         note = "The neuron view was not requested (neuron=False)."
     if note:
         data["neuronNote"] = note
-    return _write_data(data, path)
+    return data
 
 
 def _neuron_note(model_type: str, kind: str) -> str:
