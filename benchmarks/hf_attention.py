@@ -12,6 +12,9 @@ Cases (ratio > 1 = attnkit better):
   batches of 32): attnkit on packed rows (``attnkit.hf.pack``) vs sdpa on padded batches, same
   outputs (ratio >= 1.5); the largest difference of the outputs is printed.
 
+``ATTNKIT_BENCH_THREADS=1`` runs it on one thread (on a busy shared machine every barrier of
+two threads waits for a descheduled one, and the 2-thread figures then count kernels, not work).
+
 The interface needs transformers >= 4.53; the bench venv's peers pin an older one, so under it
 this script runs itself again with ``$ATTNKIT_TEST_PYTHON`` (the test venv, which ``make bench``
 names), and skips with one line when neither has it.
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 BENCH = "hf_attention"
+THREADS = int(os.environ.get("ATTNKIT_BENCH_THREADS", "2"))  # 2 by the issue; 1 shows the work where cores are shared
 MIB = 1024 * 1024
 
 
@@ -71,7 +75,7 @@ def _peak_child(impl: str, quick: bool) -> None:
     import attnkit.hf
 
     attnkit.hf.register()
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     model, inputs = _decoder(quick)
     with torch.inference_mode():
         _forward(model, impl, {**inputs, "input_ids": inputs["input_ids"][:, :8]}, True)  # warm the code paths
@@ -175,7 +179,7 @@ def main() -> None:
               "set ATTNKIT_TEST_PYTHON to an interpreter that has it")
         return
     args = harness.parse_args(__doc__)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     import attnkit.hf
 
     attnkit.hf.register()
