@@ -103,12 +103,17 @@ RULES = {
     "embedding imports nothing from training/": lambda a, b: _in(a, "attnkit.embedding") and _in(b, "attnkit.training"),
     "models/ never imports training/, viz/ or cli/": lambda a, b: _in(a, "attnkit.models") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
+    "viz/notebook (inline display, called by the records' _repr_ methods) imports only viz/fonts":
+        lambda a, b: a == "attnkit.viz.notebook" and b != "attnkit.viz.fonts",
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
     "relevance/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.relevance") and _in(
         b, "attnkit.training", "attnkit.cli"),
     "viz/ and models/ never import relevance/ (relevance reads them)": lambda a, b: _in(
         a, "attnkit.viz", "attnkit.models") and _in(b, "attnkit.relevance"),
+    "models/ never imports hf (data flows models <- hf)": lambda a, b: _in(a, "attnkit.models") and _in(b, "attnkit.hf"),
+    "hf imports nothing beside or above it (models <- hf)": lambda a, b: _in(a, "attnkit.hf") and _in(
+        b, "attnkit.training", "attnkit.viz", "attnkit.cli", "attnkit.embedding", "attnkit.relevance"),
     "data/ imports nothing above it": lambda a, b: _in(a, "attnkit.data") and not _in(
         b, "attnkit.data", "attnkit.io", "attnkit.progress"),
 }

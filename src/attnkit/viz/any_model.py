@@ -11,7 +11,9 @@ What it takes (one adapter per kind of model, registered by type on :func:`_run`
 
 - a local Hugging Face folder: encoder-only (BERT, RoBERTa, DistilBERT, ...), decoder-only
   (GPT-2, ...) or encoder-decoder (BART, Marian, T5, ...), loaded offline with ``AutoConfig``,
-  the matching auto class and ``AutoTokenizer``, ``attn_implementation="eager"``;
+  the matching auto class and ``AutoTokenizer``, ``attn_implementation="attnkit"``
+  (:mod:`attnkit.hf`: eager's weights from attnkit's weights path; a family that does not
+  dispatch through transformers' interface runs its own attention, which reports them too);
 - an already loaded Hugging Face model (pass ``tokenizer=`` unless its folder has one);
 - an attnkit checkpoint (``attnkit train``): the RNN's cross-attention, the Transformer's
   encoder self, decoder self (causal) and cross-attention;
@@ -70,6 +72,17 @@ class Exploration:
     target_ids: list[int] | None = None
     projections: dict[str, Projections] = field(default_factory=dict)
     neuron_note: str = ""
+    title: str | None = None  # the page's title
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`)."""
+        from attnkit.viz.explorer import _render_page
+        from attnkit.viz.notebook import exploration_html
+
+        def render(neuron: bool | None, max_bytes: int) -> str:
+            return _render_page(_explorer_data(self, title=self.title, neuron=neuron, max_bytes=max_bytes))
+
+        return exploration_html(self.path, render, MAX_PAGE_BYTES)
 
     @property
     def kinds(self) -> list[str]:
@@ -117,7 +130,8 @@ class Exploration:
             raise ValueError("save needs a page path, svg= or png= (a folder)")
         written = []
         if path is not None:
-            self.path = _write_page(self, path, title=title, neuron=neuron, kinds=kinds)
+            self.path = _write_page(self, path, title=title if title is not None else self.title,
+                                    neuron=neuron, kinds=kinds)
             written.append(self.path)
         if svg is not None or png is not None:
             written += write_views(self, svg_dir=svg, png_dir=png, kinds=kinds, view=view)
@@ -164,9 +178,9 @@ def explore(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     att = _run(model_or_folder, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    att.title = title or f"{_display_name(model_or_folder, att)}: {text}"
     if path is not None:
-        name = _display_name(model_or_folder, att)
-        att.save(path, title=title or f"{name}: {text}", neuron=neuron)
+        att.save(path, title=att.title, neuron=neuron)
     return att
 
 
@@ -176,6 +190,16 @@ def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None 
     """The explorer page of ``att`` (see :meth:`Exploration.save`); returns its path.
     ``relevance``: the relevance view's data (``attnkit.relevance.page.relevance_data``), drawn
     above the attention views."""
+    data = _explorer_data(att, title=title, neuron=neuron, kinds=kinds)
+    if relevance is not None:
+        data["relevance"] = relevance
+    return _write_data(data, path)
+
+
+def _explorer_data(att: Exploration, *, title: str | None = None, neuron: bool | None = None,
+                   kinds: Sequence[str] | None = None, max_bytes: int = MAX_PAGE_BYTES) -> dict[str, Any]:
+    """The data of :func:`_write_page`'s page (same arguments; ``max_bytes`` bounds the
+    quantised weights of all views together)."""
     kinds = att.kinds if kinds is None else list(kinds)
     bad = [k for k in kinds if k not in att.weights]
     if bad or not kinds:
@@ -189,7 +213,7 @@ def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None 
                 causal=kind in CAUSAL_KINDS, cross=kind == "cross",
                 head_names=["all heads"] if view == "rollout" else None,
             ))
-    data = _page_data(panels, title=title, max_bytes=MAX_PAGE_BYTES)
+    data = _page_data(panels, title=title, max_bytes=max_bytes)
     note = att.neuron_note
     if att.projections and neuron is not False:
         projections = {kind: p for kind, p in att.projections.items() if kind in kinds}
@@ -205,9 +229,7 @@ def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None 
         note = "The neuron view was not requested (neuron=False)."
     if note:
         data["neuronNote"] = note
-    if relevance is not None:
-        data["relevance"] = relevance
-    return _write_data(data, path)
+    return data
 
 
 def _neuron_note(model_type: str, kind: str) -> str:
@@ -344,13 +366,16 @@ def _model_role(config: Any) -> str:
 
 
 def _load_hf(folder: Path) -> tuple[nn.Module, Any]:
-    """Model (eager attention, eval mode) and tokenizer of a Hugging Face folder, offline."""
+    """Model (attnkit attention, eval mode) and tokenizer of a Hugging Face folder, offline."""
     tf = _transformers()
+    from attnkit.hf import register
+
+    attn = register()  # ValueError (one line) where transformers is too old
     try:
         config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
         auto = {"seq2seq": tf.AutoModelForSeq2SeqLM, "decoder": tf.AutoModelForCausalLM,
                 "encoder": tf.AutoModel}[_model_role(config)]
-        model = auto.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
+        model = auto.from_pretrained(folder, local_files_only=True, attn_implementation=attn)
     except OSError as exc:
         raise FileNotFoundError(f"cannot load the Hugging Face model in {folder}: {_first_line(exc)}") from None
     except (ValueError, KeyError, TypeError) as exc:
