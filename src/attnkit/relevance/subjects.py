@@ -102,14 +102,6 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     training = model.training
     model.eval()
-    for m in model.modules():
-        # attnkit.runtime.prepared() keeps values derived from frozen weights (the stacked qkv); made
-        # under torch.inference_mode (embed()), they are inference tensors that autograd cannot save
-        # for backward: drop them, the next call remakes them
-        cache = m.__dict__.get("_prepared")
-        if cache:
-            for key in [k for k, (_, v) in cache.items() if _holds_inference(v)]:
-                del cache[key]
     for p, _ in flags:
         p.requires_grad_(False)
     try:
@@ -118,11 +110,6 @@ def _frozen(model: nn.Module) -> Iterator[None]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(training)
-
-
-def _holds_inference(value: Any) -> bool:
-    values = value if isinstance(value, (tuple, list)) else (value,)
-    return any(isinstance(v, Tensor) and v.is_inference() for v in values)
 
 
 # ----------------------------------------------------------------------------- dispatch
