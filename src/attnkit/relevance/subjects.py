@@ -154,35 +154,22 @@ def _no_query(query: str | None, what: str) -> None:
 
 def _folder(source: str | os.PathLike, text: str, *, target: str | None, query: str | None,
             max_new_tokens: int) -> Subject:
-    import json
-
     from attnkit.models.sentence_encoder import SentenceEncoder
+    from attnkit.viz.any_model import read_model_folder
 
-    folder = Path(source).expanduser()
-    if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
+    found = read_model_folder(source)
+    if found.kind in ("name", "sentence-transformers"):
         _no_target(target, "a sentence encoder")
-        return _sentence_encoder(SentenceEncoder.from_pretrained(str(source)), text, query)
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
-    try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg} is not a model config (a JSON object)")
-    if config.get("format") == "attnkit-checkpoint":
+        encoder = SentenceEncoder.from_pretrained(str(source) if found.kind == "name" else found.path)
+        return _sentence_encoder(encoder, text, query)
+    if found.kind == "attnkit":
         from attnkit.data import load_tokenizer
         from attnkit.models import load
 
         _no_query(query, "an attnkit seq2seq checkpoint")
-        return _attnkit(load(folder), load_tokenizer(folder), text, target=target, max_new_tokens=max_new_tokens)
-    if (folder / "modules.json").is_file() and config.get("model_type") == "bert":
-        _no_target(target, "a sentence-transformers encoder")
-        return _sentence_encoder(SentenceEncoder.from_pretrained(folder), text, query)
-    if "model_type" not in config:
-        raise ValueError(f"{cfg} names no model_type and is not an attnkit checkpoint")
-    model, tokenizer = _load_hf(folder, config)
+        return _attnkit(load(found.path), load_tokenizer(found.path), text, target=target,
+                        max_new_tokens=max_new_tokens)
+    model, tokenizer = _load_hf(found.path, found.config)
     return _hf(model, tokenizer, text, target=target, query=query, max_new_tokens=max_new_tokens)
 
 

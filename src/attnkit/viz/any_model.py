@@ -300,13 +300,26 @@ def _no_target(target: str | None, what: str) -> None:
         raise ValueError(f"target={target!r} needs an encoder-decoder model, but this is {what}")
 
 
-def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
-    """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
+@dataclass(frozen=True)
+class ModelFolder:
+    """What a model folder (or name) holds, read once by :func:`read_model_folder`: ``kind`` is
+    ``"name"`` (no such folder: a known model name such as ``"all-MiniLM-L6-v2"``), ``"attnkit"``
+    (an ``attnkit train`` checkpoint), ``"sentence-transformers"`` (a BERT folder with
+    ``modules.json``) or ``"hf"`` (any other Hugging Face model); ``config`` its config.json."""
+
+    kind: str
+    path: Path
+    config: dict[str, Any]
+
+
+def read_model_folder(source: str | os.PathLike) -> ModelFolder:
+    """Classify a model folder (or name) for every reader of one (explore, explain).
+
+    Raises ``FileNotFoundError`` for a file or a folder without config.json and ``ValueError``
+    for a config that is not a JSON object naming a model_type (or an attnkit checkpoint)."""
     folder = Path(source).expanduser()
-    if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
-        encoder = SentenceEncoder.from_pretrained(str(source))
-        _no_target(target, "a sentence-transformers encoder")
-        return _run_sentence_encoder(encoder, text)
+    if not folder.exists():  # a known name, or FileNotFoundError naming it when it is loaded
+        return ModelFolder("name", folder, {})
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a model folder (it is a file)")
     cfg_path = folder / "config.json"
@@ -322,18 +335,29 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path} is not a model config (a JSON object)")
     if config.get("format") == "attnkit-checkpoint":
-        from attnkit.data import load_tokenizer
-        from attnkit.models import load
-
-        return _run_attnkit(load(folder), load_tokenizer(folder), text, target=target,
-                            max_new_tokens=max_new_tokens)
+        return ModelFolder("attnkit", folder, config)
     if "model_type" not in config:
         raise ValueError(f"{cfg_path} names no model_type and is not an attnkit checkpoint: "
                          f"{folder} is not a model folder")
     if (folder / "modules.json").is_file() and config["model_type"] == "bert":
+        return ModelFolder("sentence-transformers", folder, config)
+    return ModelFolder("hf", folder, config)
+
+
+def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
+    """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
+    found = read_model_folder(source)
+    if found.kind in ("name", "sentence-transformers"):
+        encoder = SentenceEncoder.from_pretrained(str(source) if found.kind == "name" else found.path)
         _no_target(target, "a sentence-transformers encoder")
-        return _run_sentence_encoder(SentenceEncoder.from_pretrained(folder), text)
-    model, tokenizer = _load_hf(folder)
+        return _run_sentence_encoder(encoder, text)
+    if found.kind == "attnkit":
+        from attnkit.data import load_tokenizer
+        from attnkit.models import load
+
+        return _run_attnkit(load(found.path), load_tokenizer(found.path), text, target=target,
+                            max_new_tokens=max_new_tokens)
+    model, tokenizer = _load_hf(found.path)
     return _run_hf(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
 
 
