@@ -69,6 +69,11 @@ class Explanation:
         return explanation_html({self.method: self}, *self.source)
 
     @property
+    def signed(self) -> bool:
+        """Whether negative relevance is meaningful (:data:`SIGNED` methods)."""
+        return self.method in SIGNED
+
+    @property
     def zero_rows(self) -> list[int]:
         """Rows whose relevance is all zero (drawn and labelled as such)."""
         return [i for i, row in enumerate(self.relevance) if not bool(row.abs().gt(0).any())]

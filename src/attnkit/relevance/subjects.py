@@ -194,25 +194,13 @@ def _load_hf(folder: Path, config: dict) -> tuple[nn.Module, Any]:
 
 
 def _attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Subject:
-    from attnkit.models import TransformerSeq2Seq, generate
+    from attnkit.models import TransformerSeq2Seq, output_ids
     from attnkit.viz.any_model import _attnkit_tokens
 
     c = model.config
-    src_ids = tokenizer.encode(text)
-    if not src_ids:
-        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    src_ids, row = output_ids(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
     device = next(model.parameters()).device
     src = torch.tensor([src_ids], device=device)  # (1, S)
-    if target is not None:
-        body = tokenizer.encode(target)
-        if not body or getattr(tokenizer, "unk_id", None) in body:
-            raise ValueError(f"the model's tokenizer cannot encode the target {target!r}")
-        row = [*body, c.eos_id]
-    else:
-        model.eval()
-        with torch.no_grad():
-            row = generate(model, src, max_len=max_new_tokens)[0].tolist()
-        row = row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]
     tgt_in = torch.tensor([[c.bos_id, *row[:-1]]], device=device)  # (1, T_out)
     picked = torch.tensor(row, device=device)  # (T_out,)
     steps = torch.arange(len(row), device=device)

@@ -507,23 +507,15 @@ def _decoder_ids(model: nn.Module, tokenizer: Any, inputs: dict[str, Tensor], ta
 def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
                  max_new_tokens: int) -> Exploration:
     """An attnkit seq2seq model: the Transformer's three kinds, or the RNN's cross-attention."""
-    from attnkit.models import generate
+    from attnkit.models import output_ids
 
     c = model.config
-    src_ids = tokenizer.encode(text)
-    if not src_ids:
-        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
-    device = next(model.parameters()).device
-    src = torch.tensor([src_ids], device=device)  # (1, S)
+    src_ids, row = output_ids(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+    src = torch.tensor([src_ids], device=next(model.parameters()).device)  # (1, S)
     model.eval()
     with torch.no_grad():
-        if target is not None:
-            row = [*tokenizer.encode(target), c.eos_id]
-        else:
-            row = generate(model, src, max_len=max_new_tokens)[0].tolist()
-            row = row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]
         tgt_ids = [c.bos_id, *row]
-        tgt_in = torch.tensor([tgt_ids], device=device)  # (1, T)
+        tgt_in = torch.tensor([tgt_ids], device=src.device)  # (1, T)
         is_transformer = isinstance(model, TransformerSeq2Seq)
         with Capture(model, "attnkit" if is_transformer else f"attnkit {type(model).__name__}") as capture:
             _, maps = model.forward_with_weights(src, tgt_in)  # kind -> [per layer (1, H, Tq, Tk)]
