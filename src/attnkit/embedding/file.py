@@ -286,10 +286,7 @@ def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list
 
     with progress_bar("embedding", job.index.lines, enabled=progress and ranks.rank == 0, completed=lines_done,
                       fields={"tokens": "-"}, rate="lines", eta=True) as bar:
-        beat = None
-        if ranks.distributed:
-            beat = Heartbeat(ranks, on_totals=lambda lines, tokens: bar.update(
-                completed=lines_done + lines, tokens=tokens_field(tokens))).start()
+        beat = Heartbeat(ranks).start() if ranks.distributed else None
 
         def on_batch(lines: int, tokens: int) -> None:
             summary.tokens += tokens
@@ -298,6 +295,8 @@ def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list
             else:
                 beat.add(lines, tokens)
                 beat.check()
+                done, all_tokens = beat.totals  # every rank's, at the last beat
+                bar.update(completed=lines_done + done, tokens=tokens_field(all_tokens))
 
         try:
             for k in mine:
