@@ -38,7 +38,7 @@ import base64
 import html
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from attnkit.io import atomic_write
+from attnkit.io import atomic_open
 from attnkit.viz.fonts import web_font_css
 from attnkit.viz.heatmap import as_numpy
 from attnkit.viz.notebook import Page
@@ -388,7 +388,10 @@ def _page_data(
 def _write_data(data: dict[str, Any], path: str | Path) -> Path:
     """Write the page for :func:`_page_data`'s ``data`` to ``path`` (atomically) and return it
     (a :class:`~attnkit.viz.notebook.Page`: a path that shows the page inline in a notebook)."""
-    return Page(atomic_write(path, _render_page(data)))
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for part in _page_parts(data):  # written as made: the page is never one string in memory
+            f.write(part)
+    return Page(Path(path))
 
 
 def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
@@ -540,21 +543,43 @@ def shown_characters(data: dict[str, Any]) -> list[str]:
     return [*texts, *(UI_CHARACTERS[part] for part in parts)]
 
 
-def _render_page(data: dict[str, Any]) -> str:
-    """The page: ``assets/explorer.html`` with its CSS, JS, the data and the fonts of the
-    characters it shows (:func:`attnkit.viz.fonts.web_font_css`) inlined (one file).
+def _page_parts(data: dict[str, Any]) -> Iterator[str]:
+    """The page for ``data`` in pieces: ``assets/explorer.html`` with its CSS, JS, the data and
+    the fonts of the characters it shows (:func:`attnkit.viz.fonts.web_font_css`) inlined.
 
     The placeholders are filled in one pass, so text that is inserted (a title, the data) is
-    never scanned for placeholders again.
+    never scanned for placeholders again. The data comes as JSON in the encoder's pieces, so a
+    writer never holds the page (tens of MB at 1,024 tokens) as one string, nor copies of it.
     """
-    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
     extra = "relevance" in data  # attnkit.explain's relevance view: its own asset files
     parts = {
-        "TITLE": html.escape(data["title"]),
-        "CSS": _asset("explorer.css") + (_asset("relevance.css") if extra else ""),
-        "FONTS": web_font_css(shown_characters(data)),
-        "JS": _asset("explorer.js") + ("\n" + _asset("relevance.js") if extra else ""),
-        "DATA": payload,
+        "TITLE": lambda: [html.escape(data["title"])],
+        "CSS": lambda: [_asset("explorer.css") + (_asset("relevance.css") if extra else "")],
+        "FONTS": lambda: [web_font_css(shown_characters(data))],
+        "JS": lambda: [_asset("explorer.js") + ("\n" + _asset("relevance.js") if extra else "")],
+        "DATA": lambda: _json_pieces(data),
     }
-    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], _asset("explorer.html"))
+    template = _asset("explorer.html")
+    at = 0
+    for m in _PLACEHOLDER.finditer(template):
+        yield template[at : m.start()]
+        yield from parts[m.group(1)]()
+        at = m.end()
+    yield template[at:]
+
+
+def _json_pieces(data: dict[str, Any]) -> Iterator[str]:
+    """``json.dumps(data)`` (compact, ASCII) in pieces, made safe inside a <script> element.
+
+    ``<`` and ``/`` occur only inside JSON strings, and the encoder yields each string whole, so
+    ``</`` and ``<!--`` never straddle two pieces."""
+    encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    for piece in encoder.iterencode(data):
+        if "<" in piece:
+            piece = piece.replace("</", "<\\/").replace("<!--", "<\\!--")
+        yield piece
+
+
+def _render_page(data: dict[str, Any]) -> str:
+    """The page of :func:`_page_parts` as one string (one file: nothing is fetched)."""
+    return "".join(_page_parts(data))
