@@ -198,20 +198,15 @@ _FORMULA_ACTIVATIONS = ("NewGELUActivation", "GELUTanh", "FastGELUActivation", "
 
 
 def hook_activations(model: torch.nn.Module) -> list[Any]:
-    """Forward hooks giving every activation module of ``model`` the identity rule as a whole, and
-    every ``nn.GRU``/``nn.LSTM`` the gated-cell rule (:func:`recurrent_rule`).
+    """Forward hooks giving every activation module of ``model`` the identity rule as a whole.
 
-    Returns the handles (remove them after the pass). The activation hook replaces the module's
-    output by the same values whose gradient flows straight to the module's input as
-    ``grad * y / x``; the recurrent hook replaces the fused kernel's output by the same values
-    computed step by step under the rules.
+    Returns the handles (remove them after the pass). The hook replaces the module's output by
+    the same values whose gradient flows straight to the module's input as ``grad * y / x``.
     """
     handles = []
     for module in model.modules():
         if type(module).__name__ in _FORMULA_ACTIVATIONS:
             handles.append(module.register_forward_hook(_activation_hook))
-        elif isinstance(module, (torch.nn.GRU, torch.nn.LSTM)) and not getattr(module, "proj_size", 0):
-            handles.append(module.register_forward_hook(_recurrent_hook, with_kwargs=True))
     return handles
 
 
@@ -219,96 +214,3 @@ def _activation_hook(module: torch.nn.Module, args: tuple, output: Tensor) -> Te
     if not args or not isinstance(output, Tensor) or output.shape != args[0].shape:
         return output
     return identity_rule(args[0], output, 1.0 if type(module).__name__ == "Tanh" else 0.5)
-
-
-# ----------------------------------------------------------------------------- recurrent cells
-
-
-def _recurrent_hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    if not torch.is_grad_enabled() or not args:
-        return output
-    hx = args[1] if len(args) > 1 else kwargs.get("hx")
-    return recurrent_rule(module, args[0], hx)
-
-
-def recurrent_rule(rnn: torch.nn.Module, x: Any, hx: Any = None) -> Any:
-    """``rnn(x, hx)`` for an ``nn.GRU``/``nn.LSTM`` (eval mode), computed one step at a time so that
-    its gradient × input is LRP's rule for gated cells, *signal-take-all* (Arras et al., "Explaining
-    recurrent neural network predictions in sentiment analysis", 2017; the variant their 2019
-    evaluation of recurrent explanations found most faithful): every gate (GRU ``r``, ``z``; LSTM
-    ``i``, ``f``, ``o``) is a constant, so a gated product sends all its relevance to the signal and
-    none to the gate; the candidate's and the LSTM cell output's ``tanh`` take the identity rule;
-    the linear maps the epsilon rule (ε → 0). The values are the fused kernel's (to rounding).
-
-    ``x`` is ``(B, T, I)`` (``(T, B, I)`` unless ``batch_first``) or a ``PackedSequence``;
-    returns what the module returns.
-    """
-    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
-
-    lstm = isinstance(rnn, torch.nn.LSTM)
-    packed = isinstance(x, PackedSequence)
-    if packed:
-        x, lengths = pad_packed_sequence(x, batch_first=True)  # (B, T, I), original order
-    elif not rnn.batch_first:
-        x = x.transpose(0, 1)
-    unbatched = x.dim() == 2
-    if unbatched:
-        x = x[None]
-    B, T = x.shape[:2]
-    if not packed:
-        lengths = torch.full((B,), T, dtype=torch.long)
-    valid = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    D, L, H = 2 if rnn.bidirectional else 1, rnn.num_layers, rnn.hidden_size
-    if hx is None:
-        zeros = x.new_zeros(L * D, B, H)
-        hx = (zeros, zeros) if lstm else zeros
-    elif unbatched:
-        hx = tuple(h[:, None] for h in hx) if lstm else hx[:, None]
-    h0, c0 = hx if lstm else (hx, None)
-    finals_h, finals_c = [], []
-    layer_in = x
-    for layer in range(L):
-        outs = []
-        for d in range(D):
-            suffix = f"_l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
-            b_ih = getattr(rnn, "bias_ih" + suffix, None)
-            b_hh = getattr(rnn, "bias_hh" + suffix, None)
-            k = layer * D + d
-            h, c = h0[k], (c0[k] if lstm else None)
-            steps: list[Tensor] = [None] * T  # type: ignore[list-item]
-            for t in (range(T - 1, -1, -1) if d else range(T)):
-                gi = F.linear(layer_in[:, t], w_ih, b_ih)
-                gh = F.linear(h, w_hh, b_hh)
-                if lstm:
-                    i, f, g, o = (gi + gh).chunk(4, -1)
-                    i, f, o = (torch.sigmoid(v).detach() for v in (i, f, o))
-                    c_new = f * c + i * torch.tanh(g)
-                    h_new = o * torch.tanh(c_new)
-                else:
-                    i_r, i_z, i_n = gi.chunk(3, -1)
-                    h_r, h_z, h_n = gh.chunk(3, -1)
-                    r = torch.sigmoid(i_r + h_r).detach()
-                    z = torch.sigmoid(i_z + h_z).detach()
-                    h_new = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
-                    c_new = None
-                keep = valid[:, t, None]  # padded steps leave the state as it was
-                h = torch.where(keep, h_new, h)
-                if lstm:
-                    c = torch.where(keep, c_new, c)
-                steps[t] = torch.where(keep, h_new, torch.zeros_like(h_new))
-            outs.append(torch.stack(steps, 1))  # (B, T, H)
-            finals_h.append(h)
-            finals_c.append(c)
-        layer_in = torch.cat(outs, -1) if D == 2 else outs[0]  # (B, T, D * H)
-    h_n = torch.stack(finals_h)  # (L * D, B, H)
-    state: Any = (h_n, torch.stack(finals_c)) if lstm else h_n
-    out = layer_in
-    if unbatched:
-        out = out[0]
-        state = tuple(s[:, 0] for s in state) if lstm else state[:, 0]
-    if packed:
-        out = pack_padded_sequence(out, lengths, batch_first=True, enforce_sorted=False)
-    elif not rnn.batch_first and not unbatched:
-        out = out.transpose(0, 1)
-    return out, state
