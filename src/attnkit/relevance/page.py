@@ -46,9 +46,10 @@ def write_page(explanations: Mapping[str, Any], path: str | os.PathLike, *, sour
     """One offline page: the relevance view of ``explanations`` above the attention explorer of
     ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
     model). Returns the page's path."""
+    from attnkit.viz import explore
     from attnkit.viz.any_model import _write_page
 
-    att = _explored(source, text, target, tokenizer)
+    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     att.path = _write_page(att, path, title=title or _title(source, text), relevance=relevance_data(explanations))
     return att.path
 
@@ -57,11 +58,12 @@ def explanation_html(explanations: Mapping[str, Any], source: Any, text: str, ta
                      tokenizer: Any = None) -> str:
     """The page of :func:`write_page` as one inline notebook view (isolated, offline), within
     :data:`attnkit.viz.notebook.INLINE_MAX_BYTES` as the explorer's inline view is."""
+    from attnkit.viz import explore
     from attnkit.viz.any_model import MAX_PAGE_BYTES, _explorer_data
     from attnkit.viz.explorer import _render_page
     from attnkit.viz.notebook import exploration_html
 
-    att = _explored(source, text, target, tokenizer)
+    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     relevance = relevance_data(explanations)
 
     def render(neuron: bool | None, max_bytes: int) -> str:
@@ -69,12 +71,6 @@ def explanation_html(explanations: Mapping[str, Any], source: Any, text: str, ta
         return _render_page({**data, "relevance": relevance})
 
     return exploration_html(None, render, MAX_PAGE_BYTES)
-
-
-def _explored(source: Any, text: str, target: str | None, tokenizer: Any) -> Any:
-    from attnkit.viz import explore
-
-    return explore(source, text, target=target, path=None, tokenizer=tokenizer)
 
 
 def _title(source: Any, text: str) -> str:
