@@ -19,7 +19,10 @@ def page_path(tiny_checkpoint, tmp_path_factory):
 
 
 def test_page_holds_every_methods_map(page_path) -> None:
+    from attnkit.relevance.page import Explained
+
     page, explanations = page_path
+    assert all(isinstance(e, Explained) for e in explanations.values())  # the page's type is the real one
     data = page_data(page)["relevance"]
     assert data["order"][0] == "attnlrp" and set(data["order"]) == set(explanations)
     for name, e in explanations.items():
