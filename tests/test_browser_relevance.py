@@ -19,7 +19,10 @@ def page_path(tiny_checkpoint, tmp_path_factory):
 
 
 def test_page_holds_every_methods_map(page_path) -> None:
+    from attnkit.relevance.page import Explained
+
     page, explanations = page_path
+    assert all(isinstance(e, Explained) for e in explanations.values())  # the page's type is the real one
     data = page_data(page)["relevance"]
     assert data["order"][0] == "attnlrp" and set(data["order"]) == set(explanations)
     for name, e in explanations.items():
@@ -79,18 +82,24 @@ def inline_view(tiny_checkpoint) -> tuple[str, object]:
     return e._repr_html_(), e
 
 
-def test_explanation_shows_itself_inline(inline_view, tmp_path) -> None:
+def test_explanation_shows_itself_inline(inline_view, tmp_path, monkeypatch) -> None:
     """explain()'s result displays in a notebook: the explanation page in one sandboxed, offline
-    iframe, holding this explanation's map; one made without a model has no view."""
+    iframe, holding this explanation's map, rendered once (a redisplay does not run explore()
+    again); one made without a model has no view."""
     import json
     import re
 
     from test_notebook import assert_offline, srcdoc
 
+    import attnkit.viz
     from attnkit.relevance import explain_subject
     from attnkit.relevance.subjects import subject
 
     view, e = inline_view
+    explored = []
+    monkeypatch.setattr(attnkit.viz, "explore", lambda *a, **k: explored.append(a))
+    assert e._repr_html_() is view and explored == []  # the fixture displayed it once already
+    monkeypatch.undo()
     inner = srcdoc(view)
     assert_offline(inner)
     found = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', inner, re.S)

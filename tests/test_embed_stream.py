@@ -116,6 +116,29 @@ def test_fingerprint_sees_size_head_and_tail(tmp_path) -> None:
 # --------------------------------------------------------------------------- the same bits
 
 
+def test_model_fingerprint_covers_the_module_folders(tmp_path, tiny) -> None:
+    """An older sentence-transformers folder keeps its weights in 0_Transformer/ (modules.json):
+    changing a file there changes the fingerprint, so a resume is refused. A folder with its
+    model at the root hashes what it always did (its root files), so its old jobs still resume."""
+    import hashlib
+
+    from attnkit.embedding.job import MODEL_FILES, model_fingerprint
+
+    old = {name: corpus.fingerprint(tiny / name) for name in MODEL_FILES if (tiny / name).is_file()}
+    assert model_fingerprint(tiny) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    folder = tmp_path / "older"
+    (folder / "0_Transformer").mkdir(parents=True)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]))
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (folder / "0_Transformer" / name).write_bytes(name.encode())
+    base = model_fingerprint(folder)
+    for name in ("model.safetensors", "vocab.txt"):
+        (folder / "0_Transformer" / name).write_bytes(b"changed")
+        assert model_fingerprint(folder) != base
+        base = model_fingerprint(folder)
+
+
 def test_embed_chunk_equals_one_embed_ids_call_bit_for_bit(encoder) -> None:
     """The compact token store and the per-batch progress report cost no bit of the result
     (long, short, empty and over-long texts): embed_chunk is one embed_ids call."""

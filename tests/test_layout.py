@@ -183,3 +183,15 @@ def test_benchmarks_import_nothing_from_cli() -> None:
     bench = SRC.parents[1] / "benchmarks"
     offenders = [str(p.name) for p in _python_files(bench) if any(_in(n, "attnkit.cli") for n in _top_imports(p))]
     assert offenders == []
+
+
+def test_the_packages_public_names_are_its_all() -> None:
+    """Every public name of ``attnkit`` is in ``__all__`` and every name there exists: what the
+    package imports only for itself (the Hugging Face folder loader it registers) stays private."""
+    from types import ModuleType
+
+    import attnkit
+
+    public = {n for n, v in vars(attnkit).items() if not n.startswith("_") and not isinstance(v, ModuleType)}
+    assert sorted(public - set(attnkit.__all__)) == []
+    assert [n for n in attnkit.__all__ if not hasattr(attnkit, n)] == []

@@ -53,9 +53,27 @@ def outputs_of(out: Path, *, ids: bool) -> list[Path]:
 
 def model_fingerprint(folder: Path) -> str:
     """SHA-256 over the :func:`~attnkit.embedding.corpus.fingerprint` of the files that define a
-    sentence-transformers folder (weights, config, tokenizer, pooling)."""
+    sentence-transformers folder: :data:`MODEL_FILES` at its root (weights, config, tokenizer,
+    pooling) and every file in each module folder its ``modules.json`` names below the root (an
+    older folder keeps its weights and tokenizer in ``0_Transformer/``). A folder whose modules
+    are the root and ``1_Pooling/config.json`` hashes exactly what it always did, so its
+    unfinished jobs still resume."""
     parts = {name: fingerprint(folder / name) for name in MODEL_FILES if (folder / name).is_file()}
+    for module in _module_paths(folder):
+        for path in sorted(p for p in (folder / module).iterdir() if p.is_file()):
+            parts[f"{module}/{path.name}"] = fingerprint(path)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _module_paths(folder: Path) -> list[str]:
+    """The module folders below ``folder`` that its ``modules.json`` lists (``"0_Transformer"``,
+    ``"1_Pooling"``), as written there; none when there is no readable list (the loader says why)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return []
+    paths = {m.get("path") for m in modules if isinstance(m, dict)} if isinstance(modules, list) else set()
+    return sorted(Path(p).as_posix() for p in paths if isinstance(p, str) and p and (folder / p).is_dir())
 
 
 def _chunk_name(k: int, suffix: str) -> str:

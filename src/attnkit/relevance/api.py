@@ -57,16 +57,21 @@ class Explanation:
     extra: dict[str, Any] = field(default_factory=dict)
     #: What :func:`explain` ran: ``(model_or_folder, text, target, tokenizer)``, for the inline view.
     source: tuple[Any, str, str | None, Any] | None = field(default=None, repr=False, compare=False)
+    #: The inline view, rendered on first display (it runs the model again: explore()).
+    _view: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def _repr_html_(self) -> str | None:
         """In a notebook: the explanation page inline (the relevance view above the attention
-        explorer of the same input; :mod:`attnkit.viz.notebook`). None (plain repr) for an
-        explanation made without a model to show it with (:func:`explain_subject`)."""
+        explorer of the same input; :mod:`attnkit.viz.notebook`), rendered once and kept: a
+        notebook asks again on every redisplay. None (plain repr) for an explanation made
+        without a model to show it with (:func:`explain_subject`)."""
         if self.source is None:
             return None
-        from attnkit.relevance.page import explanation_html
+        if self._view is None:
+            from attnkit.relevance.page import explanation_html
 
-        return explanation_html({self.method: self}, *self.source)
+            self._view = explanation_html({self.method: self}, *self.source)
+        return self._view
 
     @property
     def signed(self) -> bool:

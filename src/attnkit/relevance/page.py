@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
 
 NOTES = {
     "attnlrp": "AttnLRP (Achtibat et al. 2024): relevance through softmax, q\u00b7k, attention\u00b7v and norms",
@@ -23,7 +25,26 @@ NOTES = {
 }
 
 
-def relevance_data(explanations: Mapping[str, Any]) -> dict[str, Any]:
+@runtime_checkable
+class Explained(Protocol):
+    """What this page reads of an explanation: :class:`~attnkit.relevance.api.Explanation` has
+    it (not imported here: api imports this module for the inline view, and a cycle is refused)."""
+
+    @property
+    def tokens(self) -> list[str]: ...
+    @property
+    def target_tokens(self) -> list[str] | None: ...
+    @property
+    def relevance(self) -> Tensor: ...  # (T_out, T_in)
+    @property
+    def query(self) -> str | None: ...
+    @property
+    def signed(self) -> bool: ...
+    @property
+    def zero_rows(self) -> list[int]: ...
+
+
+def relevance_data(explanations: Mapping[str, Explained]) -> dict[str, Any]:
     """The relevance view's data: tokens, output tokens and each method's ``(T_out, T_in)`` map."""
     if not explanations:
         raise ValueError("relevance_data needs at least one explanation")
@@ -41,27 +62,29 @@ def relevance_data(explanations: Mapping[str, Any]) -> dict[str, Any]:
             "methods": methods, "order": list(explanations)}
 
 
-def write_page(explanations: Mapping[str, Any], path: str | os.PathLike, *, source: Any, text: str,
+def write_page(explanations: Mapping[str, Explained], path: str | os.PathLike, *, source: Any, text: str,
                target: str | None = None, title: str | None = None, tokenizer: Any = None) -> Path:
     """One offline page: the relevance view of ``explanations`` above the attention explorer of
     ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
     model). Returns the page's path."""
+    from attnkit.viz import explore
     from attnkit.viz.any_model import _write_page
 
-    att = _explored(source, text, target, tokenizer)
+    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     att.path = _write_page(att, path, title=title or _title(source, text), relevance=relevance_data(explanations))
     return att.path
 
 
-def explanation_html(explanations: Mapping[str, Any], source: Any, text: str, target: str | None = None,
+def explanation_html(explanations: Mapping[str, Explained], source: Any, text: str, target: str | None = None,
                      tokenizer: Any = None) -> str:
     """The page of :func:`write_page` as one inline notebook view (isolated, offline), within
     :data:`attnkit.viz.notebook.INLINE_MAX_BYTES` as the explorer's inline view is."""
+    from attnkit.viz import explore
     from attnkit.viz.any_model import MAX_PAGE_BYTES, _explorer_data
     from attnkit.viz.explorer import _render_page
     from attnkit.viz.notebook import exploration_html
 
-    att = _explored(source, text, target, tokenizer)
+    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
     relevance = relevance_data(explanations)
 
     def render(neuron: bool | None, max_bytes: int) -> str:
@@ -69,12 +92,6 @@ def explanation_html(explanations: Mapping[str, Any], source: Any, text: str, ta
         return _render_page({**data, "relevance": relevance})
 
     return exploration_html(None, render, MAX_PAGE_BYTES)
-
-
-def _explored(source: Any, text: str, target: str | None, tokenizer: Any) -> Any:
-    from attnkit.viz import explore
-
-    return explore(source, text, target=target, path=None, tokenizer=tokenizer)
 
 
 def _title(source: Any, text: str) -> str:
