@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-from attnkit.training import date_data, evaluate, keep_freed_memory, train_date_model  # noqa: E402
+from attnkit.runtime import keep_freed_memory  # noqa: E402
+from attnkit.training import date_data, evaluate, train_date_model  # noqa: E402
 
 BENCH = "dates"
 

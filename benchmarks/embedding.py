@@ -202,7 +202,7 @@ def main() -> None:
 
 
 def run_benchmark(args, folder, ours, corpora, systems, peers, missing) -> None:
-    from attnkit.models.bert import native_bf16
+    from attnkit.runtime import native_bf16
 
     rounds = 2
     flops_per_token = 2.0 * ours.encoder.non_embedding_parameters()

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 import attnkit as ak
-from attnkit.models import bert as bert_module
+from attnkit import runtime
 from attnkit.models import sentence_encoder as sentence_encoder_module
 from attnkit.models.bert import BertConfig, BertEncoder, hf_name_map
 from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
+from attnkit.varlen import Packed
 
 transformers = pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -103,33 +104,30 @@ def test_packed_forward_matches_hf(encoder, hf_model):
     lengths = mask.sum(1).tolist()
     with torch.no_grad():
         ref = hf_model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-        ours = encoder.encoder.forward_packed(input_ids[mask], lengths)  # (N, E)
+        ours, _ = encoder.encoder(input_ids[mask], packed=Packed.from_lengths(lengths))  # (N, E)
     assert ours.shape == (sum(lengths), 384)
     assert (ours - ref[mask]).abs().max() < 1e-4
 
 
-def test_packed_workspace_and_training_path_match_hf(encoder, hf_models):
-    """A workspace reused by a longer then a shorter batch (buffers larger than the batch)
-    gives HF's hidden states each time; with autograd the allocating path gives them too and
-    backpropagates; a workspace under autograd is refused."""
-    from attnkit.models.bert import PackedWorkspace
-
+def test_packed_inference_and_training_path_match_hf(encoder, hf_models):
+    """Inference on a longer then a shorter batch (scratch buffers larger than the batch) gives
+    HF's hidden states each time; with autograd the packed path gives them too and
+    backpropagates; a packed forward refuses a key mask and weights."""
     hf = hf_models["sdpa"]
-    ws = PackedWorkspace()
     for texts in (MIXED, MIXED[:2]):
         input_ids, mask = _padded(encoder, texts)
         lengths = mask.sum(1).tolist()
         with torch.inference_mode():
             ref = hf(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state[mask]  # (N, E)
-            ours = encoder.encoder.forward_packed(input_ids[mask], lengths, workspace=ws)
+            ours, _ = encoder.encoder(input_ids[mask], packed=Packed.from_lengths(lengths))
         assert (ours - ref).abs().max() < 1e-4
     bert = encoder.encoder
     flags = [p.requires_grad for p in bert.parameters()]
     bert.requires_grad_(True)
     try:
-        with pytest.raises(ValueError, match="workspace"):
-            bert.forward_packed(input_ids[mask], lengths, workspace=ws)
-        hidden = bert.forward_packed(input_ids[mask], lengths)  # (N, E), with a graph
+        with pytest.raises(ValueError, match="no key_mask"):
+            bert(input_ids[mask], mask, packed=Packed.from_lengths(lengths))
+        hidden, _ = bert(input_ids[mask], packed=Packed.from_lengths(lengths))  # (N, E), with a graph
         assert (hidden.detach() - ref).abs().max() < 1e-4
         hidden.square().mean().backward()
         assert bert.layers[0].ff.linear1.weight.grad.abs().sum() > 0
@@ -316,7 +314,7 @@ def test_bf16_encoder_computes_in_bf16_and_shares_embeddings(encoder, hf_models)
     input_ids, mask = _padded(encoder, MIXED)
     with torch.inference_mode():
         ref = hf_models["sdpa"](input_ids=input_ids, attention_mask=mask.long()).last_hidden_state[mask]
-        packed = bf16.forward_packed(input_ids[mask], mask.sum(1).tolist())
+        packed, _ = bf16(input_ids[mask], packed=Packed.from_lengths(mask.sum(1).tolist()))
         padded, weights = bf16(input_ids, mask, need_weights=True)
     assert packed.dtype == padded.dtype == torch.bfloat16
     for hidden in (packed, padded[mask]):
@@ -325,25 +323,25 @@ def test_bf16_encoder_computes_in_bf16_and_shares_embeddings(encoder, hf_models)
 
 
 def test_auto_dtype_follows_the_cpu(monkeypatch):
-    monkeypatch.setattr(bert_module, "native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns
-        assert bert_module.resolve_dtype("auto") == torch.float32
-        assert bert_module.resolve_dtype("float32") == torch.float32
-    bert_module._warn_slow_bf16.cache_clear()
+        assert runtime.resolve_dtype("auto") == torch.float32
+        assert runtime.resolve_dtype("float32") == torch.float32
+    runtime._warn_slow_bf16.cache_clear()
     with pytest.warns(UserWarning, match="no native bfloat16 matmul"):
-        assert bert_module.resolve_dtype("bfloat16") == torch.bfloat16
+        assert runtime.resolve_dtype("bfloat16") == torch.bfloat16
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
-        assert bert_module.resolve_dtype("bfloat16") == torch.bfloat16
-    monkeypatch.setattr(bert_module, "native_bf16", lambda: True)
-    assert bert_module.resolve_dtype("auto") == torch.bfloat16
+        assert runtime.resolve_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert runtime.resolve_dtype("auto") == torch.bfloat16
     with pytest.raises(ValueError, match="float16"):
-        bert_module.resolve_dtype("float16")
+        runtime.resolve_dtype("float16")
 
 
 def test_auto_embed_on_a_cpu_without_bf16_is_the_exact_fp32_path(encoder, st_reference, monkeypatch):
-    monkeypatch.setattr(bert_module, "native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
     assert encoder.encoder_in("auto") is encoder.encoder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

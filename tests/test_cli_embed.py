@@ -19,9 +19,9 @@ def _exact_dtype(monkeypatch):
     """The default --dtype auto is float32 on a CPU without native bf16 (this platform's); pin
     that, so these exact comparisons (cosine >= 0.99999) hold on a bf16 CPU too. The bf16 path
     is checked against HF in tests/test_bert.py."""
-    from attnkit.models import bert
+    from attnkit import runtime
 
-    monkeypatch.setattr(bert, "native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
 
 
 @pytest.fixture(scope="module")

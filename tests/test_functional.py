@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import attnkit as ak
 from attnkit import functional
 from attnkit.functional import masked_softmax, merge_masks
+from attnkit.runtime import DISPATCH
 
 
 def ref_sdpa(q, k, v, mask=None, causal=False, scale=None):
@@ -260,7 +261,7 @@ def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, 
         "float_neg_inf": (torch.zeros(B, 1, L, S).masked_fill(~allowed, float("-inf")), False),
         "causal": (None, True), "bool_causal": (allowed, True),
     }[kind]
-    with torch.no_grad(), mock.patch.object(functional, "_PREFIX_MIN_SCORES", 0):  # small items too
+    with torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0):  # small items too
         out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
     ref_out, ref_w = ak.scaled_dot_product_attention(
         q.clone().requires_grad_(), k, v, mask=mask, causal=causal, return_weights=True)

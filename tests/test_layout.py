@@ -54,24 +54,59 @@ def test_the_graph_is_read() -> None:
     assert "attnkit.training.trainer" in GRAPH["attnkit.cli.train"] or "attnkit.training" in GRAPH["attnkit.cli.train"]
 
 
+# The layers of DESIGN.md, lowest first: a module imports only from layers below its own (or
+# from its own package). The package ``attnkit`` itself sits on top: it re-exports.
+LAYERS = [
+    ("attnkit.runtime", "attnkit.io", "attnkit.progress"),
+    ("attnkit.functional", "attnkit.data"),
+    ("attnkit.varlen", "attnkit.distributed"),
+    ("attnkit.attention",),
+    ("attnkit.transformer", "attnkit.rnn"),
+    ("attnkit.models",),
+    ("attnkit.hf", "attnkit.embedding", "attnkit.training", "attnkit.relevance", "attnkit.viz"),
+    ("attnkit.cli",),
+]
+RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+
+
+def _room(module: str) -> str:
+    """The room (top-level module or package) ``module`` lives in."""
+    return ".".join(module.split(".")[:2])
+
+
+def _same_layer_allowed(a: str, b: str) -> bool:
+    """Rooms of one layer may import each other only where these rules say so (the packages
+    of the application layer use one another, acyclically)."""
+    ra, rb = _room(a), _room(b)
+    return RANK[ra] == RANK[rb] == RANK["attnkit.viz"] and not (
+        (ra != "attnkit.training" and rb == "attnkit.training") or (ra == "attnkit.training" and rb == "attnkit.viz"))
+
+
+def _below(a: str, b: str) -> bool:
+    if a == "attnkit" or _room(a) == _room(b):
+        return True
+    if _room(a) not in RANK or _room(b) not in RANK:
+        return False
+    return RANK[_room(b)] < RANK[_room(a)] or _same_layer_allowed(a, b)
+
+
+def test_every_room_has_a_layer() -> None:
+    assert sorted({_room(m) for m in MODULES if m != "attnkit"} - set(RANK)) == []
+
+
 RULES = {
+    "a module imports only the layers below it": lambda a, b: not _below(a, b),
     "only cli/ imports attnkit.cli": lambda a, b: _in(b, "attnkit.cli") and not _in(a, "attnkit.cli"),
-    "functional imports no other attnkit module": lambda a, b: a == "attnkit.functional",
-    "varlen imports only functional": lambda a, b: a == "attnkit.varlen" and b != "attnkit.functional",
-    "attention imports only functional, varlen and distributed": lambda a, b: a == "attnkit.attention" and b not in (
-        "attnkit.functional", "attnkit.varlen", "attnkit.distributed"),
-    "distributed is a kernel: functional at most": lambda a, b: a == "attnkit.distributed" and b != "attnkit.functional",
-    "progress and io import nothing of attnkit": lambda a, b: a in ("attnkit.progress", "attnkit.io"),
+    "runtime, progress and io import nothing of attnkit": lambda a, b: a in (
+        "attnkit.runtime", "attnkit.progress", "attnkit.io"),
+    "functional imports only runtime": lambda a, b: a == "attnkit.functional" and b != "attnkit.runtime",
+    "embedding imports nothing from training/": lambda a, b: _in(a, "attnkit.embedding") and _in(b, "attnkit.training"),
     "models/ never imports training/, viz/ or cli/": lambda a, b: _in(a, "attnkit.models") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
     "data/ imports nothing above it": lambda a, b: _in(a, "attnkit.data") and not _in(
         b, "attnkit.data", "attnkit.io", "attnkit.progress"),
-    "the layers (functional ... rnn) import no package above them": lambda a, b: a in (
-        "attnkit.functional", "attnkit.varlen", "attnkit.attention", "attnkit.transformer", "attnkit.rnn",
-        "attnkit.distributed") and _in(b, "attnkit.models", "attnkit.training", "attnkit.viz", "attnkit.cli",
-                                       "attnkit.data"),
 }
 
 
@@ -110,4 +145,32 @@ def test_web_pages_are_asset_files() -> None:
     """HTML/CSS/JS live in asset files, not in Python strings."""
     offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
                  if any(marker in p.read_text(encoding="utf-8") for marker in ("<!doctype html", "<!DOCTYPE html"))]
+    assert offenders == []
+
+
+def _python_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.py"))
+
+
+def _top_imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports (any package), from ``ast``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_only_the_runtime_uses_ctypes() -> None:
+    users = [str(p.relative_to(SRC)) for p in _python_files(SRC)
+             if any(n == "ctypes" or n.startswith("ctypes.") for n in _top_imports(p))]
+    assert users == ["runtime.py"]
+
+
+def test_benchmarks_import_nothing_from_cli() -> None:
+    bench = SRC.parents[1] / "benchmarks"
+    offenders = [str(p.name) for p in _python_files(bench) if any(_in(n, "attnkit.cli") for n in _top_imports(p))]
     assert offenders == []

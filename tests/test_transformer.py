@@ -22,6 +22,7 @@ from attnkit.transformer import (
     TransformerConfig,
     sinusoidal_table,
 )
+from attnkit.varlen import Packed
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -236,12 +237,11 @@ def test_config_defaults_are_the_documented_ones():
 @pytest.mark.parametrize("norm_first,activation,bias,kv_heads", [
     (False, "gelu", True, None), (True, "relu", True, 2), (False, "relu", False, 1), (True, "gelu", False, None),
 ])
-@pytest.mark.parametrize("workspace", [False, True])
-def test_forward_packed_equals_padded_forward(norm_first, activation, bias, kv_heads, workspace):
-    """EncoderLayer.forward_packed on the real tokens == forward on the padded batch (peer:
-    nn.TransformerEncoderLayer through from_torch for the bias=True cases)."""
-    from attnkit.transformer import PackedWorkspace
-
+@pytest.mark.parametrize("inference", [False, True])
+def test_packed_forward_equals_padded_forward(norm_first, activation, bias, kv_heads, inference):
+    """EncoderLayer.forward(packed=) on the real tokens == forward on the padded batch (peer:
+    nn.TransformerEncoderLayer through from_torch for the bias=True cases). In inference a
+    second, smaller batch reuses the scratch buffers of the first."""
     torch.manual_seed(0)
     settings = LayerSettings(32, 4, 48, kv_heads=kv_heads, dropout=0.0, activation=activation,
                              norm_first=norm_first, bias=bias)
@@ -252,56 +252,56 @@ def test_forward_packed_equals_padded_forward(norm_first, activation, bias, kv_h
     lengths = [7, 7, 3, 30, 1, 0, 25]  # runs of equal length, both attention paths, an empty one
     x = torch.randn(len(lengths), max(lengths), 32)
     mask = ak.padding_mask(lengths, max(lengths))
-    ws = PackedWorkspace() if workspace else None
-    with torch.inference_mode():
+    with torch.inference_mode() if inference else torch.enable_grad():
         want, _ = layer(x, key_mask=mask)
-        got = layer.forward_packed(x[mask], lengths, ws)
-        again = layer.forward_packed(x[mask][: sum(lengths[:3])], lengths[:3], ws)  # a smaller batch, same buffers
+        got, _ = layer(x[mask], packed=Packed.from_lengths(lengths))
+        again, _ = layer(x[mask][: sum(lengths[:3])], packed=Packed.from_lengths(lengths[:3]))  # a smaller batch
     torch.testing.assert_close(got, want[mask], **TOL)
     torch.testing.assert_close(again, want[mask][: sum(lengths[:3])], **TOL)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["onednn", "addmm"])
-@pytest.mark.parametrize("activation,residual", [(None, False), ("relu", False), ("gelu", False), (None, True)])
-def test_workspace_linear_in_bf16_equals_torch_in_fp32(fused, activation, residual, monkeypatch):
-    """PackedWorkspace.linear in bfloat16, through oneDNN's fused linear (bias, activation or
-    residual sum in the matmul) and through addmm, against torch's F.linear/F.gelu in float32."""
-    import attnkit.transformer as T
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_runtime_linear_in_bf16_equals_torch_in_fp32(fused, activation, monkeypatch):
+    """runtime.linear in bfloat16, through oneDNN's fused linear (bias and activation in the
+    matmul, the weight reordered once) and through addmm, against torch's F.linear/F.gelu in float32."""
+    from attnkit import runtime
 
-    if fused and not T._onednn_bf16_linear():
+    if fused and not runtime._onednn_bf16_linear():
         pytest.skip("oneDNN's fused bf16 linear serves CPUs with native bf16 matmul only")
-    monkeypatch.setattr(T, "_onednn_bf16_linear", lambda: fused)
+    monkeypatch.setattr(runtime, "_onednn_bf16_linear", lambda: fused)
     torch.manual_seed(0)
-    x, w, b, r = torch.randn(70, 48), torch.randn(40, 48) / 7, torch.randn(40), torch.randn(70, 40)
+    x, w, b = torch.randn(70, 48), torch.randn(40, 48) / 7, torch.randn(40)
     want = F.linear(x, w, b)
-    want = {None: want, "relu": F.relu(want), "gelu": F.gelu(want)}[activation] + (r if residual else 0)
-    bf = [t.bfloat16() for t in (x, w, b, r)]
+    want = {None: want, "relu": F.relu(want), "gelu": F.gelu(want)}[activation]
+    owner = torch.nn.Linear(48, 40)
+    bf = [t.bfloat16() for t in (x, w, b)]
     with torch.inference_mode():
-        got = T.PackedWorkspace().linear(*bf[:3], "out", activation=activation, residual=bf[3] if residual else None)
+        got = runtime.linear(*bf, owner=owner, activation=activation)
+        again = runtime.linear(*bf, owner=owner, activation=activation)  # the kept weight layout
     assert got.dtype == torch.bfloat16 and got.shape == (70, 40)
     torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+    assert torch.equal(got, again)
 
 
-def test_workspace_linear_refuses_bad_post_ops():
-    from attnkit.transformer import PackedWorkspace
+def test_runtime_linear_refuses_bad_activation():
+    from attnkit import runtime
 
     x, w = torch.randn(3, 4), torch.randn(5, 4)
-    with pytest.raises(ValueError, match="not both"):
-        PackedWorkspace().linear(x, w, None, "o", activation="relu", residual=torch.randn(3, 5))
     with pytest.raises(ValueError, match="'tanh'"):
-        PackedWorkspace().linear(x, w, None, "o", activation="tanh")
+        runtime.linear(x, w, None, owner=torch.nn.Linear(4, 5), activation="tanh")
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["onednn", "addmm"])
 @pytest.mark.parametrize("norm_first,activation", [(False, "gelu"), (True, "relu")])
-def test_bf16_forward_packed_follows_the_fp32_padded_forward(fused, norm_first, activation, monkeypatch):
-    """A bfloat16 packed layer with a workspace (fused or addmm linears, fused attention at every
-    length) against the float32 padded forward: within bf16 rounding, no NaN."""
-    import attnkit.transformer as T
+def test_bf16_packed_forward_follows_the_fp32_padded_forward(fused, norm_first, activation, monkeypatch):
+    """A bfloat16 packed layer (fused or addmm linears, the explicit or fused attention) against
+    the float32 padded forward: within bf16 rounding, no NaN."""
+    from attnkit import runtime
 
-    if fused and not T._onednn_bf16_linear():
+    if fused and not runtime._onednn_bf16_linear():
         pytest.skip("oneDNN's fused bf16 linear serves CPUs with native bf16 matmul only")
-    monkeypatch.setattr(T, "_onednn_bf16_linear", lambda: fused)
+    monkeypatch.setattr(runtime, "_onednn_bf16_linear", lambda: fused)
     torch.manual_seed(0)
     settings = LayerSettings(64, 4, 96, dropout=0.0, activation=activation, norm_first=norm_first)
     layer = EncoderLayer(settings).eval()
@@ -314,20 +314,23 @@ def test_bf16_forward_packed_follows_the_fp32_padded_forward(fused, norm_first, 
         for lin in (bf16.self_attn.q_proj, bf16.self_attn.k_proj, bf16.self_attn.v_proj, bf16.self_attn.out_proj,
                     bf16.ff.linear1, bf16.ff.linear2):
             lin.to(torch.bfloat16)
-        got = bf16.forward_packed(x[mask].bfloat16(), lengths, T.PackedWorkspace())
+        got, _ = bf16(x[mask].bfloat16(), packed=Packed.from_lengths(lengths))
     assert got.dtype == torch.bfloat16 and torch.isfinite(got.float()).all()
     cos = F.cosine_similarity(got.float(), want[mask], dim=-1)
     assert cos.min() > 0.999, cos
 
 
-def test_forward_packed_refuses_what_it_does_not_compute():
+def test_packed_forward_refuses_what_it_does_not_compute():
     settings = LayerSettings(16, 2, 32, dropout=0.1)
     x = torch.randn(5, 16)
+    five = Packed.from_lengths([5])
     with pytest.raises(ValueError, match="rotary"):
-        EncoderLayer(settings, rotary=RotaryEmbedding(8)).forward_packed(x, [5])
+        EncoderLayer(settings, rotary=RotaryEmbedding(8))(x, packed=five)
     with pytest.raises(ValueError, match="sequence_parallel"):
-        EncoderLayer(settings, sequence_parallel=True).forward_packed(x, [5])
+        EncoderLayer(settings, sequence_parallel=True)(x, packed=five)
     with pytest.raises(ValueError, match="attention dropout 0.1 in training"):
-        EncoderLayer(settings).train().forward_packed(x, [5])
+        EncoderLayer(settings).train()(x, packed=five)
     with pytest.raises(ValueError, match=r"N = sum\(lengths\) = 4"):
-        EncoderLayer(settings).eval().forward_packed(x, [4])
+        EncoderLayer(settings).eval()(x, packed=Packed.from_lengths([4]))
+    with pytest.raises(ValueError, match="key_mask, need_weights"):
+        EncoderLayer(settings).eval()(x, key_mask=torch.ones(1, 5, dtype=torch.bool), need_weights=True, packed=five)

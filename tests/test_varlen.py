@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import varlen
+from attnkit.runtime import DISPATCH
 
 
 def _padded_batch(lengths: list[int], E: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,14 +55,15 @@ def test_bad_inputs_name_the_values():
     kv_heads=st.sampled_from([1, 2, 4]),
     causal=st.booleans(),
     sort=st.booleans(),
-    # runs up to EXPLICIT_MAX_LEN take the explicit path, longer ones the fused kernel: 0 is
+    # runs up to DISPATCH.explicit_max_len take the explicit path, longer ones the fused kernel: 0 is
     # fused only, 9 both, 128 explicit only; max_scores 64 splits explicit runs into chunks
     explicit_max=st.sampled_from([0, 9, 128]),
     max_scores=st.sampled_from([64, 1 << 22]),
 )
 def test_varlen_attention_matches_padded_torch_sdpa(lengths, kv_heads, causal, sort, explicit_max, max_scores):
     """Peer: torch's F.scaled_dot_product_attention on the padded batch with a key mask."""
-    with mock.patch.object(varlen, "EXPLICIT_MAX_LEN", explicit_max), mock.patch.object(varlen, "_MAX_SCORES", max_scores):
+    with mock.patch.object(DISPATCH, "explicit_max_len", explicit_max), \
+            mock.patch.object(DISPATCH, "explicit_max_scores_per_call", max_scores):
         _check_against_padded_sdpa(lengths, kv_heads, causal, sort)
 
 
@@ -114,14 +116,14 @@ def _padded_reference(q, k, v, lengths, causal=False, scale=None):
 @pytest.mark.parametrize("causal", [False, True])
 def test_explicit_path_on_projection_views_matches_torch(dtype, causal):
     """The layout of a real pass: q/k/v strided views of one projection, runs both shorter and
-    longer than EXPLICIT_MAX_LEN. bfloat16 rounds only its output (scores and softmax are float32)."""
+    longer than DISPATCH.explicit_max_len. bfloat16 rounds only its output (scores and softmax are float32)."""
     lengths = [3, 3, 7, 7, 7, 1, 20, 0, 150, 2]
     q, k, v = _fused_qkv(lengths, H=4, d=16, dtype=dtype)
     out = varlen.varlen_attention(q, k, v, lengths, causal=causal)
     ref = _padded_reference(q, k, v, lengths, causal)
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-5  # bf16: one rounding of values of size ~1
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
-    with mock.patch.object(varlen, "EXPLICIT_MAX_LEN", 0):  # the fused kernel on every run
+    with mock.patch.object(DISPATCH, "explicit_max_len", 0):  # the fused kernel on every run
         fused = varlen.varlen_attention(q, k, v, lengths, causal=causal)
     torch.testing.assert_close(out.double(), fused.double(), atol=tol, rtol=tol)
     assert torch.isfinite(out).all()
@@ -175,16 +177,18 @@ def test_explicit_path_is_inference_only_and_gradients_flow():
     torch.testing.assert_close(explicit, out.detach(), atol=1e-6, rtol=1e-5)
 
 
-def test_explicit_path_reuses_workspace_buffers():
-    from attnkit.transformer import PackedWorkspace
+def test_explicit_path_reuses_scratch_buffers():
+    from attnkit.runtime import Role, scratch
 
     lengths = [5, 5, 9]
     q, k, v = _fused_qkv(lengths, H=3, d=8, dtype=torch.bfloat16)
-    ws = PackedWorkspace()
-    first = varlen.varlen_attention(q, k, v, lengths, workspace=ws)
-    pointers = {name: buf.data_ptr() for name, buf in ws._buffers.items()}
-    assert {"runs_q", "runs_q32", "runs_s", "runs_o", "runs_back"} <= set(pointers)
-    again = varlen.varlen_attention(q, k, v, lengths, workspace=ws)
-    assert {name: buf.data_ptr() for name, buf in ws._buffers.items()} == pointers  # nothing reallocated
+    pool = scratch()
+    pool.clear()
+    first = varlen.varlen_attention(q, k, v, lengths)
+    pointers = {key: buf.data_ptr() for key, buf in pool._buffers.items()}
+    roles = {key[0] for key in pointers}
+    assert {Role.GATHERED_Q, Role.WIDE_Q, Role.SCORES, Role.RUN_OUTPUT, Role.TOKEN_OUTPUT} <= roles
+    again = varlen.varlen_attention(q, k, v, lengths)
+    assert {key: buf.data_ptr() for key, buf in pool._buffers.items()} == pointers  # nothing reallocated
     torch.testing.assert_close(again, first, atol=0, rtol=0)
     torch.testing.assert_close(varlen.varlen_attention(q, k, v, lengths), first, atol=0, rtol=0)

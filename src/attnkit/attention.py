@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.distributed import check_layout, chunk_offsets, ring_attention
@@ -22,6 +21,8 @@ from attnkit.functional import (
     merge_masks,
     scaled_dot_product_attention,
 )
+from attnkit.runtime import linear, prepared
+from attnkit.varlen import Packed, varlen_attention
 
 __all__ = [
     "AttentionHead",
@@ -95,6 +96,13 @@ class KVCache:
         self.keys = torch.cat([self.keys, k], dim=-2)
         self.values = torch.cat([self.values, v], dim=-2)
         return self.keys, self.values, self.key_mask
+
+    def store(self, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> None:
+        """Hold the memory's keys and values ``(B, Hkv, S, d)`` (cross-attention): stored once,
+        read by every later step; a cache that already holds some refuses (``ValueError``)."""
+        if self.keys is not None:
+            raise ValueError(f"KVCache already holds keys of length {len(self)}; use a new cache")
+        self.keys, self.values, self.key_mask = k, v, key_mask
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (beam search: follow the surviving hypotheses)."""
@@ -183,12 +191,19 @@ class MultiHeadAttention(nn.Module):
         # (B, L, heads*d) -> (B, heads, L, d)
         return x.unflatten(-1, (heads, self.head_dim)).transpose(1, 2)
 
-    def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
-        """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
-        self-attention projects all three with one matmul."""
+    def _stack_qkv(self) -> tuple[Tensor, Tensor | None]:
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         return w, b
+
+    def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
+        """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
+        self-attention projects all three with one matmul. Without autograd the stack is made
+        once and kept until a projection's weights change (:func:`attnkit.runtime.prepared`)."""
+        sources = tuple(getattr(lin, n) for lin in (self.q_proj, self.k_proj, self.v_proj) for n in ("weight", "bias"))
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+            return self._stack_qkv()
+        return prepared(self, "qkv", sources, self._stack_qkv)
 
     def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``qkv (..., E + 2*Hkv*d)`` (the output of the stacked projection) ->
@@ -200,10 +215,14 @@ class MultiHeadAttention(nn.Module):
                 v.unflatten(-1, (self.kv_heads, self.head_dim)))
 
     def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One matmul for q, k and v when all three come from the same tensor ``x (B, L, E)``."""
-        qkv = F.linear(x, *self.qkv_weight())  # (B, L, E + 2*kv_dim)
-        # (B, L, heads, d) -> (B, heads, L, d)
-        return tuple(t.transpose(1, 2) for t in self.split_qkv(qkv))
+        """One matmul for q, k and v when all three come from the same tensor ``x (..., E)``
+        -> ``q (..., H, d)``, ``k``/``v`` ``(..., Hkv, d)``."""
+        w, b = self.qkv_weight()
+        return self.split_qkv(linear(x, w, b, owner=self, key="qkv"))  # (..., E + 2*kv_dim) split
+
+    def _out(self, o: Tensor) -> Tensor:
+        """The output projection of ``o (..., E)``."""
+        return linear(o, self.out_proj.weight, self.out_proj.bias, owner=self.out_proj)
 
     def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """``key (B, S, kdim)``, ``value (B, S, vdim)`` -> ``k, v (B, Hkv, S, d)``."""
@@ -250,6 +269,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
         cache: KVCache | None = None,
+        packed: Packed | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (B, L, E)`` to ``key (B, S, kdim)`` / ``value (B, S, vdim)``.
 
@@ -260,7 +280,18 @@ class MultiHeadAttention(nn.Module):
 
         Returns ``(out (B, L, E), weights (B, H, L, S) | None)``. A query row with nothing to
         attend to gets zero attention, so its output is ``out_proj.bias`` and its weights zero.
+
+        ``packed`` (a :class:`attnkit.varlen.Packed`): self-attention over a packed stream,
+        ``query (N, E)`` holding the sequences of ``packed`` back to back; every sequence attends
+        only to itself, and no padding is computed. Returns ``(out (N, E), None)``.
         """
+        if packed is not None:
+            extras = {"key/value": key is not None or value is not None, "key_mask": key_mask is not None,
+                      "attn_mask": attn_mask is not None, "need_weights": need_weights, "cache": cache is not None}
+            bad = [name for name, given in extras.items() if given]
+            if bad:
+                raise ValueError(f"packed self-attention takes no {', '.join(bad)}")
+            return self._forward_packed(query, packed, causal), None
         self_attn = key is None
         key = query if key is None else key
         value = key if value is None else value
@@ -272,7 +303,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"key_mask must be bool (True = real token), got {key_mask.dtype}")
 
         if self_attn and self.kdim == self.vdim == self.embed_dim:
-            q, k, v = self._project_self(query)  # (B, H, L, d), (B, Hkv, L, d) x2
+            # (B, L, heads, d) -> (B, heads, L, d)
+            q, k, v = (t.transpose(1, 2) for t in self._project_self(query))  # (B, H, L, d), (B, Hkv, L, d) x2
         else:
             q = self._split(self.q_proj(query), self.num_heads)  # (B, H, L, d)
             k = v = None
@@ -295,7 +327,7 @@ class MultiHeadAttention(nn.Module):
                 causal = True
             else:
                 if cache.keys is None:
-                    cache.keys, cache.values, cache.key_mask = k, v, key_mask
+                    cache.store(k, v, key_mask)
                 k, v = cache.keys, cache.values
                 key_mask = cache.key_mask if key_mask is None else key_mask
         S = k.shape[-2]
@@ -310,7 +342,27 @@ class MultiHeadAttention(nn.Module):
         )
         out, weights = res if need_weights else (res, None)  # (B, H, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
-        return self.out_proj(out), weights
+        return self._out(out), weights
+
+    def _forward_packed(self, x: Tensor, packed: Packed, causal: bool) -> Tensor:
+        """Self-attention of the packed stream ``x (N, E)`` -> ``(N, E)`` (see :meth:`forward`)."""
+        unsupported = {
+            "rotary positions": self.rotary is not None,
+            "sequence_parallel": self.sequence_parallel not in (None, False),
+            f"attention dropout {self.dropout} in training": self.training and self.dropout > 0.0,
+            f"kdim/vdim {self.kdim}/{self.vdim} != embed_dim": not self.kdim == self.vdim == self.embed_dim,
+        }
+        bad = [name for name, present in unsupported.items() if present]
+        if bad:
+            raise ValueError(f"packed attention does not support: {', '.join(bad)}")
+        if x.dim() != 2 or x.shape != (packed.num_tokens, self.embed_dim):
+            raise ValueError(
+                f"packed attention needs x (N, {self.embed_dim}) with N = sum(lengths) = {packed.num_tokens}, "
+                f"got {tuple(x.shape)}"
+            )
+        q, k, v = self._project_self(x)  # (N, H, d), (N, Hkv, d) x2
+        o = varlen_attention(q, k, v, packed, causal=causal)  # (N, H, d)
+        return self._out(o.flatten(1))  # (N, H, d) -> (N, E) -> out_proj
 
     def _forward_sequence_parallel(
         self, q: Tensor, k: Tensor, v: Tensor, *, self_attn: bool, key_mask: Tensor | None,

@@ -27,15 +27,13 @@ with it); where the op does not apply it runs the same formula explicitly.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from attnkit.runtime import DISPATCH, advise_huge_pages
 
 __all__ = [
     "causal_mask",
@@ -264,12 +262,6 @@ def _attention_math(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
-# A padded batch is scored item by item only where an item holds at least this many scores
-# (heads x L x S): each item costs ~55 us of calls, which broke even with the padded scores it
-# skips at 12 heads x 128 x 128 (measured on 2 cores; 2.2 ms against 1.2 at 12 x 64 x 64).
-_PREFIX_MIN_SCORES = 1 << 18
-
-
 def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
     """For a boolean key-padding mask ``(B or 1, 1, 1, S)`` over a ``(B, H)`` batch that allows a
     prefix of the keys in every batch row and hides some key somewhere: each batch row's prefix
@@ -299,10 +291,10 @@ def _attention_math_inplace(
     L, S, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     # (*batch, L, d) -> (n, L, d): one batched matmul over every head
     qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
-    weights = _empty_large((*batch, L, S), compute_dtype)  # (*batch, L, S)
+    weights = advise_huge_pages(torch.empty((*batch, L, S), dtype=compute_dtype))  # (*batch, L, S)
     flat = weights.view(-1, L, S)  # (n, L, S)
     heads = math.prod(batch[1:])
-    lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= _PREFIX_MIN_SCORES else None
+    lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= DISPATCH.prefix_min_scores else None
     if lengths is not None:  # a padded batch: score, normalise and read only each row's real keys
         out = torch.empty(flat.shape[0], L, dv, dtype=compute_dtype)  # (n, L, dv)
         scratch = torch.empty(heads * L * max(lengths), dtype=compute_dtype)
@@ -327,52 +319,15 @@ def _attention_math_inplace(
     return out.to(v.dtype), weights.to(q.dtype)
 
 
-# Above this size a fresh tensor is mapped anew from the OS for every call (glibc mmaps large
-# blocks and unmaps them on free), and faulting in 4 KiB pages dominated the weights path: a
-# 50 MB score matrix took 28 ms to fault in against 9 ms with transparent huge pages (measured).
-_HUGE_PAGE_BYTES = 1 << 25
-
-
-@functools.cache
-def _madvise():
-    """libc's ``madvise`` on Linux (None elsewhere, or where it cannot be found)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-
-
-def _empty_large(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """``torch.empty(shape)`` on CPU; a large one is first marked for transparent huge pages
-    (``madvise(MADV_HUGEPAGE)``, a hint the kernel may ignore), so it faults in 512x fewer pages."""
-    t = torch.empty(shape, dtype=dtype)
-    nbytes = t.numel() * t.element_size()
-    madvise = _madvise() if nbytes >= _HUGE_PAGE_BYTES else None
-    if madvise is not None:
-        page = 4096
-        start = (t.data_ptr() + page - 1) // page * page  # whole pages inside the block only
-        madvise(ctypes.c_void_p(start), ctypes.c_size_t((t.data_ptr() + nbytes - start) // page * page), 14)
-    return t
-
-
-# Training on short sequences: the explicit path (two batched matmuls and one softmax) beats the
-# fused CPU kernel forward + backward up to about 48 x 48 scores a head (measured on 2 cores, 64
-# items x 4 heads, d=32: 2.9 against 4.3 ms at 26 x 26, 1.7 against 4.5 at 12 x 26, 7.6 against
-# 9.6 at 48 x 48; slower at 64 x 64). Without a graph, or for one query row, the fused kernel wins.
-_EXPLICIT_MAX_SCORES = 48 * 48
-
-
 def _needs_graph(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether autograd will differentiate through this attention call."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
 
 def _explicit_is_faster(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """Whether a call without weights takes the explicit path (see :data:`_EXPLICIT_MAX_SCORES`)."""
+    """Whether a call without weights takes the explicit path (``DISPATCH.train_explicit_max_scores``)."""
     L, S = q.shape[-2], k.shape[-2]
-    return q.device.type == "cpu" and 1 < L and L * S <= _EXPLICIT_MAX_SCORES and _needs_graph(q, k, v)
+    return q.device.type == "cpu" and 1 < L and L * S <= DISPATCH.train_explicit_max_scores and _needs_graph(q, k, v)
 
 
 def _weights_path(

@@ -15,17 +15,19 @@ Attention scores are ``q·k / sqrt(d_k)`` with ``d_k`` the head dimension (the s
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import attnkit.runtime as runtime
 from attnkit.attention import KVCache, MultiHeadAttention
-from attnkit.varlen import varlen_attention
+from attnkit.varlen import Packed
 
 __all__ = [
     "TransformerConfig",
@@ -39,11 +41,10 @@ __all__ = [
     "Encoder",
     "Decoder",
     "DecoderCache",
-    "PackedWorkspace",
-    "native_bf16",
+    "DecoderWeights",
 ]
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = tuple(runtime.ACTIVATIONS)
 POSITIONS = ("sinusoidal", "learned", "rope")
 
 
@@ -152,6 +153,12 @@ class SinusoidalPositions(nn.Module):
             return self.table[offset:end]
         return sinusoidal_table(length, self.embed_dim, offset).to(self.table.device)
 
+    def at(self, positions: Tensor) -> Tensor:
+        """The rows of any ``positions (...)`` -> ``(..., E)``."""
+        end = int(positions.max()) + 1 if positions.numel() else 0
+        table = self.table if end <= self.table.shape[0] else sinusoidal_table(end, self.embed_dim).to(self.table.device)
+        return table[positions]
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary positions (Su et al., 2021), "rotate half" layout.
@@ -233,25 +240,37 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if layer_norm else None
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: Tensor, *, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
-        if tokens.dim() != 2:
+    def forward(
+        self, tokens: Tensor, *, token_type_ids: Tensor | None = None, offset: int = 0,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """``tokens (B, L)`` at positions ``offset ..`` -> ``(B, L, E)``; or a packed stream
+        ``tokens (N,)`` with ``positions (N,)``, each token's place in its own sequence -> ``(N, E)``."""
+        if positions is None and tokens.dim() != 2:
             raise ValueError(f"tokens must be (B, L), got shape {tuple(tokens.shape)}")
-        L = tokens.shape[1]
-        x = self.word_embeddings(tokens)  # (B, L, E)
+        if positions is not None and (tokens.dim() != 1 or positions.shape != tokens.shape):
+            raise ValueError(
+                f"packed tokens must be (N,) with positions (N,), got {tuple(tokens.shape)} and {tuple(positions.shape)}"
+            )
+        x = self.word_embeddings(tokens)  # (B, L, E) or (N, E)
         if self.scale != 1.0:
             x = x * self.scale
-        if self.position == "learned":
-            if offset + L > self.max_len:
+        if positions is None and self.position != "rope":
+            L = tokens.shape[1]
+            if self.position == "learned" and offset + L > self.max_len:
                 raise ValueError(
                     f"sequence of length {offset + L} is longer than max_len={self.max_len} (learned positions)"
                 )
-            pos = torch.arange(offset, offset + L, device=tokens.device)
-            x = x + self.position_embeddings(pos)  # (L, E) broadcast over B
+            positions = torch.arange(offset, offset + L, device=tokens.device)  # (L,) broadcast over B
+        if self.position == "learned":
+            x = x + self.position_embeddings(positions)
         elif self.position == "sinusoidal":
-            x = x + self.position_embeddings(L, offset).to(x.dtype)
+            x = x + self.position_embeddings.at(positions).to(x.dtype)
         if self.token_type_embeddings is not None:
-            types = torch.zeros_like(tokens) if token_type_ids is None else token_type_ids
-            x = x + self.token_type_embeddings(types)
+            if token_type_ids is None:  # type 0 everywhere: one row, broadcast
+                x = x + self.token_type_embeddings.weight[0]
+            else:
+                x = x + self.token_type_embeddings(token_type_ids)
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
@@ -277,9 +296,10 @@ class FeedForward(nn.Module):
         return f"activation={self.activation}"
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.linear1(x)  # (B, L, ff_dim)
-        h = F.relu(h) if self.activation == "relu" else F.gelu(h)
-        return self.linear2(self.dropout(h))  # (B, L, E)
+        """``x (..., E)`` (a padded batch or a packed stream) -> ``(..., E)``."""
+        l1, l2 = self.linear1, self.linear2
+        h = runtime.linear(x, l1.weight, l1.bias, owner=l1, activation=self.activation)  # (..., ff_dim)
+        return runtime.linear(self.dropout(h), l2.weight, l2.bias, owner=l2)  # (..., E)
 
 
 @dataclass(frozen=True)
@@ -350,8 +370,8 @@ class EncoderLayer(nn.Module):
     self-attention queries/keys; ``sequence_parallel``/``sequence_layout`` make the
     self-attention ring attention (see :class:`MultiHeadAttention`).
 
-    :meth:`forward` takes a padded batch ``(B, S, E)``; :meth:`forward_packed` the same layer on a
-    packed stream of real tokens ``(N, E)``.
+    :meth:`forward` takes a padded batch ``(B, S, E)``, or a packed stream of real tokens
+    ``(N, E)`` with ``packed=`` (only self-attention reads it; every other step is per token).
     """
 
     def __init__(
@@ -370,10 +390,6 @@ class EncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(settings.dropout)
         self.dropout2 = nn.Dropout(settings.dropout)
 
-    def _sa(self, x: Tensor, key_mask: Tensor | None, attn_mask: Tensor | None, need_weights: bool):
-        out, w = self.self_attn(x, key_mask=key_mask, attn_mask=attn_mask, need_weights=need_weights)
-        return self.dropout1(out), w
-
     def forward(
         self,
         x: Tensor,
@@ -381,196 +397,22 @@ class EncoderLayer(nn.Module):
         key_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         need_weights: bool = False,
+        packed: Packed | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``x (B, S, E)``, ``key_mask (B, S)`` True at real tokens, ``attn_mask`` as in
-        :class:`MultiHeadAttention` -> ``(x (B, S, E), weights (B, H, S, S) | None)``."""
+        :class:`MultiHeadAttention` -> ``(x (B, S, E), weights (B, H, S, S) | None)``; or
+        ``x (N, E)`` with ``packed`` -> ``(x (N, E), None)``."""
+        attend = functools.partial(self.self_attn, key_mask=key_mask, attn_mask=attn_mask,
+                                   need_weights=need_weights, packed=packed)
         if self.norm_first:
-            a, w = self._sa(self.norm1(x), key_mask, attn_mask, need_weights)
-            x = x + a
+            a, w = attend(self.norm1(x))
+            x = x + self.dropout1(a)
             x = x + self.dropout2(self.ff(self.norm2(x)))
         else:
-            a, w = self._sa(x, key_mask, attn_mask, need_weights)
-            x = self.norm1(x + a)
+            a, w = attend(x)
+            x = self.norm1(x + self.dropout1(a))
             x = self.norm2(x + self.dropout2(self.ff(x)))
         return x, w
-
-    def forward_packed(
-        self, x: Tensor, lengths: Sequence[int], workspace: PackedWorkspace | None = None
-    ) -> Tensor:
-        """The same layer on a packed stream: ``x (N, E)`` holds sequences of ``lengths`` back
-        to back (``sum(lengths) == N``) -> ``(N, E)``.
-
-        The linears, norms and feed-forward see only the N real tokens; attention runs once
-        per run of equal-length sequences (:func:`attnkit.varlen.varlen_attention`), so no
-        padding is computed. With a ``workspace`` (inference only) every step writes into its
-        reused buffers, and the result is its buffer ``"x0"``, which the next call overwrites.
-        Rotary positions, ring attention and attention dropout in training are not available
-        here (``ValueError``).
-        """
-        attn = self.self_attn
-        unsupported = {
-            "rotary positions": attn.rotary is not None,
-            "sequence_parallel": attn.sequence_parallel not in (None, False),
-            f"attention dropout {attn.dropout} in training": self.training and attn.dropout > 0.0,
-        }
-        bad = [name for name, present in unsupported.items() if present]
-        if bad:
-            raise ValueError(f"EncoderLayer.forward_packed does not support: {', '.join(bad)}")
-        if x.dim() != 2 or x.shape[1] != attn.embed_dim or x.shape[0] != sum(lengths):
-            raise ValueError(
-                f"forward_packed needs x (N, {attn.embed_dim}) with N = sum(lengths) = {sum(lengths)}, "
-                f"got {tuple(x.shape)}"
-            )
-        ws = workspace
-        if self.norm_first:  # x = x + attn(norm1(x));  x = x + ff(norm2(x))
-            x = self._attend_packed(_layer_norm(x, self.norm1, ws, "x1"), lengths, ws, residual=x)  # in "proj"
-            return self._ff_packed(_layer_norm(x, self.norm2, ws, "x1"), ws, "x0", residual=x)
-        # post-LN: x = norm1(x + attn(x));  x = norm2(x + ff(x))
-        x = _layer_norm(self._attend_packed(x, lengths, ws, residual=x), self.norm1, ws, "x1")
-        return _layer_norm(self._ff_packed(x, ws, "proj", residual=x), self.norm2, ws, "x0")
-
-    def _attend_packed(
-        self, x: Tensor, lengths: Sequence[int], ws: PackedWorkspace | None, *, residual: Tensor
-    ) -> Tensor:
-        """``residual + dropout1(out_proj(varlen attention(q, k, v)))`` of packed ``x (N, E)``,
-        in buffer ``"proj"``."""
-        attn = self.self_attn
-        N, E = x.shape
-        w, b = ws.qkv_weight(attn) if ws is not None else attn.qkv_weight()
-        q, k, v = attn.split_qkv(_linear(x, w, b, ws, "qkv"))  # (N, H, d), (N, Hkv, d) x2: one matmul
-        out = None if ws is None else ws.take("attn", (N, attn.num_heads, attn.head_dim), x)
-        o = varlen_attention(q, k, v, lengths, out=out, workspace=ws).view(N, E)  # (N, H, d) -> (N, E)
-        if ws is not None and not self.training:  # dropout1 is the identity: the sum goes into the linear
-            return ws.linear(o, attn.out_proj.weight, attn.out_proj.bias, "proj", residual=residual)
-        return self.dropout1(_linear(o, attn.out_proj.weight, attn.out_proj.bias, ws, "proj")).add_(residual)
-
-    def _ff_packed(self, x: Tensor, ws: PackedWorkspace | None, name: str, *, residual: Tensor) -> Tensor:
-        """``residual + dropout2(ff(x))`` of packed ``x (N, E)``, in buffer ``name``."""
-        ff = self.ff
-        if ws is None:
-            h = _linear(x, ff.linear1.weight, ff.linear1.bias, ws, "ff")  # (N, ff_dim)
-            h = F.relu(h) if ff.activation == "relu" else F.gelu(h)
-            return self.dropout2(F.linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias)).add_(residual)
-        h = ws.linear(x, ff.linear1.weight, ff.linear1.bias, "ff", activation=ff.activation)  # (N, ff_dim)
-        if not self.training:  # the dropouts are the identity: the sum goes into the linear
-            return ws.linear(h, ff.linear2.weight, ff.linear2.bias, name, residual=residual)
-        return self.dropout2(ws.linear(ff.dropout(h), ff.linear2.weight, ff.linear2.bias, name)).add_(residual)
-
-
-class PackedWorkspace:
-    """Buffers a packed pass (:meth:`EncoderLayer.forward_packed`) reuses from batch to batch,
-    inference only.
-
-    Every step writes into a named buffer kept here (grown to the largest batch seen) instead
-    of a fresh tensor, and each attention's stacked q/k/v weights are concatenated once.
-    Fresh multi-megabyte tensors per layer cost page faults whenever the C allocator hands
-    freed memory back to the OS between batches: ~200,000 minor faults per pass over the
-    embedding benchmark's corpus, and pass times varying by 30% (measured; gone with the
-    workspace). Valid for one model whose weights do not change while it is in use.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
-        self._qkv: dict[MultiHeadAttention, tuple[Tensor, Tensor | None]] = {}
-        self._onednn: dict[int, tuple[Tensor, Tensor]] = {}  # id(weight) -> (weight, oneDNN's layout of it)
-
-    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A contiguous ``shape`` view of buffer ``name`` (dtype and device of ``like``)."""
-        n = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self._buffers[name] = like.new_empty(n)
-        return buf[:n].view(shape)
-
-    def qkv_weight(self, attn: MultiHeadAttention) -> tuple[Tensor, Tensor | None]:
-        """``attn.qkv_weight()``, stacked on first use and kept."""
-        if attn not in self._qkv:
-            self._qkv[attn] = attn.qkv_weight()
-        return self._qkv[attn]
-
-    def linear(
-        self, x: Tensor, weight: Tensor, bias: Tensor | None, name: str, *,
-        activation: str | None = None, residual: Tensor | None = None,
-    ) -> Tensor:
-        """``activation(x @ weight.T + bias) + residual`` for ``x (N, in)`` (``activation`` one of
-        ``"relu"``, ``"gelu"`` or None; ``residual (N, out)`` or None; not both), into buffer ``name``.
-
-        bfloat16 on a CPU with native bf16 matmul (:func:`native_bf16`) takes oneDNN's linear, with
-        the bias, activation or residual sum fused into the matmul, into a fresh tensor (not the
-        buffer): one pass over the output instead of two or three, 8-20% faster embedding than
-        ``addmm`` (measured on AMX). Elsewhere ``addmm`` into the buffer, then in place.
-        """
-        if activation is not None and residual is not None:
-            raise ValueError("PackedWorkspace.linear takes an activation or a residual, not both")
-        if activation not in (None, *ACTIVATIONS):
-            raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
-        if _fused_linear(x):
-            fused = torch.ops.mkldnn._linear_pointwise
-            weight = self._onednn_weight(weight, x.shape[0])
-            if residual is not None:
-                return fused.binary(x, residual, weight, bias, "add")
-            return fused(x, weight, bias, activation or "none", [], "none")  # "none": exact (erf) GELU
-        out = self.take(name, (x.shape[0], weight.shape[0]), x)
-        out = torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
-        if activation is not None:
-            out = out.relu_() if activation == "relu" else torch.ops.aten.gelu_(out)
-        return out if residual is None else out.add_(residual)
-
-    def _onednn_weight(self, weight: Tensor, rows: int) -> Tensor:
-        """``weight`` reordered once into the blocked layout oneDNN's matmul reads, for batches of
-        about ``rows`` rows (any row count works). Linears with it ran 10-20% faster in isolation
-        than with the plain weight, which oneDNN reorders on every call, and took 3-5% less time
-        in an embedding pass (measured on an AVX512-BF16 EPYC, bf16, all-MiniLM's shapes at
-        300-2,048 rows); same results. The plain weight where
-        the reorder op is missing."""
-        entry = self._onednn.get(id(weight))
-        if entry is None or entry[0] is not weight:
-            try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-            except (AttributeError, RuntimeError):
-                packed = weight
-            entry = self._onednn[id(weight)] = (weight, packed)
-        return entry[1]
-
-    def layer_norm(self, x: Tensor, norm: nn.LayerNorm, name: str) -> Tensor:
-        """``norm(x)`` for ``x (N, E)``, into buffer ``name``."""
-        N = x.shape[0]
-        out = self.take(name, tuple(x.shape), x)
-        # mean and 1/std, which inference does not need: float32 for bfloat16 x with float32 weights
-        stats = self.take("norm_stats", (2, N, 1), x if norm.weight is None or norm.weight.dtype == x.dtype else norm.weight)
-        torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
-                                             out0=out, out1=stats[0], out2=stats[1])
-        return out
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), asked once.
-
-    Elsewhere PyTorch emulates bfloat16 matmuls, several times slower than float32.
-    """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
-@functools.cache
-def _onednn_bf16_linear() -> bool:
-    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) serves bfloat16
-    here: a CPU with native bf16 matmul and a torch build that has the op."""
-    return native_bf16() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _fused_linear(x: Tensor) -> bool:
-    """Whether :meth:`PackedWorkspace.linear` of ``x`` takes oneDNN's fused bfloat16 linear."""
-    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear()
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, ws: PackedWorkspace | None, name: str) -> Tensor:
-    return F.linear(x, weight, bias) if ws is None else ws.linear(x, weight, bias, name)
-
-
-def _layer_norm(x: Tensor, norm: nn.LayerNorm, ws: PackedWorkspace | None, name: str) -> Tensor:
-    return norm(x) if ws is None else ws.layer_norm(x, norm, name)
 
 
 class DecoderLayer(nn.Module):
@@ -593,14 +435,6 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(settings.dropout)
         self.dropout3 = nn.Dropout(settings.dropout)
 
-    def _sa(self, y, key_mask, need_weights, cache):
-        out, w = self.self_attn(y, key_mask=key_mask, causal=True, need_weights=need_weights, cache=cache)
-        return self.dropout1(out), w
-
-    def _ca(self, y, memory, memory_mask, need_weights, cache):
-        out, w = self.cross_attn(y, memory, key_mask=memory_mask, need_weights=need_weights, cache=cache)
-        return self.dropout2(out), w
-
     def forward(
         self,
         y: Tensor,
@@ -608,26 +442,30 @@ class DecoderLayer(nn.Module):
         *,
         key_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        need_weights: bool | str = False,
+        need_self_weights: bool = False,
+        need_cross_weights: bool = False,
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``y (B, L, E)``, ``memory (B, S, E)``; ``key_mask (B, L)`` / ``memory_mask (B, S)``
         True at real tokens -> ``(y (B, L, E), self (B, H, L, L') | None, cross (B, H, L, S) | None)``
-        where ``L'`` counts cached steps too. ``need_weights="cross"`` returns the cross weights
-        only (the self-attention keeps the fused path)."""
-        self_w, cross_w = need_weights is True, bool(need_weights)
+        where ``L'`` counts cached steps too; each kind of weights is computed only when asked
+        (the other attention keeps the fused path)."""
+        attend_self = functools.partial(self.self_attn, key_mask=key_mask, causal=True,
+                                        need_weights=need_self_weights, cache=self_cache)
+        attend_memory = functools.partial(self.cross_attn, key=memory, key_mask=memory_mask,
+                                          need_weights=need_cross_weights, cache=cross_cache)
         if self.norm_first:
-            a, ws = self._sa(self.norm1(y), key_mask, self_w, self_cache)
-            y = y + a
-            c, wc = self._ca(self.norm2(y), memory, memory_mask, cross_w, cross_cache)
-            y = y + c
+            a, ws = attend_self(self.norm1(y))
+            y = y + self.dropout1(a)
+            c, wc = attend_memory(self.norm2(y))
+            y = y + self.dropout2(c)
             y = y + self.dropout3(self.ff(self.norm3(y)))
         else:
-            a, ws = self._sa(y, key_mask, self_w, self_cache)
-            y = self.norm1(y + a)
-            c, wc = self._ca(y, memory, memory_mask, cross_w, cross_cache)
-            y = self.norm2(y + c)
+            a, ws = attend_self(y)
+            y = self.norm1(y + self.dropout1(a))
+            c, wc = attend_memory(y)
+            y = self.norm2(y + self.dropout2(c))
             y = self.norm3(y + self.dropout3(self.ff(y)))
         return y, ws, wc
 
@@ -776,6 +614,13 @@ class DecoderCache:
             c.reorder(index)
 
 
+class DecoderWeights(enum.Enum):
+    """Which attention weights :meth:`Decoder.forward` returns when ``need_weights=True``."""
+
+    ALL = "every layer's self- and cross-attention"
+    LAST_CROSS = "the last layer's cross-attention only (what decoding needs for its alignments)"
+
+
 class Decoder(nn.Module):
     """A stack of :class:`DecoderLayer` with an optional final LayerNorm (``norm``).
 
@@ -784,8 +629,8 @@ class Decoder(nn.Module):
     [cross (B, H, L, S)]) | None)``. Self-attention is always causal. With
     ``cache=decoder.new_cache()``, ``y`` may be fed one step (or a chunk) at a time and gives the
     same hidden states as the full causal forward; the memory is projected once.
-    ``need_weights="last_cross"`` returns ``([], [last layer's cross (B, H, L, S)])`` and keeps
-    the fused path everywhere else (what decoding needs for its alignments).
+    ``which=DecoderWeights.LAST_CROSS`` (with ``need_weights=True``) returns
+    ``([], [last layer's cross (B, H, L, S)])`` and keeps the fused path everywhere else.
     """
 
     def __init__(
@@ -814,20 +659,22 @@ class Decoder(nn.Module):
         *,
         key_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        need_weights: bool | str = False,
+        need_weights: bool = False,
+        which: DecoderWeights = DecoderWeights.ALL,
         cache: DecoderCache | None = None,
     ) -> tuple[Tensor, tuple[list[Tensor], list[Tensor]] | None]:
-        if need_weights not in (True, False, "last_cross"):
-            raise ValueError(f"need_weights must be True, False or 'last_cross', got {need_weights!r}")
+        if not isinstance(need_weights, bool) or not isinstance(which, DecoderWeights):
+            raise ValueError(f"need_weights must be a bool and which a DecoderWeights, got {need_weights!r}, {which!r}")
         if cache is not None and len(cache.self_caches) != len(self.layers):
             raise ValueError(f"cache has {len(cache.self_caches)} layers, decoder has {len(self.layers)}")
         self_w: list[Tensor] = []
         cross_w: list[Tensor] = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            layer_weights = ("cross" if i == last else False) if need_weights == "last_cross" else need_weights
             y, ws, wc = layer(
-                y, memory, key_mask=key_mask, memory_mask=memory_mask, need_weights=layer_weights,
+                y, memory, key_mask=key_mask, memory_mask=memory_mask,
+                need_self_weights=need_weights and which is DecoderWeights.ALL,
+                need_cross_weights=need_weights and (which is DecoderWeights.ALL or i == last),
                 self_cache=None if cache is None else cache.self_caches[i],
                 cross_cache=None if cache is None else cache.cross_caches[i],
             )

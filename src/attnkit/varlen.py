@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from attnkit.functional import _needs_graph, scaled_dot_product_attention
+from attnkit.runtime import DISPATCH, BufferPool, Role, scratch
 
 __all__ = [
+    "Packed",
     "cu_seqlens_from_lengths",
     "lengths_from_cu_seqlens",
     "pack",
@@ -37,20 +39,6 @@ __all__ = [
     "varlen_attention",
 ]
 
-# A run whose attention costs fewer multiply-adds than this runs on one thread: splitting a
-# tiny kernel across threads costs more in synchronisation than it saves (measured: ~1.8x
-# faster embedding of short texts on a busy 2-core machine, ~5% slower at worst when idle).
-SERIAL_WORK = 1 << 22
-# CPU inference runs sequences up to this length through the explicit path of
-# :func:`_explicit_runs` (scores -> softmax -> weighted sum, in float32) instead of the fused
-# kernel, whose per-block overhead dominates short sequences. Measured on an AVX512-BF16 EPYC,
-# 2 threads, all-MiniLM's 12 heads x 32 dims: the embedding benchmark ran 7-16% faster in
-# bfloat16 and 5-6% in float32 than with the fused kernel at every length; over 2,048-token
-# blocks of one length the explicit path took 1.5 against 3.0 ms at L=16 and broke even near
-# L=128 (bfloat16 and float32). Longer runs stay fused, whose memory stays O(L) per row.
-EXPLICIT_MAX_LEN = 128
-# The explicit path scores at most this many entries at once (a run is split by sequences).
-_MAX_SCORES = 1 << 22
 _EXPLICIT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -145,18 +133,75 @@ def equal_length_runs(lengths: Tensor | Sequence[int]) -> list[tuple[int, int, i
     return runs
 
 
-@contextmanager
-def _one_thread(enabled: bool = True) -> Iterator[None]:
-    """Run the enclosed torch CPU kernels on one intra-op thread, then restore the count."""
-    n = torch.get_num_threads()
-    if n == 1 or not enabled:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+@dataclass(frozen=True, eq=False)
+class Packed:
+    """Sequences laid end to end as one stream of real tokens: what a model makes once, right
+    after its embeddings, and what attention alone reads.
+
+    ``lengths`` are the sequence lengths (``N = sum(lengths)`` tokens); ``cu_seqlens (B + 1,)``
+    their cumulative offsets (sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b + 1]``);
+    ``max_len`` the longest; ``index (N,)``, when the stream was taken from a padded batch
+    ``(B, T)`` (:meth:`from_mask`), the flat position ``b * T + t`` each token came from, so
+    :meth:`unpack` puts the tokens back where they were (left or right padding alike).
+
+    Position-wise layers (embeddings, linears, norms, feed-forward) run on the stream
+    ``(N, ...)`` as on any leading shape; only attention needs to know where sequences start.
+    """
+
+    lengths: tuple[int, ...]
+    cu_seqlens: Tensor
+    max_len: int
+    index: Tensor | None = None
+    padded_shape: tuple[int, int] | None = None
+
+    @classmethod
+    def from_lengths(cls, lengths: Tensor | Sequence[int], device: torch.device | str | None = None) -> Packed:
+        """Sequences of ``lengths`` back to back (the stream already exists)."""
+        lens = tuple(_lengths_list(lengths))
+        return cls(lens, cu_seqlens_from_lengths(lens, device=device), max(lens, default=0))
+
+    @classmethod
+    def from_mask(cls, key_mask: Tensor) -> Packed:
+        """The real tokens of a padded batch: ``key_mask (B, T)`` bool, True = real token."""
+        if key_mask.dtype != torch.bool or key_mask.dim() != 2:
+            raise ValueError(f"key_mask must be a bool (B, T) tensor, got {key_mask.dtype} {tuple(key_mask.shape)}")
+        lengths = key_mask.sum(1)  # (B,)
+        lens = tuple(lengths.tolist())
+        cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        index = key_mask.flatten().nonzero().squeeze(1)  # (N,)
+        return cls(lens, cu, max(lens, default=0), index, tuple(key_mask.shape))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.cu_seqlens[-1]) if self.lengths else 0
+
+    @functools.cached_property
+    def runs(self) -> list[tuple[int, int, int]]:
+        """:func:`equal_length_runs` of the lengths, computed once."""
+        return equal_length_runs(self.lengths)
+
+    @functools.cached_property
+    def positions(self) -> Tensor:
+        """``(N,)`` position of each token inside its own sequence (0, 1, ... per sequence)."""
+        return positions(self.cu_seqlens)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``x (B, T, ...)`` of the padded batch this was made from -> ``(N, ...)``."""
+        if self.index is None or tuple(x.shape[:2]) != self.padded_shape:
+            raise ValueError(f"Packed.pack needs x {self.padded_shape} + (...) (Packed.from_mask), got {tuple(x.shape)}")
+        return x.flatten(0, 1).index_select(0, self.index)  # (N, ...)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """``x (N, ...)`` -> ``(B, T, ...)``, zeros at padding. Tokens go back to where
+        :meth:`from_mask` took them from; made from lengths, they are left-aligned in
+        ``T = max_len``."""
+        if x.shape[0] != self.num_tokens:
+            raise ValueError(f"Packed.unpack: the stream has {x.shape[0]} tokens, expected {self.num_tokens}")
+        if self.index is None:
+            return unpack(x, self.cu_seqlens.to(x.device), self.max_len)[0]
+        B, T = self.padded_shape
+        out = x.new_zeros(B * T, *x.shape[1:])
+        return out.index_copy_(0, self.index, x).unflatten(0, (B, T))  # (B, T, ...)
 
 
 def _row_view(t: Tensor) -> tuple[Tensor, int] | None:
@@ -171,11 +216,6 @@ def _row_view(t: Tensor) -> tuple[Tensor, int] | None:
         return None
     step = t.stride(0) // row
     return t.as_strided(((N - 1) * step + h, d), (row, 1), t.storage_offset()), step
-
-
-def _scratch(workspace, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    like = torch.empty(0, dtype=dtype, device=device)
-    return workspace.take(name, shape, like) if workspace is not None else like.new_empty(shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -243,15 +283,15 @@ def _softmax_rows_(s: Tensor, rescore: Callable[[], None]) -> None:
 
 def _explicit_runs(
     q: Tensor, k: Tensor, v: Tensor, runs: list[tuple[int, int, int]], out: Tensor, *, causal: bool,
-    scale: float, workspace=None,
+    scale: float, pool: BufferPool,
 ) -> bool:
     """Attention of the ``runs`` (``(first, count, L)``, see :func:`equal_length_runs`) of packed
     ``q (N, H, d)``, ``k/v (N, Hkv, d|dv)`` into ``out (N, H, dv)``, explicitly: one gather lays
     each of q, k and v out run by run as ``(count * H, L, d)`` blocks in float32 (float64 stays
     float64), each block is scored (``baddbmm``), normalised row by row and applied (``bmm``),
     and one gather puts the rows back. Two gathers per tensor replace the fused kernel's per-block
-    set-up and the copies of strided blocks. Returns False (nothing done) where the strides of
-    q/k/v do not allow row views."""
+    set-up and the copies of strided blocks. Scratch memory comes from ``pool``. Returns False
+    (nothing done) where the strides of q/k/v do not allow row views."""
     views = [_row_view(t) for t in (q, k, v)]
     if any(view is None for view in views):
         return False
@@ -262,16 +302,18 @@ def _explicit_runs(
     token, dest, sources = _run_major_plan(tuple(runs), H, H // k.shape[1], (q_step, k_step, v_step), dev)
     T = token.shape[0]
     blocks = []
-    for name, rows, index in (("q", q_rows, sources[0]), ("k", k_rows, sources[1]), ("v", v_rows, sources[2])):
+    roles = ((Role.GATHERED_Q, Role.WIDE_Q), (Role.GATHERED_K, Role.WIDE_K), (Role.GATHERED_V, Role.WIDE_V))
+    for (gathered_role, wide_role), rows, index in zip(roles, (q_rows, k_rows, v_rows), sources, strict=True):
         width = rows.shape[1]
-        gathered = torch.index_select(rows, 0, index, out=_scratch(workspace, f"runs_{name}", (T * H, width), rows.dtype, dev))
+        gathered = torch.index_select(rows, 0, index, out=pool.take(gathered_role, (T * H, width), rows.dtype, dev))
         if gathered.dtype != cdt:
-            gathered = _scratch(workspace, f"runs_{name}32", (T * H, width), cdt, dev).copy_(gathered)
+            gathered = pool.take(wide_role, (T * H, width), cdt, dev).copy_(gathered)
         blocks.append(gathered)
     qz, kz, vz = blocks
-    oz = _scratch(workspace, "runs_o", (T * H, dv), cdt, dev)  # run-major outputs
-    chunk = {L: max(1, _MAX_SCORES // (H * L * L)) for _, _, L in runs}  # sequences scored at once
-    scores = _scratch(workspace, "runs_s", (max(min(c, chunk[L]) * H * L * L for _, c, L in runs),), cdt, dev)
+    oz = pool.take(Role.RUN_OUTPUT, (T * H, dv), cdt, dev)  # run-major outputs
+    limit = DISPATCH.explicit_max_scores_per_call
+    chunk = {L: max(1, limit // (H * L * L)) for _, _, L in runs}  # sequences scored at once
+    scores = pool.take(Role.SCORES, (max(min(c, chunk[L]) * H * L * L for _, c, L in runs),), cdt, dev)
     at = 0
     for _, count, L in runs:
         step = chunk[L]
@@ -286,7 +328,7 @@ def _explicit_runs(
             _softmax_rows_(s, score)
             torch.bmm(s, vb, out=ob)
             at += n * L
-    back = _scratch(workspace, "runs_back", (T * H, dv), cdt, dev)
+    back = pool.take(Role.TOKEN_OUTPUT, (T * H, dv), cdt, dev)
     torch.index_select(oz, 0, dest, out=back)  # (T*H, dv) in (token, head) order
     back = back.view(T, H, dv)
     if T == out.shape[0]:  # the runs cover the stream in order
@@ -300,12 +342,11 @@ def varlen_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    lengths: Tensor | Sequence[int],
+    lengths: Packed | Tensor | Sequence[int],
     *,
     causal: bool = False,
     scale: float | None = None,
     out: Tensor | None = None,
-    workspace=None,
 ) -> Tensor:
     """Attention inside each packed sequence, never across them and never on padding.
 
@@ -313,24 +354,22 @@ def varlen_attention(
         q: packed queries ``(N, H, d)``.
         k: packed keys ``(N, Hkv, d)`` (``Hkv`` divides ``H``: grouped-query heads).
         v: packed values ``(N, Hkv, dv)``.
-        lengths: ``(B,)`` sequence lengths summing to ``N`` (a list avoids a device sync).
+        lengths: a :class:`Packed`, or the ``(B,)`` sequence lengths summing to ``N`` (a list
+            avoids a device sync).
         causal: each token attends only to itself and the tokens before it in its sequence.
         scale: score factor, default ``1/sqrt(d)``.
-        out: optional ``(N, H, dv)`` tensor to write the result into (a reused buffer; no
-            autograd through it).
-        workspace: optional object with ``take(name, shape, like) -> Tensor`` (such as
-            :class:`attnkit.transformer.PackedWorkspace`) that lends the explicit path its
-            scratch buffers, so repeated calls allocate nothing.
+        out: optional ``(N, H, dv)`` tensor to write the result into (no autograd through it).
 
     Returns:
         ``(N, H, dv)`` (``out`` when given). In CPU inference (no autograd), runs of sequences
-        up to ``EXPLICIT_MAX_LEN`` tokens take the explicit path of :func:`_explicit_runs`
-        (float32 scores and softmax for bfloat16/float16 inputs). Every other run is one fused
-        ``F.scaled_dot_product_attention`` call on a dense ``(count, H, L, d)`` view; sort
-        sequences by length for the fewest calls. On CPU, fused runs smaller than
-        ``SERIAL_WORK`` multiply-adds run on one thread (their kernels are too small to split).
+        up to ``DISPATCH.explicit_max_len`` tokens (:mod:`attnkit.runtime`) take the explicit
+        path of :func:`_explicit_runs` (float32 scores and softmax for bfloat16/float16 inputs,
+        scratch from this thread's :func:`attnkit.runtime.scratch` pool). Every other run is one
+        fused ``F.scaled_dot_product_attention`` call on a dense ``(count, H, L, d)`` view; sort
+        sequences by length for the fewest calls.
     """
-    lens = _lengths_list(lengths)
+    packed = lengths if isinstance(lengths, Packed) else None
+    lens = list(packed.lengths) if packed is not None else _lengths_list(lengths)
     N = sum(lens)
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or not (q.shape[0] == k.shape[0] == v.shape[0] == N):
         raise ValueError(
@@ -342,18 +381,13 @@ def varlen_attention(
         out = q.new_empty(N, H, dv)  # (N, H, dv)
     elif out.shape != (N, H, dv):
         raise ValueError(f"varlen_attention: out must have shape {(N, H, dv)}, got {tuple(out.shape)}")
-    runs = equal_length_runs(lens)
+    runs = packed.runs if packed is not None else equal_length_runs(lens)
     if q.device.type == "cpu" and not _needs_graph(q, k, v) and q.dtype in _EXPLICIT_DTYPES:
-        short = [run for run in runs if run[2] <= EXPLICIT_MAX_LEN]
-        if short and _explicit_runs(q, k, v, short, out, causal=causal,
-                                    scale=1.0 / math.sqrt(d) if scale is None else float(scale), workspace=workspace):
-            runs = [run for run in runs if run[2] > EXPLICIT_MAX_LEN]
-    small: list[tuple[int, int, int]] = []
-    large: list[tuple[int, int, int]] = []
-    for run in runs:  # work = count * L^2 * H * (d + dv) multiply-adds
-        (small if run[1] * run[2] * run[2] * H * (d + dv) < SERIAL_WORK else large).append(run)
-
-    def attend(first: int, count: int, L: int) -> None:
+        short = [run for run in runs if run[2] <= DISPATCH.explicit_max_len]
+        if short and _explicit_runs(q, k, v, short, out, causal=causal, pool=scratch(),
+                                    scale=1.0 / math.sqrt(d) if scale is None else float(scale)):
+            runs = [run for run in runs if run[2] > DISPATCH.explicit_max_len]
+    for first, count, L in runs:
         rows = slice(first, first + count * L)
         # (count*L, H, d) -> (count, L, H, d) -> (count, H, L, d): views, no copy
         qb = q[rows].unflatten(0, (count, L)).transpose(1, 2)
@@ -361,11 +395,4 @@ def varlen_attention(
         vb = v[rows].unflatten(0, (count, L)).transpose(1, 2)
         ob = scaled_dot_product_attention(qb, kb, vb, causal=causal, scale=scale)  # (count, H, L, dv)
         out[rows].view(count, L, H, dv).copy_(ob.transpose(1, 2))
-
-    for run in large:
-        attend(*run)
-    if small:
-        with _one_thread(enabled=q.device.type == "cpu"):
-            for run in small:
-                attend(*run)
     return out

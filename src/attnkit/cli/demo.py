@@ -95,8 +95,8 @@ class ModelResult:
 
 def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[ModelResult]]:
     """Generate the date task and train every model of :data:`MODELS` within its budget."""
+    from attnkit.runtime import keep_freed_memory
     from attnkit.training import date_data, evaluate, train_date_model
-    from attnkit.training.trainer import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's activations (see its docstring)
     with console.status("generating the multilingual date task (CLDR data via babel)"):

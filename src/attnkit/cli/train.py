@@ -48,6 +48,7 @@ def train_command(
         new_model,
         read_manifest,
     )
+    from attnkit.runtime import keep_freed_memory
     from attnkit.training import (
         ARCHS,
         TRAIN_DEFAULTS,
@@ -58,7 +59,7 @@ def train_command(
         task_from_meta,
     )
     from attnkit.training.ddp import init_distributed
-    from attnkit.training.trainer import TRAIN_DTYPES, keep_freed_memory
+    from attnkit.training.trainer import TRAIN_DTYPES
 
     if threads:
         torch.set_num_threads(threads)

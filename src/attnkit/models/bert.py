@@ -4,8 +4,8 @@
 position + token type, then LayerNorm) and post-LN :class:`attnkit.transformer.EncoderLayer`
 blocks with our :class:`attnkit.MultiHeadAttention`. Loading a Hugging Face checkpoint is a
 plain copy through a small, explicit name map (:func:`hf_name_map`), and the loader refuses a
-checkpoint with missing, unexpected or mis-shaped tensors. :meth:`BertEncoder.forward_packed`
-runs the network on a packed stream of real tokens (no padding computed); sentence embeddings
+checkpoint with missing, unexpected or mis-shaped tensors. :meth:`BertEncoder.forward` with
+``packed=`` runs the network on a packed stream of real tokens (no padding computed); sentence embeddings
 on top of it live in :mod:`attnkit.models.sentence_encoder`.
 
 Mask convention: ``key_mask`` is True at real tokens (Hugging Face's ``attention_mask == 1``).
@@ -14,29 +14,18 @@ Mask convention: ``key_mask`` is True at real tokens (Hugging Face's ``attention
 from __future__ import annotations
 
 import copy
-import functools
 import json
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from attnkit.transformer import (
-    Embeddings,
-    EncoderLayer,
-    LayerSettings,
-    PackedWorkspace,
-    native_bf16,
-)
-from attnkit.varlen import cu_seqlens_from_lengths, positions
+from attnkit.runtime import resolve_dtype
+from attnkit.transformer import Embeddings, EncoderLayer, LayerSettings
+from attnkit.varlen import Packed
 
-__all__ = ["DTYPES", "BertConfig", "BertEncoder", "PackedWorkspace", "hf_name_map", "native_bf16", "resolve_dtype"]
-
-# Inference dtypes: "auto" is bfloat16 where the CPU multiplies bfloat16 natively, else float32.
-DTYPES = ("auto", "float32", "bfloat16")
+__all__ = ["BertConfig", "BertEncoder", "hf_name_map"]
 
 # Checkpoint tensors BertModel carries that this encoder does not use (HF's pooler, a buffer).
 IGNORED_TENSORS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
@@ -119,32 +108,6 @@ class BertConfig:
 # --------------------------------------------------------------------------- dtype
 
 
-@functools.cache
-def _warn_slow_bf16() -> None:
-    warnings.warn(
-        "bfloat16 was asked for, but this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): "
-        "it will be several times slower than float32 (dtype='auto' picks float32 here)",
-        stacklevel=3,
-    )
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"auto"`` | ``"float32"`` | ``"bfloat16"`` (or the torch dtype) -> the torch dtype.
-
-    ``"auto"`` is bfloat16 where :func:`native_bf16`, else float32. Asking for bfloat16 on a CPU
-    without native support warns once that it will be slow.
-    """
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, torch.float32: torch.float32,
-             torch.bfloat16: torch.bfloat16}
-    if dtype == "auto":
-        return torch.bfloat16 if native_bf16() else torch.float32
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if names[dtype] == torch.bfloat16 and not native_bf16():
-        _warn_slow_bf16()
-    return names[dtype]
-
-
 # --------------------------------------------------------------------------- name map
 
 
@@ -181,8 +144,9 @@ class BertEncoder(nn.Module):
     """BERT: embeddings (word + learned position + token type, LayerNorm) and post-LN layers.
 
     ``forward(input_ids (B, T), key_mask (B, T) | None, token_type_ids (B, T) | None, *,
-    need_weights)`` -> ``(hidden (B, T, E), [per-layer weights (B, H, T, T)] | None)``.
-    :meth:`forward_packed` runs the same network on a packed stream of real tokens.
+    need_weights, packed=None)`` -> ``(hidden (B, T, E), [per-layer weights (B, H, T, T)] | None)``;
+    with ``packed`` (:class:`attnkit.varlen.Packed`) the same network runs on a packed stream of
+    real tokens ``input_ids (N,)`` -> ``(hidden (N, E), None)``.
 
     Compute dtype (:attr:`dtype`): the dtype of the layers' linear weights, float32 or bfloat16
     (:meth:`with_dtype`). In bfloat16 the matmuls take bfloat16 weights and activations and
@@ -207,7 +171,7 @@ class BertEncoder(nn.Module):
         return self.layers[0].ff.linear1.weight.dtype if len(self.layers) else torch.float32
 
     def with_dtype(self, dtype: str | torch.dtype) -> BertEncoder:
-        """This encoder computing in ``dtype`` (see :data:`DTYPES`): ``self`` when it already
+        """This encoder computing in ``dtype`` (see :data:`attnkit.runtime.DTYPES`): ``self`` when it already
         does, else a copy whose linear weights are converted (rounded to nearest), sharing the
         float32 embeddings; LayerNorm parameters stay float32."""
         dtype = resolve_dtype(dtype)
@@ -267,7 +231,7 @@ class BertEncoder(nn.Module):
             raise ValueError(f"{source} does not fit BertEncoder({self.config}): " + "; ".join(problems))
         self.load_state_dict({ours_name: tensors[hf] for hf, ours_name in names.items()}, strict=True)
 
-    # -- padded forward --------------------------------------------------------------------
+    # -- forward ---------------------------------------------------------------------------
 
     def forward(
         self,
@@ -276,9 +240,19 @@ class BertEncoder(nn.Module):
         token_type_ids: Tensor | None = None,
         *,
         need_weights: bool = False,
+        packed: Packed | None = None,
     ) -> tuple[Tensor, list[Tensor] | None]:
         """``input_ids (B, T)``, ``key_mask (B, T)`` True at real tokens ->
-        ``(hidden (B, T, E), [weights (B, H, T, T) per layer] | None)``."""
+        ``(hidden (B, T, E), [weights (B, H, T, T) per layer] | None)``.
+
+        With ``packed``: ``input_ids (N,)`` holds the sequences of ``packed`` back to back
+        (``token_type_ids (N,)`` likewise) -> ``(hidden (N, E), None)``. Embeddings, linears,
+        LayerNorm and feed-forward then see only the N real tokens, positions restart at 0 in
+        every sequence, and attention runs per group of equal-length sequences. The hidden
+        states are in the compute dtype (:attr:`dtype`).
+        """
+        if packed is not None:
+            return self._forward_packed(input_ids, token_type_ids, packed, key_mask, need_weights), None
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         if key_mask is not None and key_mask.dtype != torch.bool:
@@ -291,67 +265,22 @@ class BertEncoder(nn.Module):
                 weights.append(w)
         return x, (weights if need_weights else None)
 
-    # -- packed forward --------------------------------------------------------------------
-
-    def forward_packed(
-        self,
-        input_ids: Tensor,
-        lengths: Sequence[int],
-        token_type_ids: Tensor | None = None,
-        *,
-        workspace: PackedWorkspace | None = None,
-    ) -> Tensor:
-        """The same network on a packed stream: ``input_ids (N,)`` holds sequences of
-        ``lengths`` back to back (``sum(lengths) == N``) -> ``hidden (N, E)``.
-
-        The result is in the compute dtype (:attr:`dtype`). Embeddings, linears, LayerNorm
-        and feed-forward see only the N real tokens;
-        attention runs per group of equal-length sequences (each layer's
-        :meth:`attnkit.transformer.EncoderLayer.forward_packed`). Without autograd every step
-        writes into reused buffers (a :class:`PackedWorkspace`; pass one to reuse it across
-        calls, and the result is then a view of it that the next call overwrites). With
-        autograd (training) the ops allocate as usual.
-        """
-        lengths = [int(n) for n in lengths]
-        if input_ids.dim() != 1 or input_ids.shape[0] != sum(lengths):
+    def _forward_packed(self, input_ids: Tensor, token_type_ids: Tensor | None, packed: Packed,
+                        key_mask: Tensor | None, need_weights: bool) -> Tensor:
+        if key_mask is not None or need_weights:
+            raise ValueError("a packed forward takes no key_mask and returns no weights")
+        if input_ids.dim() != 1 or input_ids.shape[0] != packed.num_tokens:
             raise ValueError(
-                f"forward_packed needs input_ids (N,) with N = sum(lengths) = {sum(lengths)}, "
+                f"a packed forward needs input_ids (N,) with N = sum(lengths) = {packed.num_tokens}, "
                 f"got shape {tuple(input_ids.shape)}"
             )
-        longest = max(lengths, default=0)
-        if longest > self.config.max_position_embeddings:
+        if packed.max_len > self.config.max_position_embeddings:
             raise ValueError(
-                f"a sequence of {longest} tokens is longer than max_position_embeddings="
+                f"a sequence of {packed.max_len} tokens is longer than max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if grad and workspace is not None:
-            raise ValueError("forward_packed: a workspace needs no autograd (use torch.inference_mode())")
-        ws = None if grad else (workspace if workspace is not None else PackedWorkspace())
-        x = self._embed_packed(input_ids, cu_seqlens_from_lengths(lengths, device=input_ids.device), token_type_ids, ws)
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids, positions=packed.positions)  # (N, E)
+        x = x.to(self.dtype)
         for layer in self.layers:
-            x = layer.forward_packed(x, lengths, ws)
+            x, _ = layer(x, packed=packed)
         return x  # (N, E)
-
-    def _embed_packed(
-        self, input_ids: Tensor, cu_seqlens: Tensor, token_type_ids: Tensor | None, ws: PackedWorkspace | None
-    ) -> Tensor:
-        """Word + position (restarting at 0 in every sequence) + token type, then LayerNorm."""
-        emb = self.embeddings
-        N, E = input_ids.shape[0], self.config.hidden_size
-        word, pos = emb.word_embeddings.weight, emb.position_embeddings.weight
-        if ws is None:
-            x = emb.word_embeddings(input_ids) + emb.position_embeddings(positions(cu_seqlens))  # (N, E)
-        else:
-            x = torch.index_select(word, 0, input_ids, out=ws.take("embed", (N, E), word))
-            x.add_(torch.index_select(pos, 0, positions(cu_seqlens), out=ws.take("pos", (N, E), word)))
-        # x is a fresh sum (or our buffer) on both paths, so the type embedding goes in in place
-        if token_type_ids is None:
-            x.add_(emb.token_type_embeddings.weight[0])  # type 0 everywhere: one row, broadcast
-        else:
-            x.add_(emb.token_type_embeddings(token_type_ids))
-        x = emb.dropout(emb.norm(x) if ws is None else ws.layer_norm(x, emb.norm, "emb"))  # (N, E) float32
-        if x.dtype == self.dtype:
-            return x
-        return x.to(self.dtype) if ws is None else ws.take("x0", (N, E), x.new_empty(0, dtype=self.dtype)).copy_(x)
-

@@ -24,10 +24,8 @@ each naming the file and the offending values.
 from __future__ import annotations
 
 import base64
-import ctypes
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import random
@@ -43,6 +41,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from attnkit.io import fsync_path
+from attnkit.models.rnn_seq2seq import RNNSeq2Seq
+from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
+from attnkit.runtime import exchange_paths
 
 __all__ = [
     "FORMAT",
@@ -63,11 +64,10 @@ __all__ = [
 FORMAT = "attnkit-checkpoint"
 VERSION = 1
 
-# Model classes a checkpoint may name: "module:Class", imported on first use so loading an
-# RNN checkpoint never imports the Transformer (and the other way round).
-_REGISTRY: dict[str, str | type[nn.Module]] = {
-    "RNNSeq2Seq": "attnkit.models.rnn_seq2seq:RNNSeq2Seq",
-    "TransformerSeq2Seq": "attnkit.models.transformer_seq2seq:TransformerSeq2Seq",
+# Model classes a checkpoint may name (more with register_model).
+_REGISTRY: dict[str, type[nn.Module]] = {
+    "RNNSeq2Seq": RNNSeq2Seq,
+    "TransformerSeq2Seq": TransformerSeq2Seq,
 }
 
 
@@ -81,12 +81,6 @@ def _model_class(name: str) -> type[nn.Module]:
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ValueError(f"checkpoint names model class {name!r}; known classes: {sorted(_REGISTRY)}")
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        try:
-            entry = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import model class {name!r} from {module}: {exc}") from exc
     return entry
 
 
@@ -210,18 +204,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
-    return rc == 0
-
-
 def is_checkpoint(directory: str | os.PathLike) -> bool:
     """True when ``directory`` holds an attnkit checkpoint (its config.json says so)."""
     directory = Path(directory)
@@ -307,7 +289,7 @@ def save_model(
         fsync_path(tmp / "config.json")
         os.chmod(tmp, 0o755)
         if directory.exists():
-            if not _exchange(tmp, directory):  # fallback: two renames, a microsecond apart
+            if not exchange_paths(tmp, directory):  # fallback: two renames, a microsecond apart
                 old = tmp.with_name(tmp.name + ".old")
                 os.rename(directory, old)
                 os.rename(tmp, directory)

@@ -10,21 +10,20 @@ attention runs once per group of equal-length sequences.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.models.bert import BertEncoder, resolve_dtype
+from attnkit.models.bert import BertEncoder
 from attnkit.progress import progress_bar
-from attnkit.transformer import PackedWorkspace
-from attnkit.varlen import cu_seqlens_from_lengths, equal_length_runs
+from attnkit.runtime import resolve_dtype
+from attnkit.varlen import Packed
 
 __all__ = ["KNOWN_MODELS", "SentenceEncoder", "resolve_model_folder"]
 
@@ -189,10 +188,10 @@ class SentenceEncoder(nn.Module):
 
     # -- embeddings ------------------------------------------------------------------------
 
-    def _pool(self, hidden: Tensor, lengths: list[int]) -> Tensor:
-        """Packed ``hidden (N, E)`` of sequences ``lengths`` -> one float32 vector per sequence ``(b, E)``."""
+    def _pool(self, hidden: Tensor, packed: Packed) -> Tensor:
+        """Packed ``hidden (N, E)`` -> one float32 vector per sequence ``(b, E)``."""
         hidden = hidden.float()  # pooling and normalisation in float32, whatever the compute dtype
-        cu = cu_seqlens_from_lengths(lengths, device=hidden.device)
+        lengths, cu = list(packed.lengths), packed.cu_seqlens
         if self.pooling == "cls":
             out = hidden[cu[:-1]]
         elif self.pooling == "max":
@@ -200,7 +199,7 @@ class SentenceEncoder(nn.Module):
         else:  # mean over each sequence: one reshape-and-mean per run of equal lengths
             out = hidden.new_zeros(len(lengths), hidden.shape[1])  # (b, E); empty sequences stay 0
             seq_at = {int(start): i for i, (start, n) in enumerate(zip(cu.tolist()[:-1], lengths, strict=True)) if n}
-            for first, count, L in equal_length_runs(lengths):
+            for first, count, L in packed.runs:
                 b0 = seq_at[first]  # the first sequence of the run
                 out[b0 : b0 + count] = hidden[first : first + count * L].view(count, L, -1).mean(1)
         return F.normalize(out, p=2, dim=1) if self.normalize else out
@@ -214,12 +213,13 @@ class SentenceEncoder(nn.Module):
             input_ids[i, : len(row)] = torch.tensor(row)
         key_mask = torch.arange(T) < torch.tensor(lengths)[:, None]  # (b, T)
         hidden, _ = encoder(input_ids, key_mask)  # (b, T, E)
-        return self._pool(hidden[key_mask], lengths)
+        return self._pool(hidden[key_mask], Packed.from_lengths(lengths))
 
-    def _embed_packed(self, ids: list[list[int]], encoder: BertEncoder, workspace: PackedWorkspace) -> Tensor:
-        lengths = [len(r) for r in ids]
+    def _embed_packed(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
+        packed = Packed.from_lengths([len(r) for r in ids])
         stream = torch.tensor([t for row in ids for t in row], dtype=torch.long)  # (N,)
-        return self._pool(encoder.forward_packed(stream, lengths, workspace=workspace), lengths)
+        hidden, _ = encoder(stream, packed=packed)  # (N, E)
+        return self._pool(hidden, packed)
 
     @staticmethod
     def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -271,8 +271,12 @@ class SentenceEncoder(nn.Module):
     def embed_ids(
         self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False, packed: bool = True,
         max_tokens: int = 2048, dtype: str | torch.dtype = "auto",
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> Tensor:
-        """:meth:`embed` for texts already tokenized by :meth:`tokenize` -> ``(n, E)``."""
+        """:meth:`embed` for texts already tokenized by :meth:`tokenize` -> ``(n, E)``.
+
+        ``on_batch(texts, tokens)`` is called after every batch with how many texts and real
+        tokens it held (a caller's own progress report)."""
         if batch_size <= 0 or max_tokens <= 0:
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
         encoder = self.encoder_in(dtype)
@@ -285,15 +289,13 @@ class SentenceEncoder(nn.Module):
         else:
             order = sorted(range(len(ids)), key=lambda i: -lengths[i])
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        # packed: one workspace whose buffers every batch of this call reuses
-        if packed:
-            run = functools.partial(self._embed_packed, encoder=encoder, workspace=PackedWorkspace())
-        else:
-            run = functools.partial(self._embed_padded, encoder=encoder)
+        run = self._embed_packed if packed else self._embed_padded
         with progress_bar("embedding", len(ids), enabled=progress) as bar:
             for batch in batches:
-                out[batch] = run([ids[i] for i in batch])
+                out[batch] = run([ids[i] for i in batch], encoder)
                 bar.update(advance=len(batch))
+                if on_batch is not None:
+                    on_batch(len(batch), sum(lengths[i] for i in batch))
         return out
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ from attnkit.models.generation import source_mask
 from attnkit.transformer import (
     Decoder,
     DecoderCache,
+    DecoderWeights,
     Embeddings,
     Encoder,
     RotaryEmbedding,
@@ -128,12 +129,14 @@ class TransformerSeq2Seq(nn.Module):
         if state.cache is not None:
             y = self.tgt_embed(tokens, offset=len(state.cache))  # (B, 1, E)
             hidden, (_, cross) = self.decoder(
-                y, state.memory, memory_mask=state.src_mask, need_weights="last_cross", cache=state.cache
+                y, state.memory, memory_mask=state.src_mask, need_weights=True, which=DecoderWeights.LAST_CROSS,
+                cache=state.cache,
             )
         else:
             state = replace(state, prefix=torch.cat([state.prefix, tokens], dim=1))
             hidden, (_, cross) = self.decoder(
-                self.tgt_embed(state.prefix), state.memory, memory_mask=state.src_mask, need_weights="last_cross"
+                self.tgt_embed(state.prefix), state.memory, memory_mask=state.src_mask, need_weights=True,
+                which=DecoderWeights.LAST_CROSS,
             )
         logits = self.out_proj(hidden[:, -1])  # (B, V)
         attention = cross[-1][:, :, -1].mean(dim=1)  # (B, H, S) -> (B, S)

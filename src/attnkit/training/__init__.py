@@ -21,7 +21,6 @@ from attnkit.training.trainer import (
     Trainer,
     TrainResult,
     evaluate,
-    keep_freed_memory,
     learning_rate,
 )
 
@@ -38,7 +37,6 @@ __all__ = [
     "date_data",
     "encode_task",
     "evaluate",
-    "keep_freed_memory",
     "learning_rate",
     "task_from_meta",
     "train_date_model",

@@ -51,7 +51,7 @@ from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.progress import progress_bar
 from attnkit.training.ddp import agree_min, ddp_token_loss, peer_guard, sync_stop
 
-__all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "evaluate", "keep_freed_memory", "learning_rate"]
+__all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "evaluate", "learning_rate"]
 
 Encoded = Sequence[tuple[Sequence[int], Sequence[int]]]  # (source ids, target ids), no BOS/EOS
 
@@ -566,27 +566,3 @@ class Trainer:
         if "exact_match" not in self.metrics:
             return "-"
         return f"em {100 * self.metrics['exact_match']:.1f}% char {100 * self.metrics['char_accuracy']:.1f}%"
-
-
-def keep_freed_memory() -> bool:
-    """Ask the C allocator (glibc's ``mallopt``) to keep freed memory for reuse instead of
-    handing it back to the operating system, for the rest of this process.
-
-    A training step allocates and frees the same activation buffers every time; by default
-    glibc serves blocks above 128 KiB with fresh ``mmap`` pages and trims the heap after
-    frees, so every step page-faults its activations in again: ~500 minor faults per step
-    of the date-task Transformer, 12% of its time (58 -> 51 ms/step measured on 2 cores).
-    This is what PyTorch's CPU performance guides get with ``MALLOC_MMAP_THRESHOLD_`` /
-    ``MALLOC_TRIM_THRESHOLD_`` or jemalloc. ``attnkit train`` and ``attnkit demo`` call it;
-    the cost is that up to 1 GiB of freed memory stays with the process. Returns False (and
-    does nothing) where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))

@@ -205,7 +205,8 @@ def _display_name(source: Any, att: Attention) -> str:
 
 def _run(source: Any, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Attention:
     """Run ``source`` (any of :func:`explore`'s kinds) once and collect its attention."""
-    from attnkit import RNNSeq2Seq, SentenceEncoder, TransformerSeq2Seq
+    from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
     if isinstance(source, (str, os.PathLike)):
         return _run_folder(source, text, target=target, max_new_tokens=max_new_tokens)
@@ -416,7 +417,7 @@ def _decoder_ids(model: nn.Module, tokenizer: Any, inputs: dict[str, Tensor], ta
 def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
                  max_new_tokens: int) -> Attention:
     """An attnkit seq2seq model: the Transformer's three kinds, or the RNN's cross-attention."""
-    from attnkit import TransformerSeq2Seq, generate
+    from attnkit.models import TransformerSeq2Seq, generate
 
     c = model.config
     src_ids = tokenizer.encode(text)

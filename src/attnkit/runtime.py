@@ -1,0 +1,360 @@
+"""The CPU inference runtime: what attnkit knows about the machine it runs on, in one room.
+
+- :data:`DISPATCH` — the thresholds that choose between kernels, in one table with the figures
+  that chose them (the layers read them here, so a test or a user may change them in one place);
+- :func:`native_bf16` and :func:`resolve_dtype` — native-bf16 detection and the ``"auto"`` dtype
+  policy (``"auto"`` is bfloat16 only where the CPU multiplies it in hardware);
+- :func:`linear` — a linear layer's inference forward: oneDNN's fused bfloat16 linear with the
+  weight reordered once into oneDNN's layout, kept on the module that owns the weight
+  (:func:`prepared`) and remade when the weight changes;
+- :class:`BufferPool` and :func:`scratch` — typed scratch buffers (:class:`Role`) that a kernel
+  reuses from call to call instead of allocating;
+- the one C library loader (:func:`libc`): transparent huge pages for large buffers
+  (:func:`advise_huge_pages`), the allocator policy (:func:`keep_freed_memory`,
+  :func:`release_freed_memory`) and the atomic exchange of two paths (:func:`exchange_paths`).
+
+This module imports nothing of attnkit: it is the floor the kernels stand on. Nothing here
+changes the process-wide thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import functools
+import math
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "DISPATCH",
+    "DTYPES",
+    "BufferPool",
+    "DispatchTable",
+    "Role",
+    "activate",
+    "advise_huge_pages",
+    "exchange_paths",
+    "keep_freed_memory",
+    "libc",
+    "linear",
+    "native_bf16",
+    "prepared",
+    "release_freed_memory",
+    "resolve_dtype",
+    "scratch",
+]
+
+
+# --------------------------------------------------------------------------- dispatch table
+
+
+@dataclass
+class DispatchTable:
+    """Every size at which attnkit switches kernels, with the measurement that chose it.
+
+    - ``explicit_max_len`` (128): CPU inference runs packed sequences up to this length through
+      the explicit path of :mod:`attnkit.varlen` (scores -> softmax -> weighted sum, in float32)
+      instead of the fused kernel, whose per-block overhead dominates short sequences. Measured
+      on an AVX512-BF16 EPYC, 2 threads, all-MiniLM's 12 heads x 32 dims: the embedding
+      benchmark ran 7-16% faster in bfloat16 and 5-6% in float32 than with the fused kernel at
+      every length; over 2,048-token blocks of one length the explicit path took 1.5 against
+      3.0 ms at L=16 and broke even near L=128. Longer runs stay fused (memory O(L) per row).
+    - ``explicit_max_scores_per_call`` (2^22): the explicit packed path scores at most this many
+      entries at once (a run is split by sequences), bounding its scratch memory.
+    - ``train_explicit_max_scores`` (48 x 48): training on short sequences takes the explicit
+      path of :func:`attnkit.functional.scaled_dot_product_attention` (two batched matmuls and
+      one softmax), which beat the fused CPU kernel forward + backward up to about 48 x 48
+      scores a head (2 cores, 64 items x 4 heads, d=32: 2.9 against 4.3 ms at 26 x 26, 7.6
+      against 9.6 at 48 x 48; slower at 64 x 64).
+    - ``prefix_min_scores`` (2^18): the weights path scores a padded batch item by item (only
+      each item's real keys) where an item holds at least this many scores; below it the
+      per-item calls (~55 us each) cost more than the padding skipped (64 items of 4 x 26 x 26:
+      4.4 ms against 0.65 ms padded).
+    - ``huge_page_bytes`` (32 MiB): buffers from this size are marked for transparent huge
+      pages; a fresh 50 MB score matrix took 28 ms to fault in with 4 KiB pages against 9 ms
+      with huge pages.
+    """
+
+    explicit_max_len: int = 128
+    explicit_max_scores_per_call: int = 1 << 22
+    train_explicit_max_scores: int = 48 * 48
+    prefix_min_scores: int = 1 << 18
+    huge_page_bytes: int = 1 << 25
+
+
+DISPATCH = DispatchTable()
+
+
+# --------------------------------------------------------------------------- dtype policy
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), asked once.
+
+    Elsewhere PyTorch emulates bfloat16 matmuls, several times slower than float32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    warnings.warn(
+        "bfloat16 was asked for, but this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): "
+        "it will be several times slower than float32 (dtype='auto' picks float32 here)",
+        stacklevel=3,
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"auto"`` | ``"float32"`` | ``"bfloat16"`` (or the torch dtype) -> the torch dtype.
+
+    ``"auto"`` is bfloat16 where :func:`native_bf16`, else float32. Asking for bfloat16 on a CPU
+    without native support warns once that it will be slow.
+    """
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, torch.float32: torch.float32,
+             torch.bfloat16: torch.bfloat16}
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16() else torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if names[dtype] == torch.bfloat16 and not native_bf16():
+        _warn_slow_bf16()
+    return names[dtype]
+
+
+# --------------------------------------------------------------------------- prepared weights
+
+
+def _fingerprint(sources: tuple[Tensor | None, ...]) -> tuple:
+    """Identity of some weights: their storage and in-place version (None stays None). Tensors
+    made under ``torch.inference_mode`` have no version counter: their storage alone counts."""
+    return tuple(None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.dtype,
+                                         tuple(t.shape)) for t in sources)
+
+
+def prepared(owner: nn.Module, key: str, sources: tuple[Tensor | None, ...], make: Callable[[], Any]) -> Any:
+    """A value derived from ``sources`` (weights of ``owner``) by ``make()``, kept on ``owner``
+    and remade when any source changes (new storage, an in-place update, another dtype).
+
+    Inference only: the kept value carries no autograd graph. The cache is a plain attribute
+    (``owner._prepared``), not a buffer: it is not in the state dict and not moved by ``.to()``
+    (a moved weight is a new storage, so the value is remade on the next call).
+    """
+    cache: dict[str, tuple[tuple, Any]] = owner.__dict__.setdefault("_prepared", {})
+    stamp = _fingerprint(sources)
+    entry = cache.get(key)
+    if entry is None or entry[0] != stamp:
+        with torch.no_grad():
+            entry = cache[key] = (stamp, make())
+    return entry[1]
+
+
+# --------------------------------------------------------------------------- linears
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+_IN_PLACE = {"relu": torch.relu_, "gelu": torch.ops.aten.gelu_}
+
+
+def activate(h: Tensor, activation: str | None) -> Tensor:
+    """``activation(h)`` (``"relu"``, exact ``"gelu"`` or None), in place where no autograd graph
+    needs ``h``."""
+    if activation is None:
+        return h
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if torch.is_grad_enabled() and h.requires_grad:
+        return ACTIVATIONS[activation](h)
+    return _IN_PLACE[activation](h)
+
+
+@functools.cache
+def _onednn_bf16_linear() -> bool:
+    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) serves bfloat16
+    here: a CPU with native bf16 matmul and a torch build that has the op."""
+    return native_bf16() and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_weight(weight: Tensor, rows: int) -> Tensor:
+    """``weight`` reordered into the blocked layout oneDNN's matmul reads (the plain weight
+    where the reorder op is missing). Linears with it ran 10-20% faster in isolation than with
+    the plain weight, which oneDNN reorders on every call (measured on an AVX512-BF16 EPYC,
+    all-MiniLM's shapes at 300-2,048 rows)."""
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    except (AttributeError, RuntimeError):
+        return weight
+
+
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, owner: nn.Module, key: str = "weight",
+    activation: str | None = None,
+) -> Tensor:
+    """``activation(x @ weight.T + bias)`` for ``x (..., in)``; ``owner`` is the module the
+    weight belongs to (it keeps the weight's oneDNN layout, see :func:`prepared`).
+
+    bfloat16 inference on a CPU with native bf16 matmul takes oneDNN's linear with the bias and
+    activation fused into the matmul (one pass over the output instead of two; 8-20% faster
+    embedding than ``addmm`` on AMX). Everywhere else ``F.linear``, then the activation in place
+    where no graph needs it.
+    """
+    fused = (x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear()
+             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    if not fused:
+        return activate(F.linear(x, weight, bias), activation)
+    if activation not in (None, *ACTIVATIONS):
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)} or None, got {activation!r}")
+    packed = prepared(owner, f"onednn:{key}", (weight,), lambda: _onednn_weight(weight, 1024))
+    rows = x.reshape(-1, x.shape[-1])  # (N, in)
+    # "none": exact (erf) GELU
+    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, activation or "none", [], "none")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+# --------------------------------------------------------------------------- scratch buffers
+
+
+class Role(enum.Enum):
+    """What a scratch buffer holds (one buffer per role and dtype in a :class:`BufferPool`)."""
+
+    GATHERED_Q = "gathered q"
+    GATHERED_K = "gathered k"
+    GATHERED_V = "gathered v"
+    WIDE_Q = "q in the compute dtype"
+    WIDE_K = "k in the compute dtype"
+    WIDE_V = "v in the compute dtype"
+    SCORES = "scores"
+    RUN_OUTPUT = "outputs in run order"
+    TOKEN_OUTPUT = "outputs in token order"
+
+
+class BufferPool:
+    """Scratch buffers reused from call to call, one per :class:`Role` and dtype, grown to the
+    largest request seen. A buffer is valid until the next request for its role: a kernel takes
+    what it needs, uses it, and copies its result out before it returns.
+
+    Fresh multi-megabyte tensors per call cost page faults whenever the C allocator hands freed
+    memory back to the OS between batches (~200,000 minor faults per pass over the embedding
+    benchmark's corpus, pass times varying by 30%, measured).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[Role, torch.dtype, torch.device], Tensor] = {}
+
+    def take(self, role: Role, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A contiguous ``shape`` view of the buffer for ``role``."""
+        if not isinstance(role, Role):
+            raise ValueError(f"role must be a runtime.Role, got {role!r}")
+        n = math.prod(shape)
+        key = (role, dtype, torch.device(device))
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < n:
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buf = self._buffers[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+_local = threading.local()
+
+
+def scratch() -> BufferPool:
+    """This thread's :class:`BufferPool` (each thread has its own, so concurrent inference
+    never shares a buffer)."""
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = BufferPool()
+    return pool
+
+
+# --------------------------------------------------------------------------- the C library
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (None where it cannot be: Windows, or no libc found)."""
+    if sys.platform.startswith("win"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def _libc_function(name: str) -> Callable | None:
+    lib = libc()
+    return getattr(lib, name, None) if lib is not None else None
+
+
+def advise_huge_pages(t: Tensor) -> Tensor:
+    """Mark a large CPU tensor's memory for transparent huge pages (``madvise(MADV_HUGEPAGE)``,
+    a hint the kernel may ignore) so it faults in 512x fewer pages; returns ``t``. Tensors below
+    :data:`DISPATCH` ``.huge_page_bytes``, and systems other than Linux, are left alone."""
+    nbytes = t.numel() * t.element_size()
+    madvise = _libc_function("madvise") if sys.platform.startswith("linux") else None
+    if madvise is not None and t.device.type == "cpu" and nbytes >= DISPATCH.huge_page_bytes:
+        page, madv_hugepage = 4096, 14
+        start = (t.data_ptr() + page - 1) // page * page  # whole pages inside the block only
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t((t.data_ptr() + nbytes - start) // page * page), madv_hugepage)
+    return t
+
+
+def keep_freed_memory() -> bool:
+    """Ask the C allocator (glibc's ``mallopt``) to keep freed memory for reuse instead of
+    handing it back to the operating system, for the rest of this process.
+
+    A training step allocates and frees the same activation buffers every time; by default
+    glibc serves blocks above 128 KiB with fresh ``mmap`` pages and trims the heap after
+    frees, so every step page-faults its activations in again: ~500 minor faults per step
+    of the date-task Transformer, 12% of its time (58 -> 51 ms/step measured on 2 cores).
+    This is what PyTorch's CPU performance guides get with ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` or jemalloc. ``attnkit train`` and ``attnkit demo`` call it;
+    the cost is that up to 1 GiB of freed memory stays with the process. Returns False (and
+    does nothing) where the C library is not glibc.
+    """
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def release_freed_memory() -> bool:
+    """Hand the allocator's freed memory back to the OS (glibc's ``malloc_trim``); False where
+    there is no such call. Between chunks of a long embedding job it keeps RSS flat (without it
+    glibc kept a chunk's freed arenas fragmented and RSS crept up ~4 MiB a chunk: 482 -> 547 MiB
+    over 19 chunks; with it 374 -> 381 MiB, measured)."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    renameat2 = _libc_function("renameat2") if sys.platform.startswith("linux") else None
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
