@@ -226,7 +226,7 @@ def embed_file(
     the input, model, dtype or output differ); without it an existing output is an error unless
     ``overwrite``. Under ``torchrun`` each rank embeds its share and rank 0 writes ``OUT``;
     ``threads`` defaults to cores ÷ local ranks there. ``dtype`` (``"auto"``, ``"float32"``,
-    ``"bfloat16"``, as ``embed_ids`` takes it) is resolved on this machine, recorded in the
+    ``"bfloat16"``, ``"int8"``, as ``embed_ids`` takes it) is resolved on this machine, recorded in the
     job and passed to ``embed_ids``; ``encoder`` is an already loaded :class:`SentenceEncoder`
     of ``model``.
     """
@@ -399,7 +399,8 @@ def embed(
     threads: int = typer.Option(None, "--threads", show_default=False,
                                 help="intra-op threads [default: all cores; under torchrun cores / local ranks]"),
     dtype: str = typer.Option("auto", "--dtype", help="compute dtype: auto (bfloat16 where the CPU has native "
-                              "bf16 matmul, else float32) | float32 | bfloat16; the output is float32 (or --float16)"),
+                              "bf16 matmul, else float32; never int8) | float32 | bfloat16 | int8 (linears in int8, "
+                              "see docs/embeddings.md); the output is float32 (or --float16)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Embed each line of INPUT with a pretrained sentence encoder: streamed in chunks, resumable

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import attnkit.runtime as runtime
 from attnkit.models.bert import BertEncoder
 from attnkit.progress import progress_bar
 from attnkit.runtime import resolve_dtype
@@ -94,6 +95,8 @@ class SentenceEncoder(nn.Module):
     ``embed(..., dtype="bfloat16")`` computes with a bfloat16 copy of the encoder (see
     :meth:`BertEncoder.with_dtype`), made on first use and kept while the float32 weights stay
     as they are; pooling and normalisation run in float32 and the embeddings are float32.
+    ``dtype="int8"`` likewise, with a copy whose linears run in int8, calibrated once on
+    :func:`attnkit.runtime.calibration_texts` (see docs/embeddings.md, "Precision").
     """
 
     def __init__(
@@ -122,7 +125,8 @@ class SentenceEncoder(nn.Module):
         fingerprint = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())
         cached = self._copies.get(dtype)
         if cached is None or cached[0] != fingerprint:
-            cached = self._copies[dtype] = (fingerprint, self.encoder.with_dtype(dtype).eval())
+            calibration = self.tokenize(runtime.calibration_texts())[0] if dtype == torch.int8 else None
+            cached = self._copies[dtype] = (fingerprint, self.encoder.with_dtype(dtype, calibration=calibration).eval())
         return cached[1]
 
     @property
@@ -257,8 +261,9 @@ class SentenceEncoder(nn.Module):
         ``packed=False``: batches of ``batch_size`` texts padded to their longest text (texts
         are sorted by length as sentence-transformers does). Warns when texts were truncated.
         ``dtype``: the compute dtype, ``"auto"`` (bfloat16 where the CPU multiplies it natively,
-        else float32), ``"float32"`` (exact: cosine >= 0.99999 with sentence-transformers) or
-        ``"bfloat16"`` (see the class docstring); the result is float32 either way.
+        else float32; never int8), ``"float32"`` (exact: cosine >= 0.99999 with
+        sentence-transformers), ``"bfloat16"`` or ``"int8"`` (see the class docstring); the
+        result is float32 either way.
         """
         if batch_size <= 0 or max_tokens <= 0:
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
