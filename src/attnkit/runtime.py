@@ -287,8 +287,9 @@ class Int8Linear:
       whose activations run large are divided down before quantising (the weight's matching
       columns multiplied up) and one per-token scale fits every channel;
     - activations: one dynamic scale per token (row) over its own range, ``x / m = lo_x + s_x q_x``
-      with ``q_x`` in [0, 255] (uint8, the operand VNNI multiplies natively), so a one-sided
-      activation (GELU's) loses no bit to the side it never reaches;
+      with ``q_x`` in [0, 255] (uint8, the operand VNNI multiplies natively; [0, 127] on AVX2,
+      see :func:`_activation_levels`), so a one-sided activation (GELU's) loses no bit to the
+      side it never reaches; with ``passes=2`` each token's rounding residual is quantised too;
     - ``outliers``: the few input channels with the largest calibration activations stay float32
       (``inv_smooth`` is 0 there and their product ``x_o @ W_o^T`` is added in float32), as in
       LLM.int8().
@@ -337,19 +338,20 @@ class Int8Linear:
         """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
         rows = x.reshape(-1, x.shape[-1]).float()  # (N, in)
         xs = rows * self.inv_smooth  # (N, in): smoothed, 0 at the outlier channels
+        levels = _activation_levels()  # 255, or 127 where the kernel sums u8 x s8 pairs in int16
         lo, hi = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)  # (N, 1) x2
-        step = (hi - lo).clamp_min_(1e-12).mul_(1.0 / 255.0)  # (N, 1)
+        step = (hi - lo).clamp_min_(1e-12).mul_(1.0 / levels)  # (N, 1)
         # (x - lo) / step + 0.5, truncated: rounded to nearest, in [0, 255]; one pass, then the cast
         scaled = torch.addcmul(0.5 - lo / step, xs, 1.0 / step, out=xs)  # (x - lo) / step + 0.5
-        xq = scaled.to(torch.uint8)  # (N, in): rounded to nearest (truncating x + 0.5), in [0, 255]
-        if self.passes == 2:  # the rounding residual r in [-1/2, 1/2) steps: r = -1/2 + q_r / 255
-            residual = scaled.sub_(xq).mul_(255.0).add_(0.5).to(torch.uint8)  # (N, in) q_r in [0, 255]
+        xq = scaled.to(torch.uint8)  # (N, in): rounded to nearest (truncating x + 0.5), in [0, levels]
+        if self.passes == 2:  # the rounding residual r in [-1/2, 1/2) steps: r = -1/2 + q_r / levels
+            residual = scaled.sub_(xq).mul_(float(levels)).add_(0.5).to(torch.uint8)  # (N, in) in [0, levels]
             xq = torch.cat([xq, residual])  # (2N, in): both through one matmul
         y = torch.ops.onednn.qlinear_pointwise(  # (N or 2N, out) float32: (q_x @ Q_w^T) * s_w
             xq, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-        if self.passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / 255)
+        if self.passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
             n = rows.shape[0]
-            y = y[n:].mul_(1.0 / 255.0).add_(y[:n])
+            y = y[n:].mul_(1.0 / levels).add_(y[:n])
             lo = lo - 0.5 * step
         extra = torch.cat([rows.index_select(1, self.outliers), lo, torch.ones_like(lo)], dim=1)  # (N, k + 2)
         y = y.mul_(step).addmm_(extra, self.extra_weight)
@@ -379,6 +381,20 @@ def calibration_texts(count: int = 64) -> list[str]:
                 texts.append(text)
     step = max(1, len(texts) // max(count, 1))
     return texts[::step][:count]
+
+
+@functools.cache
+def _activation_levels() -> int:
+    """How many steps an activation's range is cut into: 255 (uint8) where oneDNN's int8 linear
+    accumulates exactly (VNNI, AMX), 127 where it adds pairs of u8 x s8 products in int16 with
+    saturation (AVX2's ``vpmaddubsw``: 255 * 127 * 2 overflows, 127 * 127 * 2 does not), as
+    fbgemm's ``reduce_range`` does. Asked of the kernel once, on the case that saturates."""
+    k, n = 64, 16
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((n, k), 127, dtype=torch.int8), None)
+    x = torch.full((1, k), 255, dtype=torch.uint8)
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, torch.ones(n), torch.zeros(n, dtype=torch.long),
+                                           None, 1.0, 0, torch.float32, "none", [], "")
+    return 255 if bool((y == 255 * 127 * k).all()) else 127
 
 
 class _Int8Recorder:
