@@ -208,7 +208,7 @@ def case_rss(args: argparse.Namespace) -> None:
 def case_throughput(args: argparse.Namespace) -> None:
     import torch
 
-    from attnkit.cli.embed import embed_file
+    from attnkit.embedding import embed_file
     from attnkit.models.sentence_encoder import SentenceEncoder
 
     n = 2048 if args.quick else 16_384

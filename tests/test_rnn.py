@@ -117,6 +117,8 @@ def test_forward_equals_stepwise_and_ignores_padding(attention, cell):
     src, lengths, tgt = batch()
     logits, weights = model(src, tgt, need_weights=True)
     assert logits.shape == (4, 6, V) and weights.shape == (4, 6, 9)
+    same_logits, maps = model.forward_with_weights(src, tgt)  # the seq2seq models' one format
+    assert torch.equal(same_logits, logits) and list(maps) == ["cross"] and torch.equal(maps["cross"][0][:, 0], weights)
     state, steps = model.encode(src), []
     for t in range(tgt.shape[1]):
         step_logits, _, state = model.decode_step(state, tgt[:, t:t + 1])

@@ -16,7 +16,8 @@ from attnkit.models import (
     greedy_search,
     label_smoothed_cross_entropy,
 )
-from attnkit.transformer import Decoder, Encoder, TransformerConfig
+from attnkit.models.transformer_seq2seq import TransformerConfig
+from attnkit.transformer import Decoder, Encoder
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 PAD, BOS, EOS = 0, 1, 2

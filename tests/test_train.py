@@ -182,24 +182,6 @@ def test_length_group_batches():
     assert grouped.batch_indices(0) != grouped.batch_indices(20)
 
 
-def test_keep_freed_memory_stops_page_faults():
-    """After keep_freed_memory, allocating and freeing the same 8 MB tensor again and again
-    reuses the memory: almost no minor page faults (glibc's default faults ~2,000 per round)."""
-    import resource
-
-    from attnkit.training import keep_freed_memory
-
-    assert keep_freed_memory()  # Linux with glibc (this platform and CI)
-    for _ in range(3):
-        torch.ones(2048, 1024)  # settle the heap
-    # this thread's faults only (one intra-op thread: the fill runs here); other threads of the
-    # test process (progress bars, process groups of earlier tests) fault on their own
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    for _ in range(20):
-        torch.ones(2048, 1024)  # (2048, 1024) float32: 8 MiB, allocated and freed
-    assert resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before < 500
-
-
 def test_resume_refuses_another_config(tmp_path, reverse_task):
     tok, train, test = reverse_task
     cfg = TrainConfig(steps=2, batch_size=16, eval_every=2, eval_size=4, progress=False)

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnkit as ak
+from attnkit.distributed import SequenceParallel
+from attnkit.models.transformer_seq2seq import TransformerConfig
+from attnkit.positions import RotaryEmbedding, sinusoidal_table
 from attnkit.transformer import (
     Decoder,
     Embeddings,
@@ -18,9 +21,6 @@ from attnkit.transformer import (
     EncoderLayer,
     FeedForward,
     LayerSettings,
-    RotaryEmbedding,
-    TransformerConfig,
-    sinusoidal_table,
 )
 from attnkit.varlen import Packed
 
@@ -327,7 +327,7 @@ def test_packed_forward_refuses_what_it_does_not_compute():
     with pytest.raises(ValueError, match="rotary"):
         EncoderLayer(settings, rotary=RotaryEmbedding(8))(x, packed=five)
     with pytest.raises(ValueError, match="sequence_parallel"):
-        EncoderLayer(settings, sequence_parallel=True)(x, packed=five)
+        EncoderLayer(settings, sequence_parallel=SequenceParallel())(x, packed=five)
     with pytest.raises(ValueError, match="attention dropout 0.1 in training"):
         EncoderLayer(settings).train()(x, packed=five)
     with pytest.raises(ValueError, match=r"N = sum\(lengths\) = 4"):

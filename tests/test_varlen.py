@@ -192,3 +192,27 @@ def test_explicit_path_reuses_scratch_buffers():
     assert {key: buf.data_ptr() for key, buf in pool._buffers.items()} == pointers  # nothing reallocated
     torch.testing.assert_close(again, first, atol=0, rtol=0)
     torch.testing.assert_close(varlen.varlen_attention(q, k, v, lengths), first, atol=0, rtol=0)
+
+
+def test_packed_value_round_trips_left_and_right_padding():
+    """Packed.from_mask keeps where each token came from: unpack puts left- and right-padded
+    batches back in place (zeros at padding), positions restart in every sequence, and equal
+    lengths form one run; made from lengths, unpack left-aligns like varlen.unpack."""
+    from attnkit.varlen import Packed
+
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    left = right.flip(1)
+    x = torch.randn(3, 4, 5)
+    for mask in (right, left):
+        packed = Packed.from_mask(mask)
+        assert packed.lengths == (3, 2, 2) and packed.max_len == 3 and packed.num_tokens == 7
+        stream = packed.pack(x)  # (N, 5)
+        torch.testing.assert_close(stream, x[mask], rtol=0, atol=0)
+        torch.testing.assert_close(packed.unpack(stream), x * mask[..., None], rtol=0, atol=0)
+        assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1] and packed.runs == [(0, 1, 3), (3, 2, 2)]
+    by_lengths = Packed.from_lengths([3, 2, 2])
+    torch.testing.assert_close(by_lengths.unpack(x[right]), varlen.unpack(x[right], by_lengths.cu_seqlens)[0])
+    with pytest.raises(ValueError, match="bool"):
+        Packed.from_mask(right.long())
+    with pytest.raises(ValueError, match="has 6 tokens, expected 7"):
+        by_lengths.unpack(torch.randn(6, 5))

@@ -20,7 +20,7 @@ from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
 from attnkit.models.sentence_encoder import SentenceEncoder
-from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
+from attnkit.models.transformer_seq2seq import TransformerConfig, TransformerSeq2Seq
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 from attnkit.transformer import (
     Decoder,
@@ -30,7 +30,6 @@ from attnkit.transformer import (
     EncoderLayer,
     FeedForward,
     LayerSettings,
-    TransformerConfig,
 )
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from attnkit.distributed import check_layout, chunk_offsets, ring_attention
+from attnkit.distributed import SequenceParallel
 from attnkit.functional import (
     additive_scores,
     dot_scores,
@@ -130,10 +130,9 @@ class MultiHeadAttention(nn.Module):
     positions (``offset`` = the position of the first one: steps already in the KV cache, or
     where this rank's shard starts). None = no rotation.
 
-    ``sequence_parallel=group`` (a ``torch.distributed`` process group, or ``True`` for the
-    default one) turns self-attention into ring attention: ``forward`` then takes this rank's
-    shard ``(B, N/P, E)`` of a sequence cut in ``sequence_layout`` ("contiguous" or "zigzag", see
-    :func:`attnkit.distributed.shard`) and returns this rank's shard of the output. Masks other
+    ``sequence_parallel`` (an :class:`attnkit.distributed.SequenceParallel`: a process group and
+    a layout) turns self-attention into ring attention: ``forward`` then takes this rank's shard
+    ``(B, N/P, E)`` of the sequence and returns this rank's shard of the output. Masks other
     than ``causal``, weights, caches and attention dropout are not available on that path.
     """
 
@@ -148,8 +147,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         kv_heads = num_heads if kv_heads is None else kv_heads
@@ -164,17 +162,15 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"kv_heads={kv_heads} does not divide num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        check_layout(sequence_layout, "sequence_layout")
+        if sequence_parallel is not None and not isinstance(sequence_parallel, SequenceParallel):
+            raise ValueError(f"sequence_parallel must be an attnkit.distributed.SequenceParallel or None, "
+                             f"got {sequence_parallel!r}")
         self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
         self.dropout = dropout
-        # Sequence parallelism (attnkit.distributed.ring_attention): None/False = off, True = the
-        # default process group, or a torch.distributed ProcessGroup. The input of forward() is then
-        # this rank's shard of the sequence (B, N/P, E), cut in ``sequence_layout``.
         self.sequence_parallel = sequence_parallel
-        self.sequence_layout = sequence_layout
         kv_dim = kv_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
@@ -311,7 +307,7 @@ class MultiHeadAttention(nn.Module):
             if cache is None or self_attn or cache.keys is None:
                 k, v = self.project_kv(key, value)  # (B, Hkv, S, d)
 
-        if self.sequence_parallel not in (None, False):
+        if self.sequence_parallel is not None:
             return self._forward_sequence_parallel(
                 q, k, v, self_attn=self_attn, key_mask=key_mask, attn_mask=attn_mask, causal=causal,
                 need_weights=need_weights, cache=cache,
@@ -348,7 +344,7 @@ class MultiHeadAttention(nn.Module):
         """Self-attention of the packed stream ``x (N, E)`` -> ``(N, E)`` (see :meth:`forward`)."""
         unsupported = {
             "rotary positions": self.rotary is not None,
-            "sequence_parallel": self.sequence_parallel not in (None, False),
+            "sequence_parallel": self.sequence_parallel is not None,
             f"attention dropout {self.dropout} in training": self.training and self.dropout > 0.0,
             f"kdim/vdim {self.kdim}/{self.vdim} != embed_dim": not self.kdim == self.vdim == self.embed_dim,
         }
@@ -378,30 +374,16 @@ class MultiHeadAttention(nn.Module):
         bad = [name for name, present in unsupported.items() if present]
         if bad:
             raise ValueError(f"sequence_parallel attention does not support: {', '.join(bad)}")
-        group = None if self.sequence_parallel is True else self.sequence_parallel
         B, _, n, _ = q.shape
-        if self.rotary is not None:  # rotate by the *global* positions of this rank's chunks
-            offsets = chunk_offsets(n, group=group, layout=self.sequence_layout)
-            q, k = (self._rotate_pieces(t, offsets) for t in (q, k))
-        out = ring_attention(q, k, v, group=group, causal=causal, layout=self.sequence_layout)  # (B, H, n, d)
+        out = self.sequence_parallel.attend(q, k, v, causal=causal, rotary=self.rotary)  # (B, H, n, d)
         out = out.transpose(1, 2).reshape(B, n, self.embed_dim)  # (B, n, E)
-        return self.out_proj(out), None
-
-    def _rotate_pieces(self, x: Tensor, offsets: list[tuple[int, int]]) -> Tensor:
-        """Rotate each piece of ``x (B, H, n, d)`` by its global position: ``offsets`` lists
-        ``(global start, length)`` of the pieces in order (see :func:`attnkit.distributed.chunk_offsets`)."""
-        pieces, at = [], 0
-        for start, length in offsets:
-            pieces.append(self.rotary(x[..., at : at + length, :], start))
-            at += length
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+        return self._out(out), None
 
     # -- interop with torch.nn.MultiheadAttention ------------------------------------------
 
     @classmethod
-    def from_torch(
-        cls, m: nn.MultiheadAttention, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
-    ) -> MultiHeadAttention:
+    def from_torch(cls, m: nn.MultiheadAttention, *, sequence_parallel: SequenceParallel | None = None
+                   ) -> MultiHeadAttention:
         """Exact weight import from ``nn.MultiheadAttention`` (packed or separate in-proj,
         with or without bias, ``batch_first`` either way; ours is always batch first),
         optionally run sequence-parallel (as in the constructor).
@@ -417,7 +399,7 @@ class MultiHeadAttention(nn.Module):
         if bias != (m.out_proj.bias is not None):
             raise ValueError("in-projection and out-projection must both have or both lack a bias")
         new = cls(m.embed_dim, m.num_heads, kdim=m.kdim, vdim=m.vdim, bias=bias, dropout=m.dropout,
-                  sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
+                  sequence_parallel=sequence_parallel)
         new = new.to(device=m.out_proj.weight.device, dtype=m.out_proj.weight.dtype)
         E = m.embed_dim
         with torch.no_grad():

@@ -30,6 +30,10 @@ ring: ``dq`` stays local, while the ``dk``/``dv`` accumulators travel with their
 and arrive back at their owner after ``P`` hops. Each block's backward uses the *global* output and
 log-sum-exp saved by the forward, so nothing is recomputed except the block products themselves.
 
+Process groups: :func:`init_distributed` joins the group ``torchrun`` describes, and
+:func:`peer_guard` turns a collective that failed because another rank died or hung into a
+:class:`PeerLostError` that says so (training and embedding both use them).
+
 Blocks are computed by :func:`attnkit.functional.attention_and_lse` and its backward, which
 call PyTorch's fused CPU flash-attention op (it returns the log-sum-exp the merge needs) and run
 the same formula explicitly where that op does not apply (which materialises one block of scores).
@@ -37,8 +41,15 @@ the same formula explicitly where that op does not apply (which materialises one
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
 import math
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +57,10 @@ from torch import Tensor
 
 from attnkit.functional import attention_and_lse, attention_and_lse_backward
 
-__all__ = ["LAYOUTS", "check_layout", "chunk_offsets", "ring_attention", "shard", "unshard"]
+__all__ = [
+    "LAYOUTS", "PeerLostError", "SequenceParallel", "check_layout", "chunk_offsets", "default_backend", "init_distributed", "peer_guard",
+    "ring_attention", "shard", "unshard",
+]
 
 LAYOUTS = ("contiguous", "zigzag")
 
@@ -345,3 +359,116 @@ def ring_attention(
         raise ValueError(f"a zigzag shard holds two equal chunks; got odd shard length {q.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return _RingAttention.apply(q, k, v, group, causal, scale, layout)
+
+
+# ----------------------------------------------------------------------------- sequence parallelism
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """How a self-attention layer attends over a sequence sharded across ranks: ring attention
+    over ``group`` (None: the default process group), the sequence cut in ``layout`` (see
+    :func:`shard`). Give it to a layer at construction
+    (``MultiHeadAttention(..., sequence_parallel=SequenceParallel(layout="zigzag"))``); the
+    layer's input is then this rank's shard ``(B, N/P, E)``."""
+
+    group: Any = None
+    layout: str = "contiguous"
+
+    def __post_init__(self) -> None:
+        check_layout(self.layout, "SequenceParallel.layout")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None,
+               rotary: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
+        """``q (B, H, n, d)``, ``k``/``v`` ``(B, Hkv, n, d)``: this rank's shard -> ``(B, H, n, d)``.
+        ``rotary(x, offset)`` (a :class:`attnkit.positions.RotaryEmbedding`) rotates queries and
+        keys by their *global* positions, piece by piece (:func:`chunk_offsets`)."""
+        if rotary is not None:
+            offsets = chunk_offsets(q.shape[-2], group=self.group, layout=self.layout)
+            q, k = (_rotate_pieces(t, offsets, rotary) for t in (q, k))
+        return ring_attention(q, k, v, group=self.group, causal=causal, scale=scale, layout=self.layout)
+
+
+def _rotate_pieces(x: Tensor, offsets: list[tuple[int, int]], rotary: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """Rotate each piece of ``x (B, H, n, d)`` by its global position: ``offsets`` lists
+    ``(global start, length)`` of the pieces in order."""
+    pieces, at = [], 0
+    for start, length in offsets:
+        pieces.append(rotary(x[..., at : at + length, :], start))
+        at += length
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
+
+# ----------------------------------------------------------------------------- process groups
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed on this rank because another rank died, hung past the process-group
+    timeout, or lost its network. The message says which step and where the last checkpoint
+    is; ``checkpoint`` is that folder (None when training wrote none)."""
+
+    def __init__(self, message: str, checkpoint: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def default_backend() -> str:
+    """``"nccl"`` when CUDA is available (one GPU per process), ``"gloo"`` on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def init_distributed(*, backend: str | None = None, timeout_s: float | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), once.
+
+    The backend is :func:`default_backend` unless given (nccl also selects GPU ``LOCAL_RANK``).
+    ``timeout_s`` (default ``$ATTNKIT_DIST_TIMEOUT`` or 300) bounds how long a rank waits for a
+    hung peer before failing. The group is destroyed at interpreter exit. Returns True when this
+    process is one of several ranks (an already initialised group counts), False for a plain run.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return False
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout_s = float(os.environ.get("ATTNKIT_DIST_TIMEOUT", "300")) if timeout_s is None else timeout_s
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_destroy)
+    return True
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in ("gloo", "nccl", "connection", "peer", "timed out", "timeout", "broken pipe"))
+
+
+@contextlib.contextmanager
+def peer_guard(rank: int, world_size: int, step: int, checkpoint: str | Path | None = None) -> Iterator[None]:
+    """Turn a failed collective inside the block into a :class:`PeerLostError` that names this
+    rank, the step and the last checkpoint. A no-op for a single process."""
+    if world_size <= 1:
+        yield
+        return
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, PeerLostError) or not _is_peer_failure(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = (f"the last checkpoint in {checkpoint} is intact and resumes on any number of processes"
+                 if checkpoint is not None else "no checkpoint directory was set")
+        raise PeerLostError(
+            f"rank {rank} of {world_size}: lost contact with another rank during step {step} "
+            f"(a process died, hung past the timeout, or lost its network: {type(exc).__name__}: {first}); {where}",
+            checkpoint,
+        ) from exc

@@ -27,12 +27,11 @@ from torch import Tensor, nn
 
 import attnkit.runtime as runtime
 from attnkit.attention import KVCache, MultiHeadAttention
+from attnkit.distributed import SequenceParallel
+from attnkit.positions import POSITIONS, SinusoidalPositions
 from attnkit.varlen import Packed
 
 __all__ = [
-    "TransformerConfig",
-    "SinusoidalPositions",
-    "RotaryEmbedding",
     "Embeddings",
     "FeedForward",
     "LayerSettings",
@@ -45,153 +44,11 @@ __all__ = [
 ]
 
 ACTIVATIONS = tuple(runtime.ACTIVATIONS)
-POSITIONS = ("sinusoidal", "learned", "rope")
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass
-class TransformerConfig:
-    """Encoder-decoder Transformer. ``tgt_vocab_size=None`` shares one vocabulary.
-
-    ``kv_heads`` < ``num_heads`` gives grouped-query attention; ``position`` is
-    ``"sinusoidal"`` (the paper), ``"learned"`` (a table of ``max_len`` rows) or ``"rope"``
-    (rotary, applied to self-attention queries and keys). ``tie_embeddings`` shares the target
-    embedding with the output projection.
-    """
-
-    src_vocab_size: int
-    tgt_vocab_size: int | None = None
-    embed_dim: int = 256
-    num_heads: int = 4
-    kv_heads: int | None = None
-    num_encoder_layers: int = 3
-    num_decoder_layers: int = 3
-    ff_dim: int = 1024
-    dropout: float = 0.1
-    activation: str = "relu"
-    norm_first: bool = False
-    position: str = "sinusoidal"
-    max_len: int = 512
-    tie_embeddings: bool = True
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-
-    def __post_init__(self) -> None:
-        tgt = self.target_vocab_size
-        for name in ("src_vocab_size", "embed_dim", "num_heads", "ff_dim", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
-        if tgt <= 0:
-            raise ValueError(f"TransformerConfig.tgt_vocab_size must be positive, got {self.tgt_vocab_size}")
-        if self.num_encoder_layers < 0 or self.num_decoder_layers <= 0:
-            raise ValueError(
-                f"need num_encoder_layers >= 0 and num_decoder_layers >= 1, got "
-                f"{self.num_encoder_layers} and {self.num_decoder_layers}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
-        kv = self.num_heads if self.kv_heads is None else self.kv_heads
-        if kv <= 0 or self.num_heads % kv:
-            raise ValueError(f"kv_heads={self.kv_heads} does not divide num_heads={self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
-        if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
-            raise ValueError(
-                f"rope needs an even head dim, got embed_dim={self.embed_dim} / num_heads={self.num_heads}"
-            )
-        ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
-        if len(set(ids.values())) != 3:
-            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
-        for name, value in ids.items():
-            if not 0 <= value < min(self.src_vocab_size, tgt):
-                raise ValueError(
-                    f"{name}={value} is outside the vocabularies (src {self.src_vocab_size}, tgt {tgt})"
-                )
-
-    @property
-    def target_vocab_size(self) -> int:
-        return self.src_vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
 
 
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-# --------------------------------------------------------------------------- positions
-
-
-def sinusoidal_table(length: int, dim: int, offset: int = 0) -> Tensor:
-    """``(length, dim)`` table: ``PE[p, 2i] = sin(p / 10000^(2i/dim))``, ``PE[p, 2i+1] = cos(...)``."""
-    pos = torch.arange(offset, offset + length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (dim/2,)
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return table
-
-
-class SinusoidalPositions(nn.Module):
-    """Fixed sine/cosine positions added to the embeddings (no parameters)."""
-
-    def __init__(self, embed_dim: int, max_len: int = 512) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.register_buffer("table", sinusoidal_table(max_len, embed_dim), persistent=False)
-
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Positions ``offset .. offset + length - 1`` -> ``(length, E)``."""
-        end = offset + length
-        if end <= self.table.shape[0]:
-            return self.table[offset:end]
-        return sinusoidal_table(length, self.embed_dim, offset).to(self.table.device)
-
-    def at(self, positions: Tensor) -> Tensor:
-        """The rows of any ``positions (...)`` -> ``(..., E)``."""
-        end = int(positions.max()) + 1 if positions.numel() else 0
-        table = self.table if end <= self.table.shape[0] else sinusoidal_table(end, self.embed_dim).to(self.table.device)
-        return table[positions]
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary positions (Su et al., 2021), "rotate half" layout.
-
-    ``forward(x (B, H, L, d), offset)`` rotates each pair ``(x[i], x[i + d/2])`` by the angle
-    ``p * 10000^(-2i/d)`` of its position ``p = offset + l``. Applied to queries and keys, the
-    score then depends only on the distance between positions. No parameters.
-    """
-
-    def __init__(self, head_dim: int, max_len: int = 512, base: float = 10000.0) -> None:
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"RotaryEmbedding needs an even head_dim, got {head_dim}")
-        self.head_dim, self.base = head_dim, base
-        cos, sin = self._tables(max_len)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def _tables(self, end: int, start: int = 0) -> tuple[Tensor, Tensor]:
-        inv = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-        angles = torch.arange(start, end, dtype=torch.float32).unsqueeze(1) * inv  # (L, d/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (L, d)
-        return angles.cos(), angles.sin()
-
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        L = x.shape[-2]
-        if offset + L <= self.cos.shape[0]:
-            cos, sin = self.cos[offset : offset + L], self.sin[offset : offset + L]  # (L, d)
-        else:
-            cos, sin = (t.to(x.device) for t in self._tables(offset + L, offset))
-        x1, x2 = x.chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)  # (..., L, d)
-        return (x * cos + rotated * sin).to(x.dtype)
 
 
 class Embeddings(nn.Module):
@@ -331,13 +188,6 @@ class LayerSettings:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
-    def from_config(cls, config: TransformerConfig) -> LayerSettings:
-        """The layers of a :class:`TransformerConfig` (encoder and decoder share them)."""
-        c = config
-        return cls(c.embed_dim, c.num_heads, c.ff_dim, kv_heads=c.kv_heads, dropout=c.dropout,
-                   activation=c.activation, norm_first=c.norm_first)
-
-    @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) -> LayerSettings:
         """The settings of a ``torch.nn`` Transformer layer (its sizes, dropout, norms, activation)."""
         return cls(
@@ -346,12 +196,12 @@ class LayerSettings:
             layer_norm_eps=layer.norm1.eps, bias=layer.linear1.bias is not None,
         )
 
-    def attention(self, rotary: nn.Module | None = None, sequence_parallel: object = None,
-                  sequence_layout: str = "contiguous") -> MultiHeadAttention:
+    def attention(self, rotary: nn.Module | None = None,
+                  sequence_parallel: SequenceParallel | None = None) -> MultiHeadAttention:
         """A :class:`MultiHeadAttention` of these sizes."""
         return MultiHeadAttention(
             self.embed_dim, self.num_heads, kv_heads=self.kv_heads, bias=self.bias, dropout=self.dropout,
-            rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout,
+            rotary=rotary, sequence_parallel=sequence_parallel,
         )
 
     def norm(self) -> nn.LayerNorm:
@@ -367,7 +217,7 @@ class EncoderLayer(nn.Module):
 
     Submodules mirror ``nn.TransformerEncoderLayer``: ``self_attn``, ``ff.linear1``,
     ``ff.linear2``, ``norm1``, ``norm2``. ``rotary`` (a :class:`RotaryEmbedding`) rotates the
-    self-attention queries/keys; ``sequence_parallel``/``sequence_layout`` make the
+    self-attention queries/keys; ``sequence_parallel`` (a :class:`SequenceParallel`) makes the
     self-attention ring attention (see :class:`MultiHeadAttention`).
 
     :meth:`forward` takes a padded batch ``(B, S, E)``, or a packed stream of real tokens
@@ -379,12 +229,11 @@ class EncoderLayer(nn.Module):
         settings: LayerSettings,
         *,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         self.norm_first = settings.norm_first
-        self.self_attn = settings.attention(rotary, sequence_parallel, sequence_layout)
+        self.self_attn = settings.attention(rotary, sequence_parallel)
         self.ff = settings.feed_forward()
         self.norm1, self.norm2 = settings.norm(), settings.norm()
         self.dropout1 = nn.Dropout(settings.dropout)
@@ -539,9 +388,9 @@ class Encoder(nn.Module):
     ``forward(x (B, S, E), *, key_mask=None, need_weights=False)`` ->
     ``(hidden (B, S, E), [per-layer (B, H, S, S)] | None)``.
 
-    ``sequence_parallel=group`` (a process group, or ``True`` for the default one) runs every
+    ``sequence_parallel`` (a :class:`SequenceParallel`: group and layout) runs every
     self-attention as ring attention: ``x`` is then this rank's shard ``(B, S/P, E)`` of the
-    sequence, cut in ``sequence_layout`` (see :func:`attnkit.distributed.shard`); everything else
+    sequence (see :func:`attnkit.distributed.shard`); everything else
     in a layer is per token.
     """
 
@@ -552,22 +401,16 @@ class Encoder(nn.Module):
         *,
         final_norm: bool | None = None,
         rotary: nn.Module | None = None,
-        sequence_parallel: object = None,
-        sequence_layout: str = "contiguous",
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         self.layers = nn.ModuleList(
-            EncoderLayer(settings, rotary=rotary, sequence_parallel=sequence_parallel, sequence_layout=sequence_layout)
+            EncoderLayer(settings, rotary=rotary, sequence_parallel=sequence_parallel)
             for _ in range(num_layers)
         )
         self.norm = _final_norm(final_norm, settings)
-
-    @classmethod
-    def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Encoder:
-        """The encoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
-        return cls(config.num_encoder_layers, LayerSettings.from_config(config), final_norm=True, rotary=rotary)
 
     def forward(
         self, x: Tensor, *, key_mask: Tensor | None = None, need_weights: bool = False
@@ -583,14 +426,13 @@ class Encoder(nn.Module):
 
     @classmethod
     def from_torch(
-        cls, m: nn.TransformerEncoder, *, sequence_parallel: object = None, sequence_layout: str = "contiguous"
+        cls, m: nn.TransformerEncoder, *, sequence_parallel: SequenceParallel | None = None
     ) -> Encoder:
         """Exact weight import from ``nn.TransformerEncoder`` (post-LN or ``norm_first``,
         ReLU or GELU, with or without the final norm, ``batch_first`` either way), optionally
         run sequence-parallel (as in the constructor)."""
         settings = _torch_stack_settings(cls, m, nn.TransformerEncoder)
-        new = cls(len(m.layers), settings, final_norm=m.norm is not None, sequence_parallel=sequence_parallel,
-                  sequence_layout=sequence_layout)
+        new = cls(len(m.layers), settings, final_norm=m.norm is not None, sequence_parallel=sequence_parallel)
         return _copy_torch_stack(new, m, lambda ours, theirs: None)
 
 
@@ -642,11 +484,6 @@ class Decoder(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.layers = nn.ModuleList(DecoderLayer(settings, rotary=rotary) for _ in range(num_layers))
         self.norm = _final_norm(final_norm, settings)
-
-    @classmethod
-    def from_config(cls, config: TransformerConfig, rotary: nn.Module | None = None) -> Decoder:
-        """The decoder of a :class:`TransformerConfig` (with a final norm, as ``nn.Transformer``)."""
-        return cls(config.num_decoder_layers, LayerSettings.from_config(config), final_norm=True, rotary=rotary)
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for step-by-step decoding (pass it as ``cache=``)."""

@@ -35,7 +35,7 @@ def user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from attnkit.training.ddp import PeerLostError
+        from attnkit.distributed import PeerLostError
 
         try:
             return command(*args, **kwargs)

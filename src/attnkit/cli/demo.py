@@ -155,7 +155,7 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
     locale's long date, plus the Transformer's encoder, decoder and cross-attention in the
     explorer (and its decoder alone)."""
     from attnkit.data.dates import DateTask
-    from attnkit.viz import explore, write_explorer
+    from attnkit.viz import explore
     from attnkit.viz.alignment import align, draw
 
     vocab = task.tokenizer
@@ -181,8 +181,8 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
         # decoder's causal self-attention on a page of its own, as a decoder-only model shows it
         att = explore(transformer.model, example.source, tokenizer=vocab, path=out / "transformer-explorer.html",
                       title=f"Transformer: {example.source}")
-        write_explorer(att, out / "transformer-decoder.html", kinds=["decoder"],
-                       title=f"Transformer decoder (causal self-attention) writing {example.target}")
+        att.save(out / "transformer-decoder.html", kinds=["decoder"],
+                 title=f"Transformer decoder (causal self-attention) writing {example.target}")
     return pictures
 
 
@@ -234,6 +234,7 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
                 *, quick: bool = False) -> Path:
     """``index.html`` linking every file of the demo, with a short explanation of each."""
     from attnkit.io import atomic_write
+    from attnkit.viz.fonts import web_font_css
 
     e = html.escape
     rows = "".join(
@@ -268,11 +269,14 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
     quick_note = ("<p class=note>This was a <code>--quick</code> run (seconds of training): "
                   "run <code>attnkit demo</code> for the full version.</p>" if quick else "")
     template = string.Template((resources.files("attnkit.cli") / "assets" / "demo_index.html").read_text("utf-8"))
-    page = template.substitute(
+    fields = dict(
         quick_note=quick_note, rows=rows, figures=figures, flies_rows=flies_rows,
         s1=e(flies.sentences[0]), s2=e(flies.sentences[1]), word=e(flies.word),
         first=e(first), cross_link=cross_link, sentence=e(SENTENCE),
     )
+    # The glyphs of every character the page shows outside ASCII (its captions are in 18 scripts).
+    shown = html.unescape(template.substitute(fields, fonts=""))
+    page = template.substitute(fields, fonts=web_font_css([shown]))
     return atomic_write(out / "index.html", page)
 
 

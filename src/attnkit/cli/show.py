@@ -18,11 +18,11 @@ def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", target: str | No
     """Write the explorer page of ``model`` (a Hugging Face folder, an attnkit checkpoint, a
     sentence-transformers folder or known name) on ``text`` (and ``target`` for a decoder), and
     the head and model views as SVG / PNG files into ``svg`` / ``png``. Returns the
-    :class:`~attnkit.viz.Attention` and the picture paths."""
-    from attnkit.viz import explore, write_views
+    :class:`~attnkit.viz.Exploration` and the picture paths."""
+    from attnkit.viz import explore
 
     att = explore(model, text, target=target, path=out, title=title)
-    pictures = write_views(att, svg_dir=svg, png_dir=png) if (svg or png) else []
+    pictures = att.save(svg=svg, png=png) if (svg or png) else []
     return att, pictures
 
 

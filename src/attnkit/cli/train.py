@@ -42,6 +42,7 @@ def train_command(
     import torch
 
     from attnkit.data import load_task, load_tokenizer
+    from attnkit.distributed import init_distributed
     from attnkit.models.checkpoint import (
         is_checkpoint,
         load_trainer_state,
@@ -58,8 +59,7 @@ def train_command(
         encode_task,
         task_from_meta,
     )
-    from attnkit.training.ddp import init_distributed
-    from attnkit.training.trainer import TRAIN_DTYPES
+    from attnkit.training.trainer import TRAIN_DTYPES, check_resume
 
     if threads:
         torch.set_num_threads(threads)
@@ -76,17 +76,12 @@ def train_command(
     if resume:
         manifest = read_manifest(out)  # every file hashed, once
         meta = dict(manifest["meta"])
-        asked = {"task": task, "arch": arch}
-        if arch == "rnn":
-            asked["attention"] = attention
-        saved = {"task": meta.get("task"), "arch": meta.get("arch"), "attention": manifest["config"].get("attention")}
-        wrong = {k: (saved[k], v) for k, v in asked.items() if saved[k] != v}
-        if wrong:
-            raise ValueError(f"--resume: the checkpoint in {out} does not match this command (checkpoint, command): {wrong}")
+        asked = {"task": task, "arch": arch, **({"attention": attention} if arch == "rnn" else {})}
+        try:
+            check_resume(out, manifest, expected=asked, dtype=dtype)
+        except ValueError as exc:
+            raise ValueError(f"--resume: {exc}") from None
         state = load_trainer_state(out, manifest=manifest)
-        saved_dtype = state["train_config"].get("dtype", "float32")
-        if dtype is not None and dtype != saved_dtype:
-            raise ValueError(f"--resume: the checkpoint in {out} was trained in --dtype {saved_dtype}, not {dtype}")
         config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
         data = encode_task(task_from_meta(meta), load_tokenizer(out))
         trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,

@@ -59,3 +59,12 @@ class RNNSeq2Seq(nn.Module):
         logits, weights = self.decoder(state, tgt_in)
         return (logits, weights) if need_weights else logits
 
+    def forward_with_weights(
+        self, src: Tensor, tgt_in: Tensor, src_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, list[Tensor]]]:
+        """Like :meth:`forward`, plus the attention maps in the seq2seq models' one format
+        (as :meth:`TransformerSeq2Seq.forward_with_weights`): ``{"cross": [(B, 1, T, S)]}``,
+        one layer of one head."""
+        logits, weights = self(src, tgt_in, src_mask, need_weights=True)  # (B, T, S)
+        return logits, {"cross": [weights[:, None]]}  # (B, 1 head, T, S)
+

@@ -10,17 +10,93 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.models.generation import source_mask
+from attnkit.positions import POSITIONS, RotaryEmbedding
 from attnkit.transformer import (
+    ACTIVATIONS,
     Decoder,
     DecoderCache,
     DecoderWeights,
     Embeddings,
     Encoder,
-    RotaryEmbedding,
-    TransformerConfig,
+    LayerSettings,
 )
 
-__all__ = ["Recompute", "TransformerSeq2Seq", "TransformerState"]
+__all__ = ["Recompute", "TransformerConfig", "TransformerSeq2Seq", "TransformerState"]
+
+
+@dataclass
+class TransformerConfig:
+    """Encoder-decoder Transformer. ``tgt_vocab_size=None`` shares one vocabulary.
+
+    ``kv_heads`` < ``num_heads`` gives grouped-query attention; ``position`` is
+    ``"sinusoidal"`` (the paper), ``"learned"`` (a table of ``max_len`` rows) or ``"rope"``
+    (rotary, applied to self-attention queries and keys). ``tie_embeddings`` shares the target
+    embedding with the output projection.
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int | None = None
+    embed_dim: int = 256
+    num_heads: int = 4
+    kv_heads: int | None = None
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    activation: str = "relu"
+    norm_first: bool = False
+    position: str = "sinusoidal"
+    max_len: int = 512
+    tie_embeddings: bool = True
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        tgt = self.target_vocab_size
+        for name in ("src_vocab_size", "embed_dim", "num_heads", "ff_dim", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
+        if tgt <= 0:
+            raise ValueError(f"TransformerConfig.tgt_vocab_size must be positive, got {self.tgt_vocab_size}")
+        if self.num_encoder_layers < 0 or self.num_decoder_layers <= 0:
+            raise ValueError(
+                f"need num_encoder_layers >= 0 and num_decoder_layers >= 1, got "
+                f"{self.num_encoder_layers} and {self.num_decoder_layers}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        kv = self.num_heads if self.kv_heads is None else self.kv_heads
+        if kv <= 0 or self.num_heads % kv:
+            raise ValueError(f"kv_heads={self.kv_heads} does not divide num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.position == "rope" and (self.embed_dim // self.num_heads) % 2:
+            raise ValueError(
+                f"rope needs an even head dim, got embed_dim={self.embed_dim} / num_heads={self.num_heads}"
+            )
+        ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+        if len(set(ids.values())) != 3:
+            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
+        for name, value in ids.items():
+            if not 0 <= value < min(self.src_vocab_size, tgt):
+                raise ValueError(
+                    f"{name}={value} is outside the vocabularies (src {self.src_vocab_size}, tgt {tgt})"
+                )
+
+    def layer_settings(self) -> LayerSettings:
+        """The layers' settings (encoder and decoder share them)."""
+        return LayerSettings(self.embed_dim, self.num_heads, self.ff_dim, kv_heads=self.kv_heads,
+                             dropout=self.dropout, activation=self.activation, norm_first=self.norm_first)
+
+    @property
+    def target_vocab_size(self) -> int:
+        return self.src_vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
+
 
 
 @dataclass
@@ -63,8 +139,9 @@ class TransformerSeq2Seq(nn.Module):
 
         self.src_embed = embeddings(c.src_vocab_size)
         self.tgt_embed = self.src_embed if c.tgt_vocab_size is None else embeddings(c.tgt_vocab_size)
-        self.encoder = Encoder.from_config(c, rotary)
-        self.decoder = Decoder.from_config(c, rotary)
+        # both stacks end with a LayerNorm, as nn.Transformer's
+        self.encoder = Encoder(c.num_encoder_layers, c.layer_settings(), final_norm=True, rotary=rotary)
+        self.decoder = Decoder(c.num_decoder_layers, c.layer_settings(), final_norm=True, rotary=rotary)
         self.out_proj = nn.Linear(c.embed_dim, c.target_vocab_size, bias=False)
         self._init_weights()
         if c.tie_embeddings:

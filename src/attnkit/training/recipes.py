@@ -60,8 +60,7 @@ def build_model(arch: str, vocab_size: int, *, attention: str = "additive", pad_
 
         return RNNSeq2Seq(RNNConfig(vocab_size, attention=attention, **{**RNN_DEFAULTS, **sizes}, **ids))
     if arch == "transformer":
-        from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
-        from attnkit.transformer import TransformerConfig
+        from attnkit.models.transformer_seq2seq import TransformerConfig, TransformerSeq2Seq
 
         cfg = {**TRANSFORMER_DEFAULTS, **sizes}
         return TransformerSeq2Seq(TransformerConfig(vocab_size, max_len=max_len, **cfg, **ids))

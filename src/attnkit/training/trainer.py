@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from attnkit.data.batching import collate, pad_ids
+from attnkit.distributed import peer_guard
 from attnkit.models.checkpoint import (
     config_diff,
     load_optimizer,
@@ -49,9 +50,9 @@ from attnkit.models.checkpoint import (
 from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.progress import progress_bar
-from attnkit.training.ddp import agree_min, ddp_token_loss, peer_guard, sync_stop
+from attnkit.training.ddp import agree_min, ddp_token_loss, sync_stop
 
-__all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "evaluate", "learning_rate"]
+__all__ = ["BudgetSchedule", "TrainConfig", "TrainResult", "Trainer", "check_resume", "evaluate", "learning_rate"]
 
 Encoded = Sequence[tuple[Sequence[int], Sequence[int]]]  # (source ids, target ids), no BOS/EOS
 
@@ -283,6 +284,74 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def check_resume(
+    directory: str | Path, manifest: dict[str, Any], *, model: nn.Module | None = None,
+    expected: dict[str, Any] | None = None, dtype: str | None = None,
+) -> None:
+    """The one check of a resume: raise ``ValueError`` listing everything in which the checkpoint
+    in ``directory`` (its verified ``manifest``) differs from this run, else return.
+
+    ``model``: its class and config must be the checkpoint's. ``expected``: meta fields the run
+    names (``task``, ``arch``; ``attention`` is read from the model config). ``dtype``: the
+    training dtype asked for (None: keep the checkpoint's)."""
+    problems = []
+    if model is not None and manifest["model"] != type(model).__name__:
+        problems.append(f"it holds a {manifest['model']}, this run trains a {type(model).__name__}")
+    elif model is not None and (diff := config_diff(manifest["config"], model.config)):
+        problems.append(f"its model config differs (checkpoint, run): {diff}")
+    saved = {**manifest.get("meta", {}), "attention": manifest["config"].get("attention")}
+    wrong = {k: (saved.get(k), v) for k, v in (expected or {}).items() if saved.get(k) != v}
+    if wrong:
+        problems.append(f"it does not match (checkpoint, run): {wrong}")
+    if dtype is not None:
+        saved_dtype = load_trainer_state(directory, manifest=manifest)["train_config"].get("dtype", "float32")
+        if dtype != saved_dtype:
+            problems.append(f"it was trained in --dtype {saved_dtype}, not {dtype}")
+    if problems:
+        raise ValueError(f"the checkpoint in {directory} cannot be resumed by this run: {'; '.join(problems)}")
+
+
+class _Stopwatch:
+    """Seconds of training: those of earlier runs (``before``) plus this run's so far, with the
+    clock restarted after what must not count (a checkpoint write)."""
+
+    def __init__(self, clock: Callable[[], float], before: float) -> None:
+        self.clock, self.first = clock, clock()
+        self.restart(before)
+
+    def restart(self, before: float) -> None:
+        self.before, self.start = before, self.clock()
+
+    def seconds(self) -> float:
+        return self.before + self.clock() - self.start
+
+    def run_seconds(self) -> float:
+        """Wall seconds since this run began (checkpoint writes included)."""
+        return self.clock() - self.first
+
+
+class _SignalStop:
+    """While entered (in the main thread), SIGINT and SIGTERM set :attr:`name` instead of
+    stopping the process, so training stops between two steps and saves; the caller's handlers
+    are restored on exit."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.name = signal.Signals(signum).name
+
+    def __enter__(self) -> _SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     """Train a seq2seq model on encoded ``(source ids, target ids)`` pairs.
 
@@ -335,7 +404,6 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.metrics: dict[str, float] = {}
         self.loss_avg: float | None = None  # running mean of the training loss (progress, history)
-        self._signal: str | None = None
         self._epoch: tuple[int, list[int]] | None = None  # (epoch, its example order), see batch_indices
         torch.manual_seed(self.config.seed)
 
@@ -450,11 +518,7 @@ class Trainer:
         if directory is None:
             raise ValueError("Trainer.resume needs a directory (no out_dir was given)")
         manifest = manifest if manifest is not None else read_manifest(directory)
-        if manifest["model"] != type(self.raw_model).__name__:
-            raise ValueError(f"checkpoint {directory} holds a {manifest['model']}, this run trains a {type(self.raw_model).__name__}")
-        diff = config_diff(manifest["config"], self.raw_model.config)
-        if diff:
-            raise ValueError(f"checkpoint {directory} config does not match this run (checkpoint, run): {diff}")
+        check_resume(directory, manifest, model=self.raw_model)
         load_weights(directory, self.raw_model)
         load_optimizer(directory, self.optimizer, manifest=manifest)
         state = load_trainer_state(directory, manifest=manifest)
@@ -472,75 +536,70 @@ class Trainer:
         return self.step
 
     # ---------------------------------------------------------------- loop
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signal.Signals(signum).name
-
     def fit(self) -> TrainResult:
         """Train until the schedule ends (``steps``, or the time budget it is fitted to), the
-        target accuracy, or a signal."""
+        target accuracy, or a signal: one step, the budget's re-fit, the stop decision
+        (:meth:`_stop_reason`) and the checkpoint policy, in that order."""
         cfg = self.config
-        handlers: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
-        clock = self.clock
-        start = clock()
-        stopped = "steps"
-        tokens = 0
-
-        def seconds() -> float:  # of this run so far, resumed runs included
-            return self.elapsed + clock() - start
-
-        try:
-            with progress_bar("train", self.schedule_length if self.budget is None or self.budget.anchor else None,
-                              enabled=cfg.progress and self.is_main, completed=self.step,
-                              fields={"loss": "-", "tok/s": "-", "val": self._val_text()}) as bar:
-                while self.step < self.schedule_length:
-                    t0 = clock()
-                    with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
-                        loss, n_tok = self.train_step(self.step)
-                    self.train_seconds += clock() - t0
-                    self.step += 1
-                    tokens += n_tok
-                    self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
-                    if self.budget is not None:
-                        self._fit_budget(seconds(), bar)
-                    bar.update(completed=self.step, loss=f"{self.loss_avg:.3f}",
-                               **{"tok/s": f"{tokens / max(clock() - start, 1e-9):,.0f}"})
-                    over_time = cfg.time_budget is not None and seconds() >= cfg.time_budget
-                    if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
-                        with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
-                            over_time, self._signal = sync_stop(over_time, self._signal)
-                    last = self.step >= self.schedule_length
-                    if self.step % cfg.eval_every == 0 or last or over_time or self._signal:
-                        if not self._signal:
-                            t0 = clock()
-                            metrics = self.validate()
-                            if self.budget is not None and metrics:
-                                self.budget.add_validation(clock() - t0)
-                            self._record(metrics, self.loss_avg, seconds())
-                            bar.update(val=self._val_text())
-                        if self._signal:
-                            stopped = self._signal
-                            break
-                        if cfg.target_accuracy is not None and self.metrics.get("exact_match", 0.0) >= cfg.target_accuracy:
-                            stopped = "target"
-                            break
-                        if over_time or (last and self.budget is not None and self.step != cfg.steps):
-                            stopped = "time_budget"
-                            break
-                    if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out_dir is not None
-                            and self.is_main):
-                        self.elapsed += clock() - start
-                        start = clock()
-                        self.save()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        self.elapsed += clock() - start
+        watch = _Stopwatch(self.clock, self.elapsed)
+        stopped, tokens = None, 0
+        with _SignalStop() as signals, progress_bar(
+            "train", self.schedule_length if self.budget is None or self.budget.anchor else None,
+            enabled=cfg.progress and self.is_main, completed=self.step,
+            fields={"loss": "-", "tok/s": "-", "val": self._val_text()},
+        ) as bar:
+            while stopped is None and self.step < self.schedule_length:
+                t0 = self.clock()
+                with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
+                    loss, n_tok = self.train_step(self.step)
+                self.train_seconds += self.clock() - t0
+                self.step += 1
+                tokens += n_tok
+                self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
+                if self.budget is not None:
+                    self._fit_budget(watch.seconds(), bar)
+                bar.update(completed=self.step, loss=f"{self.loss_avg:.3f}",
+                           **{"tok/s": f"{tokens / max(watch.run_seconds(), 1e-9):,.0f}"})
+                stopped = self._stop_reason(signals, watch, bar)
+                if stopped is None and self._checkpoint_due():
+                    self.elapsed = watch.seconds()
+                    self.save()
+                    watch.restart(self.elapsed)  # the write is not training time
+        self.elapsed = watch.seconds()
         if self.out_dir is not None and self.is_main:
             self.save()
-        return TrainResult(self.step, stopped, dict(self.metrics), self.elapsed, list(self.history))
+        return TrainResult(self.step, stopped or "steps", dict(self.metrics), self.elapsed, list(self.history))
+
+    def _stop_reason(self, signals: _SignalStop, watch: _Stopwatch, bar: Any) -> str | None:
+        """After a step: validate when due (every ``eval_every`` steps, at the end, over time or on
+        a signal) and say why training stops now (a signal's name, ``"target"``,
+        ``"time_budget"``), or None. Under DDP every rank decides the same."""
+        cfg = self.config
+        over_time = cfg.time_budget is not None and watch.seconds() >= cfg.time_budget
+        if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
+            with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
+                over_time, signals.name = sync_stop(over_time, signals.name)
+        last = self.step >= self.schedule_length
+        if not (self.step % cfg.eval_every == 0 or last or over_time or signals.name):
+            return None
+        if signals.name:
+            return signals.name
+        t0 = self.clock()
+        metrics = self.validate()
+        if self.budget is not None and metrics:
+            self.budget.add_validation(self.clock() - t0)
+        self._record(metrics, self.loss_avg, watch.seconds())
+        bar.update(val=self._val_text())
+        if cfg.target_accuracy is not None and self.metrics.get("exact_match", 0.0) >= cfg.target_accuracy:
+            return "target"
+        if over_time or (last and self.budget is not None and self.step != cfg.steps):
+            return "time_budget"
+        return None
+
+    def _checkpoint_due(self) -> bool:
+        """The checkpoint policy: every ``checkpoint_every`` steps, on rank 0, with an ``out_dir``."""
+        every = self.config.checkpoint_every
+        return bool(every) and self.step % every == 0 and self.out_dir is not None and self.is_main
 
     def _fit_budget(self, seconds: float, bar: Any) -> None:
         """After a step: start timing, or re-estimate the schedule's length (all ranks agree on

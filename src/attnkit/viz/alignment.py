@@ -39,6 +39,12 @@ class Alignment:
     weights: Tensor
     prediction: str
 
+    def _repr_png_(self) -> bytes:
+        """In a notebook: the alignment heatmap (:func:`draw`)."""
+        from attnkit.viz.notebook import figure_png
+
+        return figure_png(draw(self))
+
 
 def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
     """``ids`` up to and including the first ``eos_id`` (all of them when there is none)."""

@@ -7,7 +7,7 @@ explorer page: a kind selector (encoder / decoder / cross, only those the model 
 weights beside attention rollout and value-norm-weighted attention, the neuron view, and
 buttons that save the head and model views as SVG and PNG.
 
-What it takes (one dispatch, :func:`_run`):
+What it takes (one adapter per kind of model, registered by type on :func:`_run`):
 
 - a local Hugging Face folder: encoder-only (BERT, RoBERTa, DistilBERT, ...), decoder-only
   (GPT-2, ...) or encoder-decoder (BART, Marian, T5, ...), loaded offline with ``AutoConfig``,
@@ -22,6 +22,7 @@ What it takes (one dispatch, :func:`_run`):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -32,7 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnkit.viz.explorer import Panel, json_chars, neuron_payload, page_data, write_data
+from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
+from attnkit.models.sentence_encoder import SentenceEncoder
+from attnkit.viz.explorer import Panel, _page_data, _write_data, json_chars, neuron_payload
 from attnkit.viz.hooks import CAUSAL_KINDS, FAMILIES, KINDS, Capture, Projections
 from attnkit.viz.tokens import readable_tokens, token_scheme
 from attnkit.viz.views import rollout, value_norm_attention
@@ -44,8 +47,9 @@ HF_EXTRA = "pip install 'attnkit[hf]'"
 
 
 @dataclass
-class Attention:
-    """What :func:`explore` drew.
+class Exploration:
+    """What :func:`explore` computed, and what it drew: :meth:`save` writes it again (the page,
+    SVG and PNG pictures); in a notebook it displays itself.
 
     ``tokens``: the input's tokens (a decoder-only model's tokens too); ``target_tokens``: the
     decoder's input tokens of an encoder-decoder (its start token, then the target or the
@@ -66,6 +70,17 @@ class Attention:
     target_ids: list[int] | None = None
     projections: dict[str, Projections] = field(default_factory=dict)
     neuron_note: str = ""
+    title: str | None = None  # the page's title
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`)."""
+        from attnkit.viz.explorer import _render_page
+        from attnkit.viz.notebook import exploration_html
+
+        def render(neuron: bool | None, max_bytes: int) -> str:
+            return _render_page(_explorer_data(self, title=self.title, neuron=neuron, max_bytes=max_bytes))
+
+        return exploration_html(self.path, render, MAX_PAGE_BYTES)
 
     @property
     def kinds(self) -> list[str]:
@@ -96,6 +111,30 @@ class Attention:
             out["value-norm"] = vn / vn.sum(dim=-1, keepdim=True).clamp_min(1e-30)
         return out
 
+    def save(
+        self, path: str | os.PathLike | None = None, *, svg: str | os.PathLike | None = None,
+        png: str | os.PathLike | None = None, title: str | None = None, neuron: bool | None = None,
+        kinds: Sequence[str] | None = None, view: str = "raw",
+    ) -> list[Path]:
+        """Write the explorer page to ``path`` and/or the head and model views as SVG files
+        into the folder ``svg`` and PNG files into ``png``; returns every path written (the
+        page first). ``kinds`` limits both to some attention kinds (default: all, in the order
+        encoder, decoder, cross; a link to ``page.html#cross`` opens the page on that kind);
+        ``neuron`` as in :func:`explore`; ``view`` is the pictures' view (``"raw"``,
+        ``"rollout"``, ``"value-norm"``)."""
+        from attnkit.viz.export import write_views
+
+        if path is None and svg is None and png is None:
+            raise ValueError("save needs a page path, svg= or png= (a folder)")
+        written = []
+        if path is not None:
+            self.path = _write_page(self, path, title=title if title is not None else self.title,
+                                    neuron=neuron, kinds=kinds)
+            written.append(self.path)
+        if svg is not None or png is not None:
+            written += write_views(self, svg_dir=svg, png_dir=png, kinds=kinds, view=view)
+        return written
+
 
 def explore(
     model_or_folder: Any,
@@ -107,8 +146,9 @@ def explore(
     title: str | None = None,
     neuron: bool | None = None,
     max_new_tokens: int = 64,
-) -> Attention:
-    """Run a model on ``text``, write its attention explorer to ``path`` and return what it drew.
+) -> Exploration:
+    """Run a model on ``text``, write its attention explorer to ``path`` and return what it drew
+    (an :class:`Exploration`, which can :meth:`~Exploration.save` itself again).
 
     Args:
         model_or_folder: a model folder (Hugging Face, attnkit checkpoint, sentence-transformers),
@@ -136,20 +176,22 @@ def explore(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     att = _run(model_or_folder, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    att.title = title or f"{_display_name(model_or_folder, att)}: {text}"
     if path is not None:
-        name = _display_name(model_or_folder, att)
-        att.path = write_explorer(att, path, title=title or f"{name}: {text}", neuron=neuron)
+        att.save(path, title=att.title, neuron=neuron)
     return att
 
 
-def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None = None,
-                   neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
-    """Write the explorer page of an :class:`Attention` and return its path.
+def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None = None,
+                neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
+    """The explorer page of ``att`` (see :meth:`Exploration.save`); returns its path."""
+    return _write_data(_explorer_data(att, title=title, neuron=neuron, kinds=kinds), path)
 
-    ``kinds`` limits the page to some attention kinds (default: all, in the order encoder,
-    decoder, cross; the first is shown first). A link to ``page.html#cross`` (or
-    ``#decoder:rollout``) opens the page on that kind (and view).
-    """
+
+def _explorer_data(att: Exploration, *, title: str | None = None, neuron: bool | None = None,
+                   kinds: Sequence[str] | None = None, max_bytes: int = MAX_PAGE_BYTES) -> dict[str, Any]:
+    """The data of :func:`_write_page`'s page (same arguments; ``max_bytes`` bounds the
+    quantised weights of all views together)."""
     kinds = att.kinds if kinds is None else list(kinds)
     bad = [k for k in kinds if k not in att.weights]
     if bad or not kinds:
@@ -163,7 +205,7 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
                 causal=kind in CAUSAL_KINDS, cross=kind == "cross",
                 head_names=["all heads"] if view == "rollout" else None,
             ))
-    data = page_data(panels, title=title, max_bytes=MAX_PAGE_BYTES)
+    data = _page_data(panels, title=title, max_bytes=max_bytes)
     note = att.neuron_note
     if att.projections and neuron is not False:
         projections = {kind: p for kind, p in att.projections.items() if kind in kinds}
@@ -179,7 +221,7 @@ def write_explorer(att: Attention, path: str | os.PathLike, *, title: str | None
         note = "The neuron view was not requested (neuron=False)."
     if note:
         data["neuronNote"] = note
-    return write_data(data, path)
+    return data
 
 
 def _neuron_note(model_type: str, kind: str) -> str:
@@ -194,7 +236,7 @@ def _neuron_note(model_type: str, kind: str) -> str:
             "alone would not be T5's attention.")
 
 
-def _display_name(source: Any, att: Attention) -> str:
+def _display_name(source: Any, att: Exploration) -> str:
     if isinstance(source, (str, os.PathLike)):
         return Path(source).name or str(source)
     return att.model_type or type(source).__name__
@@ -203,29 +245,46 @@ def _display_name(source: Any, att: Attention) -> str:
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _run(source: Any, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Attention:
-    """Run ``source`` (any of :func:`explore`'s kinds) once and collect its attention."""
-    from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
-    from attnkit.models.sentence_encoder import SentenceEncoder
-
-    if isinstance(source, (str, os.PathLike)):
-        return _run_folder(source, text, target=target, max_new_tokens=max_new_tokens)
-    if isinstance(source, SentenceEncoder):
-        _no_target(target, "a SentenceEncoder (encoder-only)")
-        return _run_sentence_encoder(source, text)
-    if isinstance(source, (TransformerSeq2Seq, RNNSeq2Seq)):
-        if tokenizer is None:
-            raise ValueError(f"explore needs tokenizer= with an attnkit {type(source).__name__} "
-                             "(or pass its checkpoint folder)")
-        return _run_attnkit(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
-    if isinstance(source, nn.Module) and hasattr(getattr(source, "config", None), "model_type"):
-        if tokenizer is None:
-            tokenizer = _tokenizer_beside(source)
-        return _run_hf(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+@functools.singledispatch
+def _run(source: Any, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Exploration:
+    """Run ``source`` (any of :func:`explore`'s kinds) once and collect its attention: the adapter
+    registered for its type (``_run.register``)."""
     raise ValueError(
         "explore takes a model folder, a Hugging Face model, an attnkit TransformerSeq2Seq/RNNSeq2Seq "
         f"or a SentenceEncoder; got {type(source).__name__}"
     )
+
+
+@_run.register(str)
+@_run.register(os.PathLike)
+def _(source: str | os.PathLike, text: str, *, target: str | None, tokenizer: Any,
+      max_new_tokens: int) -> Exploration:
+    return _run_folder(source, text, target=target, max_new_tokens=max_new_tokens)
+
+
+@_run.register
+def _(source: SentenceEncoder, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Exploration:
+    _no_target(target, "a SentenceEncoder (encoder-only)")
+    return _run_sentence_encoder(source, text)
+
+
+@_run.register(TransformerSeq2Seq)
+@_run.register(RNNSeq2Seq)
+def _(source: nn.Module, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Exploration:
+    if tokenizer is None:
+        raise ValueError(f"explore needs tokenizer= with an attnkit {type(source).__name__} "
+                         "(or pass its checkpoint folder)")
+    return _run_attnkit(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+
+
+@_run.register
+def _(source: nn.Module, text: str, *, target: str | None, tokenizer: Any, max_new_tokens: int) -> Exploration:
+    """Any other module: a Hugging Face model (its config names a model_type)."""
+    if not hasattr(getattr(source, "config", None), "model_type"):
+        return _run.dispatch(object)(source, text, target=target, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    if tokenizer is None:
+        tokenizer = _tokenizer_beside(source)
+    return _run_hf(source, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
 
 
 def _no_target(target: str | None, what: str) -> None:
@@ -233,12 +292,10 @@ def _no_target(target: str | None, what: str) -> None:
         raise ValueError(f"target={target!r} needs an encoder-decoder model, but this is {what}")
 
 
-def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Attention:
+def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
     """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
     folder = Path(source).expanduser()
     if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
-        from attnkit import SentenceEncoder
-
         encoder = SentenceEncoder.from_pretrained(str(source))
         _no_target(target, "a sentence-transformers encoder")
         return _run_sentence_encoder(encoder, text)
@@ -257,8 +314,8 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path} is not a model config (a JSON object)")
     if config.get("format") == "attnkit-checkpoint":
-        from attnkit import load
         from attnkit.data import load_tokenizer
+        from attnkit.models import load
 
         return _run_attnkit(load(folder), load_tokenizer(folder), text, target=target,
                             max_new_tokens=max_new_tokens)
@@ -266,8 +323,6 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
         raise ValueError(f"{cfg_path} names no model_type and is not an attnkit checkpoint: "
                          f"{folder} is not a model folder")
     if (folder / "modules.json").is_file() and config["model_type"] == "bert":
-        from attnkit import SentenceEncoder
-
         _no_target(target, "a sentence-transformers encoder")
         return _run_sentence_encoder(SentenceEncoder.from_pretrained(folder), text)
     model, tokenizer = _load_hf(folder)
@@ -351,7 +406,7 @@ def _hf_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return readable_tokens(tokens, token_scheme(tokenizer), special=tokenizer.all_special_tokens)
 
 
-def _run_hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Attention:
+def _run_hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
     """Run a Hugging Face model once with ``output_attentions=True`` and hooks on its projections."""
     config = model.config
     role = _model_role(config)
@@ -388,7 +443,7 @@ def _run_hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, 
     else:
         weights = {role: _stack(out.attentions, "attentions", model)}
     projections = capture.projections(weights)
-    return Attention(
+    return Exploration(
         tokens=_hf_tokens(tokenizer, ids),
         target_tokens=None if target_ids is None else _hf_tokens(tokenizer, target_ids),
         weights=weights, model_type=config.model_type, ids=ids, target_ids=target_ids,
@@ -415,9 +470,9 @@ def _decoder_ids(model: nn.Module, tokenizer: Any, inputs: dict[str, Tensor], ta
 
 
 def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
-                 max_new_tokens: int) -> Attention:
+                 max_new_tokens: int) -> Exploration:
     """An attnkit seq2seq model: the Transformer's three kinds, or the RNN's cross-attention."""
-    from attnkit.models import TransformerSeq2Seq, generate
+    from attnkit.models import generate
 
     c = model.config
     src_ids = tokenizer.encode(text)
@@ -436,14 +491,11 @@ def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | N
         tgt_in = torch.tensor([tgt_ids], device=device)  # (1, T)
         is_transformer = isinstance(model, TransformerSeq2Seq)
         with Capture(model, "attnkit" if is_transformer else f"attnkit {type(model).__name__}") as capture:
-            if is_transformer:
-                _, maps = model.forward_with_weights(src, tgt_in)
-                weights = {kind: torch.stack([w[0] for w in maps[key]]).float().cpu()  # (L, H, Tq, Tk)
-                           for kind, key in (("encoder", "encoder"), ("decoder", "decoder_self"), ("cross", "cross"))}
-            else:
-                _, w = model(src, tgt_in, need_weights=True)  # (1, T, S)
-                weights = {"cross": w[0][None, None].float().cpu()}  # (1 layer, 1 head, T, S)
-    return Attention(
+            _, maps = model.forward_with_weights(src, tgt_in)  # kind -> [per layer (1, H, Tq, Tk)]
+        names = {"encoder": "encoder", "decoder_self": "decoder", "cross": "cross"}
+        weights = {names[key]: torch.stack([w[0] for w in maps[key]]).float().cpu()  # (L, H, Tq, Tk)
+                   for key in names if key in maps}
+    return Exploration(
         tokens=[str(t) for t in tokenizer.tokenize(text)],
         target_tokens=_attnkit_tokens(tokenizer, tgt_ids),
         weights=weights, model_type="attnkit-transformer" if is_transformer else "attnkit-rnn",
@@ -459,14 +511,14 @@ def _attnkit_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return [specials[i] if i in specials else tokenizer.decode([i], skip_special=False) for i in ids]
 
 
-def _run_sentence_encoder(encoder: nn.Module, text: str) -> Attention:
+def _run_sentence_encoder(encoder: nn.Module, text: str) -> Exploration:
     """A ``SentenceEncoder`` (attnkit's BERT): its self-attention, hooked on our MultiHeadAttention."""
     with torch.no_grad(), Capture(encoder, "bert") as capture:
         tokens, weights = encoder.attentions(text)  # (layers, heads, T, T)
     tok = encoder.tokenizer
     special = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     weights = {"encoder": weights.float().cpu()}
-    return Attention(
+    return Exploration(
         tokens=readable_tokens(tokens, token_scheme(tok), special=special), target_tokens=None,
         weights=weights, model_type="sentence-encoder", ids=list(encoder.tokenize([text])[0][0]),
         projections=capture.projections(weights), neuron_note=capture.note,

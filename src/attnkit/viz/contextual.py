@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attnkit.viz.notebook import enable_figures
+
 FLIES_SENTENCES: tuple[str, str] = ("time flies like an arrow", "fruit flies like a banana")
 
 
@@ -61,6 +63,12 @@ class ContextualSimilarity:
     layers: list[str]
     between: list[float]
     to_static: tuple[list[float], list[float]]
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the table and the line plot (:func:`attnkit.viz.notebook.similarity_html`)."""
+        from attnkit.viz.notebook import figure_png, similarity_html
+
+        return similarity_html(self, figure_png(plot_similarity(self)))
 
     def rows(self) -> list[tuple[str, float, float, float]]:
         return [(name, self.between[i], self.to_static[0][i], self.to_static[1][i])
@@ -146,26 +154,34 @@ def similarity_table(
     return res
 
 
-def plot_similarity(res: ContextualSimilarity, path: str | Path) -> Any:
-    """Line plot of a :class:`ContextualSimilarity` (cosine against layer); returns the Figure."""
+def plot_similarity(res: ContextualSimilarity, path: str | Path | None = None) -> Any:
+    """Line plot of a :class:`ContextualSimilarity` (cosine against layer), saved at ``path``
+    (PNG/SVG) when given; returns the Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    x = list(range(len(res.layers)))
-    fig = Figure(figsize=(7.5, 4.2), dpi=120, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    from attnkit.viz.fonts import fonts_for
+    from attnkit.viz.heatmap import _font_context
+
     s1, s2 = res.sentences
-    ax.plot(x, res.between, "o-", lw=2.2, label=f'"{res.word}": sentence 1 vs sentence 2')
-    ax.plot(x, res.to_static[0], "s--", label=f'"{s1}" vs static embedding')
-    ax.plot(x, res.to_static[1], "^--", label=f'"{s2}" vs static embedding')
-    ax.set_xticks(x, res.layers, rotation=30)
-    ax.set_ylabel("cosine similarity")
-    ax.set_ylim(min(0.0, *res.between, *res.to_static[0], *res.to_static[1]) - 0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(f'Self-attention makes "{res.word}" contextual')
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    # the fonts of the word and sentences' scripts (the labels are in the sentences' language)
+    with _font_context(fonts_for([res.word, s1, s2, *res.layers])):
+        x = list(range(len(res.layers)))
+        fig = Figure(figsize=(7.5, 4.2), dpi=120, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(x, res.between, "o-", lw=2.2, label=f'"{res.word}": sentence 1 vs sentence 2')
+        ax.plot(x, res.to_static[0], "s--", label=f'"{s1}" vs static embedding')
+        ax.plot(x, res.to_static[1], "^--", label=f'"{s2}" vs static embedding')
+        ax.set_xticks(x, res.layers, rotation=30)
+        ax.set_ylabel("cosine similarity")
+        ax.set_ylim(min(0.0, *res.between, *res.to_static[0], *res.to_static[1]) - 0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        ax.set_title(f'Self-attention makes "{res.word}" contextual')
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path)
+    enable_figures()  # in a notebook, the returned figure shows itself
     return fig

@@ -12,7 +12,7 @@ this module inlines the three files and the data into the one file it writes.
 * buttons that save the head view and the model view as SVG and as PNG (drawn in the page,
   downloaded from a blob URL: nothing leaves the machine).
 
-:func:`write_page` shows several :class:`Panel` s on one page (what
+:func:`_write_panels` shows several :class:`Panel` s on one page (what
 :func:`attnkit.viz.explore` writes): a selector for the attention kinds present (encoder,
 decoder, cross; causal kinds are drawn without lines to future tokens and greyed out above the
 diagonal), one for the views of a kind (raw weights, rollout, value norm), and the **neuron
@@ -47,7 +47,9 @@ from typing import Any
 import numpy as np
 
 from attnkit.io import atomic_write
+from attnkit.viz.fonts import web_font_css
 from attnkit.viz.heatmap import as_numpy
+from attnkit.viz.notebook import Page
 
 MAX_DENSE_BYTES = 12_000_000  # raw uint8 bytes embedded densely before switching to top-k
 MAX_DEFAULT_LINES = 4_000  # the default threshold keeps each layer's head view below this
@@ -257,10 +259,10 @@ def explorer(
     left, right, is_cross = _split_tokens(tokens, w.shape[2], w.shape[3])
     panel = Panel(w, left, right, cross=is_cross, threshold=threshold,
                   layer_names=None if layer_names is None else list(layer_names))
-    return write_page([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
+    return _write_panels([panel], path, title=title, top_k=top_k, max_bytes=max_dense_bytes)
 
 
-def write_page(
+def _write_panels(
     panels: Sequence[Panel],
     path: str | Path,
     *,
@@ -281,11 +283,11 @@ def write_page(
         ValueError: no panels, a panel without layers or heads, tokens that do not match the
             weights, negative weights, a threshold outside ``[0, 1]`` or wrong ``layer_names``.
     """
-    return write_data(page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
+    return _write_data(_page_data(panels, title=title, neuron=neuron, neuron_note=neuron_note, top_k=top_k,
                                 max_bytes=max_bytes), path)
 
 
-def page_data(
+def _page_data(
     panels: Sequence[Panel],
     *,
     title: str | None = None,
@@ -294,10 +296,10 @@ def page_data(
     top_k: int | None = None,
     max_bytes: int = MAX_DENSE_BYTES,
 ) -> dict[str, Any]:
-    """The JSON object :func:`write_page` embeds (same arguments): the first panel's record at
+    """The JSON object :func:`_write_panels` embeds (same arguments): the first panel's record at
     the top level, the others under ``"more"``, the neuron data under ``"neuron"``."""
     if not panels:
-        raise ValueError("write_page needs at least one panel")
+        raise ValueError("_write_panels needs at least one panel")
     total = sum(p.weights.size for p in panels)
     views = []
     for p in panels:
@@ -313,9 +315,10 @@ def page_data(
     return data
 
 
-def write_data(data: dict[str, Any], path: str | Path) -> Path:
-    """Write the page for :func:`page_data`'s ``data`` to ``path`` (atomically) and return it."""
-    return atomic_write(path, _render_page(data))
+def _write_data(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the page for :func:`_page_data`'s ``data`` to ``path`` (atomically) and return it
+    (a :class:`~attnkit.viz.notebook.Page`: a path that shows the page inline in a notebook)."""
+    return Page(atomic_write(path, _render_page(data)))
 
 
 def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
@@ -402,11 +405,55 @@ def _asset(name: str) -> str:
     return (resources.files("attnkit.viz") / "assets" / name).read_text(encoding="utf-8")
 
 
-_PLACEHOLDER = re.compile(r"__(TITLE|CSS|JS|DATA)__")
+_PLACEHOLDER = re.compile(r"__(TITLE|CSS|FONTS|JS|DATA)__")
+
+
+def _strings(obj: Any) -> list[str]:
+    """Every string in a JSON-like object (keys and values): the text a page can show."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (str(k), *_strings(v))]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+# The characters outside ASCII that explorer.js and explorer.html write themselves, by the part of
+# the page that shows them (tests/test_page_fonts.py checks that every one in the assets is here).
+UI_CHARACTERS = {
+    "zoom": "\u2192",  # the model view's zoom caption: "query" → "key"
+    "word-start": "\u00b7",  # a token that starts with a space: a faint dot, then the word
+    "empty-token": "\u2205",
+    "blank-token": "\u2423",  # one per space of a token that is only spaces
+    "value-norm": "\u2016\u03b1\u1d62\u2c7c\u1d65\u2092\u00b7",  # the view's help text
+    "neuron": "\u2299\u00b7\u221a",  # the neuron section's help and headers
+}
+
+
+def shown_characters(data: dict[str, Any]) -> list[str]:
+    """The texts the page for ``data`` shows: every string of the data and the characters the
+    page's own markup and script write for it (:data:`UI_CHARACTERS`)."""
+    texts = _strings(data)
+    panels = [data, *data.get("more", [])]
+    tokens = [t for p in panels for side in ("left", "right") for t in p.get(side, [])]
+    parts = ["zoom"]
+    if any(len(t) > 1 and t[0] == " " and t.strip() for t in tokens):
+        parts.append("word-start")
+    if any(t == "" for t in tokens):
+        parts.append("empty-token")
+    if any(t and not t.strip() for t in tokens):
+        parts.append("blank-token")
+    if any(p.get("view") == "value-norm" for p in panels):
+        parts.append("value-norm")
+    if "neuron" in data or "neuronNote" in data:
+        parts.append("neuron")
+    return [*texts, *(UI_CHARACTERS[part] for part in parts)]
 
 
 def _render_page(data: dict[str, Any]) -> str:
-    """The page: ``assets/explorer.html`` with its CSS, JS and the data inlined (one file).
+    """The page: ``assets/explorer.html`` with its CSS, JS, the data and the fonts of the
+    characters it shows (:func:`attnkit.viz.fonts.web_font_css`) inlined (one file).
 
     The placeholders are filled in one pass, so text that is inserted (a title, the data) is
     never scanned for placeholders again.
@@ -416,6 +463,7 @@ def _render_page(data: dict[str, Any]) -> str:
     parts = {
         "TITLE": html.escape(data["title"]),
         "CSS": _asset("explorer.css"),
+        "FONTS": web_font_css(shown_characters(data)),
         "JS": _asset("explorer.js"),
         "DATA": payload,
     }

@@ -1,6 +1,6 @@
 """The explorer's head and model views as SVG and PNG files, drawn with matplotlib (no browser).
 
-:func:`write_views` writes, for each attention kind of an :class:`~attnkit.viz.any_model.Attention`:
+:func:`write_views` writes, for each attention kind of an :class:`~attnkit.viz.Exploration` (what :meth:`Exploration.save` calls):
 
 - ``{kind}-model-view.{svg,png}``: every layer (rows) x head (columns) as a small heatmap, each
   scaled to its own maximum and block-max downsampled to at most 96 x 96 cells, as on the page
@@ -155,7 +155,7 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
         svg_dir: folder for the ``.svg`` files (created); None writes none.
         png_dir: folder for the ``.png`` files (created); None writes none.
         kinds: which kinds (default: all of ``att.kinds``).
-        view: ``"raw"``, ``"rollout"`` or ``"value-norm"`` (see ``Attention.views``).
+        view: ``"raw"``, ``"rollout"`` or ``"value-norm"`` (see ``Exploration.views``).
         threshold: the head view's minimum weight for a line (default: the page's default).
 
     Returns:

@@ -184,3 +184,115 @@ def uncovered(texts: Sequence[str]) -> str:
     """The characters of ``texts`` (sorted, each once) that no installed font has: matplotlib
     draws them as boxes and warns ``Glyph ... missing from font(s)``."""
     return _choose(texts, font_fallback_list())[1]
+
+
+# ----------------------------------------------------------------------------- web pages
+#
+# A browser draws a character no installed font has as a box, and a stock Debian machine has no
+# font for Devanagari or Japanese. So every HTML page attnkit writes carries the glyphs it shows:
+# for each character of the page's text outside printable ASCII, the first packaged Noto font
+# (in the order of ``_FONT_PREFERENCE``, CJK last) that has it; each such font is cut down with fontTools
+# to exactly those characters (plus the glyphs their shaping needs), pinned to the regular
+# weight, and embedded as a WOFF ``data:`` URL in an ``@font-face`` rule of the family
+# ``WEB_FAMILY`` with the characters' ``unicode-range``. Printable ASCII is left to the page's
+# own font list: every browser's sans-serif has it, and embedding it would add ~15 KB to every
+# page (a Latin-only page grows by a few hundred bytes at most instead).
+
+#: The font family of the embedded subsets; page styles name it first.
+WEB_FAMILY = "attnkit-text"
+_WEB_WEIGHT = 400
+
+
+def _needs_web_glyph(char: str) -> bool:
+    """True for the characters a page embeds a glyph for: not printable ASCII, not whitespace
+    and not an invisible format character."""
+    return not (" " <= char <= "~") and not char.isspace() and _needs_glyph(char)
+
+
+def web_characters(texts: Iterable[str]) -> str:
+    """The characters of ``texts`` (sorted, each once) that a page embeds glyphs for."""
+    return "".join(sorted({c for text in texts for c in text if _needs_web_glyph(c)}))
+
+
+@cache
+def _web_font_files() -> tuple[tuple[Path, frozenset[int]], ...]:
+    """The packaged upright font files with their code points, in fallback order."""
+    from fontTools.ttLib import TTFont
+
+    found: dict[str, tuple[Path, frozenset[int]]] = {}
+    for path in packaged_font_files():
+        try:
+            font = TTFont(path, lazy=True, fontNumber=0)
+            names = font["name"]
+            family = str(names.getBestFamilyName())
+            style = str(names.getBestSubFamilyName() or "")
+            cmap = frozenset(font.getBestCmap() or {})
+            font.close()
+        except Exception:  # an unreadable file: its characters fall to the next font  # noqa: BLE001
+            continue
+        if "italic" in style.lower() or family in found:
+            continue
+        found[family] = (path, cmap)
+    # CJK last: its 16 MB file is slow to cut (~1 s) and its arrows and math symbols are the
+    # full-width ones; the Symbols fonts draw those to match the Latin text
+    order = {name: i for i, name in enumerate(_FONT_PREFERENCE)}
+    ranked = sorted(found, key=lambda name: ("CJK" in name, order.get(name, len(order)), name))
+    return tuple(found[name] for name in ranked)
+
+
+@cache
+def _subset_woff(path: Path, chars: str) -> bytes:
+    """``path`` cut down to ``chars`` (and the glyphs their shaping reaches), regular weight, WOFF."""
+    import io
+
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    options = subset.Options()
+    # fontTools' default features: shaping (Indic conjuncts, Arabic joining, marks, kerning), not
+    # the stylistic extras (small caps, old-style figures, ...) that "*" keeps
+    options.name_IDs = [1, 2]
+    options.hinting = False
+    options.notdef_outline = False
+    options.drop_tables += ["STAT", "BASE", "VORG", "vhea", "vmtx", "gasp", "DSIG", "meta"]
+    font = TTFont(path, fontNumber=0)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=chars)
+    subsetter.subset(font)
+    if "fvar" in font and any(a.axisTag == "wght" for a in font["fvar"].axes):
+        from fontTools.varLib import instancer
+
+        font = instancer.instantiateVariableFont(font, {"wght": _WEB_WEIGHT})
+    font.flavor = "woff"
+    out = io.BytesIO()
+    font.save(out)
+    return out.getvalue()
+
+
+def _unicode_range(chars: str) -> str:
+    return ",".join(f"U+{ord(c):X}" for c in chars)
+
+
+def web_font_css(texts: Iterable[str]) -> str:
+    """``@font-face`` rules (family :data:`WEB_FAMILY`) embedding the glyphs of ``texts``.
+
+    Each character outside printable ASCII goes to the first packaged Noto font that has it;
+    characters no packaged font has are left out (the browser's own fonts may still have them).
+    An ASCII-only text gives ``""``. Needs ``fontTools`` (a dependency of attnkit and matplotlib).
+    """
+    import base64
+
+    missing = set(web_characters(texts))
+    rules = []
+    for path, cmap in _web_font_files():
+        if not missing:
+            break
+        chars = "".join(sorted(c for c in missing if ord(c) in cmap))
+        if not chars:
+            continue
+        missing -= set(chars)
+        data = base64.b64encode(_subset_woff(path, chars)).decode("ascii")
+        rules.append(f'@font-face{{font-family:"{WEB_FAMILY}";'
+                     f'src:url(data:font/woff;base64,{data}) format("woff");'
+                     f"unicode-range:{_unicode_range(chars)}}}")
+    return "\n".join(rules)

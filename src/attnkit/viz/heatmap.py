@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from attnkit.viz.fonts import fonts_for
+from attnkit.viz.notebook import enable_figures
 
 _MAX_LABELS = 80  # more tokens than this on an axis: label every k-th one
 
@@ -132,6 +133,7 @@ def heatmap(
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path)
+    enable_figures()  # in a notebook, the returned figure shows itself
     return fig
 
 

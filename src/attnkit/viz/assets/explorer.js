@@ -455,7 +455,10 @@
   }
 
   // ---------------------------------------------------------------- export (SVG and PNG)
-  const INLINE_STYLE = "text{font:13px system-ui,'Noto Sans','DejaVu Sans',sans-serif;fill:#1d2330;" +
+  // fonts: the page's embedded glyph subsets travel with the exported SVG (any script reads)
+  const PAGE_FONTS = (document.getElementById("page-fonts") || { textContent: "" }).textContent;
+  // end fonts
+  const INLINE_STYLE = PAGE_FONTS + "text{font:13px 'attnkit-text',system-ui,'Noto Sans','DejaVu Sans',sans-serif;fill:#1d2330;" +
     "dominant-baseline:middle;white-space:pre}.hdr{fill:#5b6476;font-size:12px}.sp{fill:#b8bfcc}" +
     ".tok.future text{fill:#b8bfcc}";
   function fileStem(what) {

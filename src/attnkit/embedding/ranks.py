@@ -1,9 +1,9 @@
 """``attnkit embed`` under ``torchrun``: joining the ranks, the thread count of each, and a
 heartbeat that carries progress and notices a lost rank.
 
-- :func:`join` joins the process group ``torchrun`` describes (``attnkit.training.ddp``) and
-  sets this rank's threads: ``--threads``, or cores ÷ local ranks (``LOCAL_WORLD_SIZE``), so the
-  workers of one machine never oversubscribe its CPU (torch's intra-op pool and the tokenizer's).
+- :func:`join` joins the process group ``torchrun`` describes (:func:`attnkit.distributed.init_distributed`).
+  :func:`default_threads` is the thread count a rank should use (cores ÷ local ranks, so the
+  workers of one machine never oversubscribe its CPU); the command sets it, a library call never does.
 - :meth:`Ranks.share` sends rank 0's plan (the job, which chunks are left) to every rank.
 - :class:`Heartbeat` is a thread that all-reduces ``[lines, tokens, finished, failed]`` of every
   rank twice a second on a gloo group of its own: rank 0 draws the whole job's progress bar from
@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from attnkit.distributed import PeerLostError, init_distributed, peer_guard
 
 __all__ = ["Heartbeat", "Ranks", "default_threads", "join"]
 
@@ -59,28 +61,15 @@ class Ranks:
             return obj
         import torch.distributed as dist
 
-        from attnkit.training.ddp import peer_guard
-
         box = [obj if self.rank == 0 else None]
         with peer_guard(self.rank, self.world, 0):
             dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
 
-def join(threads: int | None = None) -> Ranks:
-    """Join the ``torchrun`` process group when there is one, and set this process's threads
-    (``threads``, else :func:`default_threads`)."""
-    import torch
-
-    if threads is not None and threads <= 0:
-        raise ValueError(f"--threads must be positive, got {threads}")
+def join() -> Ranks:
+    """Join the ``torchrun`` process group when there is one (a single process otherwise)."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    n = threads if threads is not None else default_threads(local_world)
-    if n is not None:
-        torch.set_num_threads(n)
-        os.environ.setdefault("RAYON_NUM_THREADS", str(n))  # the tokenizer's pool, read when first used
-    from attnkit.training.ddp import init_distributed
-
     if not init_distributed():
         return Ranks()
     import torch.distributed as dist
@@ -149,8 +138,6 @@ class Heartbeat:
         """Raise when the job must stop: another rank was lost (``PeerLostError``) or failed."""
         if not self._stop.is_set():
             return
-        from attnkit.training.ddp import PeerLostError
-
         if self.lost is not None:
             first = (str(self.lost).strip().splitlines() or [""])[0][:300]
             raise PeerLostError(f"{self.ranks.name}: lost contact with another rank while embedding (a process "
