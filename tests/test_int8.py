@@ -174,7 +174,7 @@ def test_auto_never_picks_int8_and_no_engine_is_one_clear_error(tmp_path, monkey
 @pytest.mark.parametrize(("first", "then"), [("int8", "float32"), ("float32", "int8")])
 def test_a_resume_across_dtypes_is_refused(tmp_path, monkeypatch, first, then) -> None:
     """A job stopped by a full disk in one dtype is not finished in another (library and CLI)."""
-    import attnkit.cli.embed as embed_mod
+    from attnkit.embedding import file as embed_mod
 
     src = write_lines(tmp_path / "in.txt", short_lines(300, seed=3))
     out, folder = tmp_path / "emb.npy", tiny_model(tmp_path / "tiny")
