@@ -66,10 +66,9 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(par.split())
 
 
-def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
-    """First paragraph of every public docstring of ``modules`` (deduplicated, in a fixed order)."""
-    texts: list[str] = []
-    seen: set[str] = set()
+def public_docstrings(modules: list[str] = MODULES):
+    """Every docstring (cleaned) of ``modules``: each module, its public functions and classes,
+    and their public methods, in a fixed order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in modules:
@@ -84,10 +83,19 @@ def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
                     objects += [m for n, m in sorted(vars(obj).items()) if not n.startswith("_") and inspect.isroutine(m)]
             for obj in objects:
                 doc = getattr(obj, "__doc__", None)
-                text = _first_paragraph(doc) if isinstance(doc, str) else ""
-                if text and text not in seen:
-                    seen.add(text)
-                    texts.append(text)
+                if isinstance(doc, str):
+                    yield inspect.cleandoc(doc)
+
+
+def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
+    """First paragraph of every public docstring of ``modules`` (deduplicated, in a fixed order)."""
+    texts: list[str] = []
+    seen: set[str] = set()
+    for doc in public_docstrings(modules):
+        text = _first_paragraph(doc)
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
     return texts
 
 
@@ -96,25 +104,12 @@ def sentence_corpus(modules: list[str] = MODULES) -> list[str]:
     of ``modules``: the corpus of the int8 nearest-neighbour check (about 3,000 sentences)."""
     out: list[str] = []
     seen: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in modules:
-            module = importlib.import_module(name)
-            objects: list[object] = [module]
-            for attr, obj in sorted(vars(module).items()):
-                if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-                    continue
-                if inspect.isclass(obj) or inspect.isroutine(obj):
-                    objects.append(obj)
-                if inspect.isclass(obj):
-                    objects += [m for n, m in sorted(vars(obj).items()) if not n.startswith("_") and inspect.isroutine(m)]
-            for obj in objects:
-                doc = getattr(obj, "__doc__", None)
-                for par in re.split(r"\n\s*\n", inspect.cleandoc(doc)) if isinstance(doc, str) else ():
-                    for sentence in re.split(r"(?<=[.!?])\s", " ".join(par.split())):
-                        if len(sentence) >= 10 and sentence not in seen:
-                            seen.add(sentence)
-                            out.append(sentence)
+    for doc in public_docstrings(modules):
+        for par in re.split(r"\n\s*\n", doc):
+            for sentence in re.split(r"(?<=[.!?])\s", " ".join(par.split())):
+                if len(sentence) >= 10 and sentence not in seen:
+                    seen.add(sentence)
+                    out.append(sentence)
     return out
 
 
