@@ -337,20 +337,20 @@ class Int8Linear:
     def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
         """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
         rows = x.reshape(-1, x.shape[-1]).float()  # (N, in)
-        xs = rows * self.inv_smooth  # (N, in): smoothed, 0 at the outlier channels
+        n, pool = rows.shape[0], scratch()  # reused buffers: a fresh 12 MB tensor is page-faulted in anew
+        xs = torch.mul(rows, self.inv_smooth, out=pool.take(Role.INT8_INPUT, tuple(rows.shape), torch.float32, x.device))
         levels = _activation_levels()  # 255, or 127 where the kernel sums u8 x s8 pairs in int16
         lo, hi = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)  # (N, 1) x2
         step = (hi - lo).clamp_min_(1e-12).mul_(1.0 / levels)  # (N, 1)
         # (x - lo) / step + 0.5, truncated: rounded to nearest, in [0, 255]; one pass, then the cast
         scaled = torch.addcmul(0.5 - lo / step, xs, 1.0 / step, out=xs)  # (x - lo) / step + 0.5
-        xq = scaled.to(torch.uint8)  # (N, in): rounded to nearest (truncating x + 0.5), in [0, levels]
+        codes = pool.take(Role.INT8_CODES, (self.passes * n, rows.shape[1]), torch.uint8, x.device)  # (passes*N, in)
+        xq = codes[:n].copy_(scaled)  # rounded to nearest (truncating x + 0.5), in [0, levels]
         if self.passes == 2:  # the rounding residual r in [-1/2, 1/2) steps: r = -1/2 + q_r / levels
-            residual = scaled.sub_(xq).mul_(float(levels)).add_(0.5).to(torch.uint8)  # (N, in) in [0, levels]
-            xq = torch.cat([xq, residual])  # (2N, in): both through one matmul
-        y = torch.ops.onednn.qlinear_pointwise(  # (N or 2N, out) float32: (q_x @ Q_w^T) * s_w
-            xq, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+            codes[n:].copy_(scaled.sub_(xq).mul_(float(levels)).add_(0.5))  # q_r in [0, levels]
+        y = torch.ops.onednn.qlinear_pointwise(  # (passes*N, out) float32: (q_x @ Q_w^T) * s_w, both in one matmul
+            codes, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
         if self.passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
-            n = rows.shape[0]
             y = y[n:].mul_(1.0 / levels).add_(y[:n])
             lo = lo - 0.5 * step
         extra = torch.cat([rows.index_select(1, self.outliers), lo, torch.ones_like(lo)], dim=1)  # (N, k + 2)
@@ -457,6 +457,8 @@ class Role(enum.Enum):
     SCORES = "scores"
     RUN_OUTPUT = "outputs in run order"
     TOKEN_OUTPUT = "outputs in token order"
+    INT8_INPUT = "a linear's smoothed float32 input"
+    INT8_CODES = "a linear's uint8 activation codes"
 
 
 class BufferPool:
