@@ -159,3 +159,21 @@ def test_auto_dtype_follows_the_cpu(monkeypatch):
     assert runtime.resolve_dtype("auto") == torch.bfloat16
     with pytest.raises(ValueError, match="'int4'"):
         runtime.resolve_dtype("int4")
+
+
+def test_kept_weights_from_inference_serve_a_later_backward():
+    """Embedding under inference_mode keeps the stacked q/k/v weight; a later forward with
+    autograd on a frozen model (gradients to the inputs only, as an explanation needs) still
+    backpropagates, and gives torch's gradient."""
+    import attnkit as ak
+
+    mha = ak.MultiHeadAttention(8, 2).eval().requires_grad_(False)
+    x = torch.randn(1, 3, 8)
+    with torch.inference_mode():
+        mha(x)
+    ours = x.clone().requires_grad_(True)
+    mha(ours)[0].sum().backward()
+    peer = mha.to_torch().eval()
+    theirs = x.clone().requires_grad_(True)
+    peer(theirs, theirs, theirs, need_weights=False)[0].sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-5)

@@ -194,11 +194,13 @@ class MultiHeadAttention(nn.Module):
 
     def qkv_weight(self) -> tuple[Tensor, Tensor | None]:
         """q, k and v projections stacked: ``(weight (E + 2*Hkv*d, E), bias or None)``, so
-        self-attention projects all three with one matmul. Without autograd the stack is made
-        once and kept until a projection's weights change (:func:`attnkit.runtime.prepared`)."""
-        sources = tuple(getattr(lin, n) for lin in (self.q_proj, self.k_proj, self.v_proj) for n in ("weight", "bias"))
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+        self-attention projects all three with one matmul. Without autograd (``no_grad``,
+        ``inference_mode``) the stack is made once and kept until a projection's weights change
+        (:func:`attnkit.runtime.prepared`); with autograd it is stacked anew, so gradients reach
+        the weights and the inputs whatever requires them."""
+        if torch.is_grad_enabled():
             return self._stack_qkv()
+        sources = tuple(getattr(lin, n) for lin in (self.q_proj, self.k_proj, self.v_proj) for n in ("weight", "bias"))
         return prepared(self, "qkv", sources, self._stack_qkv)
 
     def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -169,15 +169,16 @@ def prepared(owner: nn.Module, key: str, sources: tuple[Tensor | None, ...], mak
     """A value derived from ``sources`` (weights of ``owner``) by ``make()``, kept on ``owner``
     and remade when any source changes (new storage, an in-place update, another dtype).
 
-    Inference only: the kept value carries no autograd graph. The cache is a plain attribute
-    (``owner._prepared``), not a buffer: it is not in the state dict and not moved by ``.to()``
-    (a moved weight is a new storage, so the value is remade on the next call).
+    For inference (no autograd): the kept value carries no graph. It is made as a normal tensor
+    even under ``torch.inference_mode``, so it may be read in any mode later. The cache is a plain
+    attribute (``owner._prepared``), not a buffer: it is not in the state dict and not moved by
+    ``.to()`` (a moved weight is a new storage, so the value is remade on the next call).
     """
     cache: dict[str, tuple[tuple, Any]] = owner.__dict__.setdefault("_prepared", {})
     stamp = _fingerprint(sources)
     entry = cache.get(key)
     if entry is None or entry[0] != stamp:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             entry = cache[key] = (stamp, make())
     return entry[1]
 

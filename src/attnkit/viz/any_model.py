@@ -11,7 +11,9 @@ What it takes (one adapter per kind of model, registered by type on :func:`_run`
 
 - a local Hugging Face folder: encoder-only (BERT, RoBERTa, DistilBERT, ...), decoder-only
   (GPT-2, ...) or encoder-decoder (BART, Marian, T5, ...), loaded offline with ``AutoConfig``,
-  the matching auto class and ``AutoTokenizer``, ``attn_implementation="eager"``;
+  the matching auto class and ``AutoTokenizer``, ``attn_implementation="attnkit"``
+  (:mod:`attnkit.hf`: eager's weights from attnkit's weights path; a family that does not
+  dispatch through transformers' interface runs its own attention, which reports them too);
 - an already loaded Hugging Face model (pass ``tokenizer=`` unless its folder has one);
 - an attnkit checkpoint (``attnkit train``): the RNN's cross-attention, the Transformer's
   encoder self, decoder self (causal) and cross-attention;
@@ -358,13 +360,16 @@ def _model_role(config: Any) -> str:
 
 
 def _load_hf(folder: Path) -> tuple[nn.Module, Any]:
-    """Model (eager attention, eval mode) and tokenizer of a Hugging Face folder, offline."""
+    """Model (attnkit attention, eval mode) and tokenizer of a Hugging Face folder, offline."""
     tf = _transformers()
+    from attnkit.hf import register
+
+    attn = register()  # ValueError (one line) where transformers is too old
     try:
         config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
         auto = {"seq2seq": tf.AutoModelForSeq2SeqLM, "decoder": tf.AutoModelForCausalLM,
                 "encoder": tf.AutoModel}[_model_role(config)]
-        model = auto.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
+        model = auto.from_pretrained(folder, local_files_only=True, attn_implementation=attn)
     except OSError as exc:
         raise FileNotFoundError(f"cannot load the Hugging Face model in {folder}: {_first_line(exc)}") from None
     except (ValueError, KeyError, TypeError) as exc:
