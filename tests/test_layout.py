@@ -107,6 +107,10 @@ RULES = {
         lambda a, b: a == "attnkit.viz.notebook" and b != "attnkit.viz.fonts",
     "viz/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.viz") and _in(b, "attnkit.training", "attnkit.cli"),
     "training/ never imports viz/ or cli/": lambda a, b: _in(a, "attnkit.training") and _in(b, "attnkit.viz", "attnkit.cli"),
+    "relevance/ never imports training/ or cli/": lambda a, b: _in(a, "attnkit.relevance") and _in(
+        b, "attnkit.training", "attnkit.cli"),
+    "viz/ and models/ never import relevance/ (relevance reads them)": lambda a, b: _in(
+        a, "attnkit.viz", "attnkit.models") and _in(b, "attnkit.relevance"),
     "models/ never imports hf (data flows models <- hf)": lambda a, b: _in(a, "attnkit.models") and _in(b, "attnkit.hf"),
     "hf imports nothing beside or above it (models <- hf)": lambda a, b: _in(a, "attnkit.hf") and _in(
         b, "attnkit.training", "attnkit.viz", "attnkit.cli", "attnkit.embedding", "attnkit.relevance"),

@@ -34,6 +34,16 @@ from attnkit.transformer import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``attnkit.explain`` / ``attnkit.Explanation`` load :mod:`attnkit.relevance` on first use."""
+    if name in ("explain", "Explanation"):
+        from attnkit import relevance
+
+        return getattr(relevance, name)
+    raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
+
+
 __all__ = [
     "AdditiveAttention",
     "AttentionDecoder",
@@ -46,6 +56,7 @@ __all__ = [
     "Embeddings",
     "Encoder",
     "EncoderLayer",
+    "Explanation",
     "FeedForward",
     "GeneralAttention",
     "KVCache",
@@ -58,6 +69,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerSeq2Seq",
     "causal_mask",
+    "explain",
     "generate",
     "label_smoothed_cross_entropy",
     "load",

@@ -1,7 +1,7 @@
-"""The ``attnkit`` command (Typer): train, translate, evaluate, embed, show, demo, bench.
+"""The ``attnkit`` command (Typer): train, translate, evaluate, embed, show, explain, demo, bench.
 
 Each command lives in the module of its job (``cli/train.py``, ``embed.py``, ``show.py``,
-``demo.py``, ``bench.py``) and turns a user error into one red line on stderr and exit code
+``explain.py``, ``demo.py``, ``bench.py``) and turns a user error into one red line on stderr and exit code
 2, with no traceback (:func:`attnkit.cli.console.user_errors`). Heavy imports (matplotlib,
 tokenizers, the models) happen inside the commands, so ``attnkit --help`` stays fast.
 """
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from attnkit.cli import bench, demo, embed, show, train
+from attnkit.cli import bench, demo, embed, explain, show, train
 from attnkit.cli.console import USER_ERRORS, err_console
 
 __all__ = ["app", "main"]
@@ -31,7 +31,8 @@ def _root() -> None:
     """attnkit: attention you can trust, run fast, train and see."""
 
 
-for command in (train.train, train.translate, train.evaluate, embed.embed, show.show, demo.demo, bench.bench):
+for command in (train.train, train.translate, train.evaluate, embed.embed, show.show, explain.explain, demo.demo,
+                bench.bench):
     app.command()(command)
 
 

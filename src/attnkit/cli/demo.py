@@ -186,6 +186,26 @@ def write_alignments(task: Any, results: list[ModelResult], locales: tuple[str, 
     return pictures
 
 
+def write_explanation(task: Any, results: list[ModelResult], locales: tuple[str, ...], out: Path,
+                      console: Any) -> Path | None:
+    """The Transformer's date alignment explained: AttnLRP beside its raw cross-attention (one page)."""
+    from attnkit.data.dates import DateTask
+    from attnkit.relevance import explain
+    from attnkit.relevance.page import write_page
+
+    transformer = next((r for r in results if r.spec.arch == "transformer"), None)
+    if transformer is None:
+        return None
+    example = DateTask(locales).render(example_date(), locales[0], "long")
+    maps = {m: explain(transformer.model, example.source, target=example.target, method=m, tokenizer=task.tokenizer)
+            for m in ("attnlrp", "attention")}
+    path = write_page(maps, out / "transformer-explain.html", source=transformer.model, text=example.source,
+                      target=example.target, tokenizer=task.tokenizer,
+                      title=f"Transformer: which characters of {example.source} made {example.target}")
+    console.print(f"wrote {path} (AttnLRP beside the raw cross-attention)")
+    return path
+
+
 def write_minilm(out: Path, console: Any, sentence: str = SENTENCE) -> tuple[Any, list[str]]:
     """The MiniLM explorer for ``sentence`` and the "flies" comparison (table + plot)."""
     from attnkit.models.sentence_encoder import SentenceEncoder
@@ -217,6 +237,7 @@ def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: 
     task, results = train_models(plan, out, console)
     console.print(accuracy_table(results))
     pictures = write_alignments(task, results, plan.locales, out, console)
+    write_explanation(task, results, plan.locales, out, console)
 
     console.rule("[bold]2. A pretrained Transformer: MiniLM's heads and contextual embeddings[/bold]")
     flies, _ = write_minilm(out, console)
@@ -263,7 +284,9 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
         "causal: a character sees only those before it) and looking back at the input "
         '(<a href="transformer-explorer.html#cross">cross-attention</a>: output characters on the '
         'left, input characters on the right). Its <a href="transformer-decoder.html">decoder alone</a> '
-        "is what a decoder-only model (GPT-style) shows: causal self-attention over its own text.</li>"
+        "is what a decoder-only model (GPT-style) shows: causal self-attention over its own text. "
+        'Its <a href="transformer-explain.html">explanation page</a> shows which input characters made '
+        "each output digit by AttnLRP, beside the raw cross-attention.</li>"
         if has_transformer else ""
     )
     quick_note = ("<p class=note>This was a <code>--quick</code> run (seconds of training): "

@@ -185,9 +185,15 @@ def explore(
 
 
 def _write_page(att: Exploration, path: str | os.PathLike, *, title: str | None = None,
-                neuron: bool | None = None, kinds: Sequence[str] | None = None) -> Path:
-    """The explorer page of ``att`` (see :meth:`Exploration.save`); returns its path."""
-    return _write_data(_explorer_data(att, title=title, neuron=neuron, kinds=kinds), path)
+                neuron: bool | None = None, kinds: Sequence[str] | None = None,
+                relevance: dict | None = None) -> Path:
+    """The explorer page of ``att`` (see :meth:`Exploration.save`); returns its path.
+    ``relevance``: the relevance view's data (``attnkit.relevance.page.relevance_data``), drawn
+    above the attention views."""
+    data = _explorer_data(att, title=title, neuron=neuron, kinds=kinds)
+    if relevance is not None:
+        data["relevance"] = relevance
+    return _write_data(data, path)
 
 
 def _explorer_data(att: Exploration, *, title: str | None = None, neuron: bool | None = None,

@@ -460,11 +460,12 @@ def _render_page(data: dict[str, Any]) -> str:
     """
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
+    extra = "relevance" in data  # attnkit.explain's relevance view: its own asset files
     parts = {
         "TITLE": html.escape(data["title"]),
-        "CSS": _asset("explorer.css"),
+        "CSS": _asset("explorer.css") + (_asset("relevance.css") if extra else ""),
         "FONTS": web_font_css(shown_characters(data)),
-        "JS": _asset("explorer.js"),
+        "JS": _asset("explorer.js") + ("\n" + _asset("relevance.js") if extra else ""),
         "DATA": payload,
     }
     return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], _asset("explorer.html"))

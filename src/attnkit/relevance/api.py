@@ -1,0 +1,239 @@
+"""``attnkit.explain``: which input tokens made each output, by one of seven methods.
+
+``explain(model_or_folder, text, *, target=None, query=None, method="attnlrp")`` returns an
+:class:`Explanation` with ``relevance (T_out, T_in)``: row ``i`` explains output token ``i`` (the
+target's ``i``-th token, EOS last) or the one scalar output; columns are the input tokens,
+special tokens included. Methods (:data:`METHODS`):
+
+- ``"attnlrp"``: AttnLRP (Achtibat et al., ICML 2024), gradient × input under the rules of
+  :mod:`.rules`, read at the input token embeddings (summed over the embedding dimension);
+- ``"input_x_gradient"``: plain gradient × input at the same place;
+- ``"integrated_gradients"``: Sundararajan et al. 2017, zero baseline, ``steps`` midpoints;
+- ``"grad_rollout"``: Chefer et al. 2021 (:func:`.graphs.chefer`);
+- ``"rollout"``, ``"flow"``: Abnar & Zuidema 2020 (:func:`.graphs.rollout`, :func:`.graphs.flow`);
+- ``"attention"``: the last layer's attention, mean over heads (the cross-attention of an
+  encoder-decoder; the explained positions' rows of a self-attention model).
+
+Signed methods (the three gradient ones and AttnLRP) keep their sign: negative relevance spoke
+against the output. A map is never NaN; an all-zero row is reported by :attr:`Explanation.zero_rows`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnkit.relevance import graphs
+from attnkit.relevance.subjects import Pass, Subject, subject
+
+METHODS = ("attnlrp", "grad_rollout", "flow", "rollout", "attention", "input_x_gradient", "integrated_gradients")
+ATTENTION_METHODS = ("grad_rollout", "flow", "rollout", "attention")
+SIGNED = ("attnlrp", "input_x_gradient", "integrated_gradients")
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain` found.
+
+    ``tokens``: the input's tokens (the model's own, specials included); ``target_tokens``: the
+    explained outputs (the target's tokens, EOS last; a classifier's label; None for a
+    similarity); ``relevance (T_out, T_in)`` float32; ``method``; ``outputs (T_out,)`` the
+    explained scalars (logits, a cosine); ``conservation (T_out,)`` for AttnLRP and the gradient
+    methods: the sum of the relevance over every embedding the model read (input, and a
+    decoder's own previous tokens) divided by the output.
+    """
+
+    tokens: list[str]
+    target_tokens: list[str] | None
+    relevance: Tensor
+    method: str
+    model_type: str = ""
+    outputs: Tensor | None = None
+    conservation: Tensor | None = None
+    query: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def zero_rows(self) -> list[int]:
+        """Rows whose relevance is all zero (drawn and labelled as such)."""
+        return [i for i, row in enumerate(self.relevance) if not bool(row.abs().gt(0).any())]
+
+
+def explain(
+    model_or_folder: Any,
+    text: str,
+    *,
+    target: str | None = None,
+    query: str | None = None,
+    method: str = "attnlrp",
+    tokenizer: Any = None,
+    steps: int = 32,
+    max_new_tokens: int = 32,
+) -> Explanation:
+    """Relevance of the input tokens of ``text`` for each output of the model (see the module).
+
+    Args:
+        model_or_folder: what :func:`attnkit.viz.explore` takes (a folder, a loaded Hugging Face
+            model, an attnkit seq2seq model with ``tokenizer``, a ``SentenceEncoder``).
+        text: the input (a decoder-only model's prompt; the document for ``query``).
+        target: the output to explain (an encoder-decoder's or decoder's text, a classifier's
+            label); None explains the greedy output (at most ``max_new_tokens`` tokens).
+        query: for a sentence encoder: explain the cosine similarity of ``text`` to ``query``.
+        method: one of :data:`METHODS`.
+        steps: integrated gradients' number of steps.
+
+    Raises:
+        ValueError: empty text, an unknown method, a method the model cannot support (an
+            attention method on a model without attention), a target the tokenizer cannot
+            encode, a query for a model that is not an encoder (one line each).
+        FileNotFoundError: a folder that does not exist or holds no model.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if target is not None and (not isinstance(target, str) or not target.strip()):
+        raise ValueError(f"target must be a non-empty string or None, got {target!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    subj = subject(model_or_folder, text, target=target, query=query, tokenizer=tokenizer,
+                   max_new_tokens=max_new_tokens)
+    return explain_subject(subj, method, steps=steps, query=query)
+
+
+def explain_subject(subj: Subject, method: str, *, steps: int = 32, query: str | None = None) -> Explanation:
+    """:func:`explain` for a prepared :class:`Subject` (benchmarks reuse one subject per method)."""
+    if method in ATTENTION_METHODS and not subj.has_attention:
+        raise ValueError(f"method {method!r} needs attention weights, and this {subj.model_type} model has none "
+                         f"(attention='none'); use attnlrp, input_x_gradient or integrated_gradients")
+    conservation = None
+    if method in SIGNED:
+        relevance, outputs, conservation = _gradient_method(subj, method, steps)
+    else:
+        relevance, outputs = _attention_method(subj, method)
+    relevance = torch.nan_to_num(relevance.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+    return Explanation(tokens=subj.tokens, target_tokens=subj.target_tokens, relevance=relevance, method=method,
+                       model_type=subj.model_type, outputs=outputs.detach().float(),
+                       conservation=None if conservation is None else conservation.float(), query=query)
+
+
+def _token_relevance(leaf: Tensor, grad: Tensor | None) -> Tensor:
+    """Relevance of each token: ``(leaf * grad).sum(-1)`` -> ``(T,)`` float64."""
+    if grad is None:
+        return torch.zeros(leaf.shape[0], dtype=torch.float64)
+    return (leaf.double() * grad.double()).sum(-1)
+
+
+def _gradient_method(subj: Subject, method: str, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """AttnLRP / input × gradient / integrated gradients -> ``(relevance, outputs, conservation)``."""
+    n = subj.n_inputs
+    if method == "integrated_gradients":
+        base, zero = subj.run(), subj.run(alpha=0.0)
+        x = base.leaves[0].detach()
+        total = torch.zeros(base.outputs.shape[0], *x.shape, dtype=torch.float64)  # (T_out, T, E)
+        for s in range(steps):
+            p = subj.run(alpha=(s + 0.5) / steps)
+            total += torch.stack([_dense(row[0], x) for row in _grads(p, leaves=[0])])
+        rel = (x.double() * total / steps).sum(-1)  # (T_out, T)
+        outputs = base.outputs.detach().double()
+        conservation = rel.sum(-1) / _safe(outputs - zero.outputs.detach().double())  # completeness
+        return rel[:, :n], outputs, conservation
+    p = subj.run(lrp=method == "attnlrp")
+    grads = _grads(p, leaves=range(len(p.leaves)))
+    rel = torch.stack([_token_relevance(p.leaves[0], row[0]) for row in grads])  # (T_out, T)
+    everything = torch.stack([sum(_token_relevance(leaf, g).sum() for leaf, g in zip(p.leaves, row, strict=True))
+                              for row in grads])
+    outputs = p.outputs.detach().double()
+    return rel[:, :n], outputs, everything / _safe(outputs)
+
+
+def _dense(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like, dtype=torch.float64) if g is None else g.double()
+
+
+def _safe(x: Tensor) -> Tensor:
+    return torch.where(x.abs() > 1e-12, x, torch.full_like(x, 1e-12))
+
+
+def _grads(p: Pass, leaves) -> list[list[Tensor | None]]:
+    """For each output ``i``: the gradients of ``outputs[i]`` w.r.t. the chosen leaves."""
+    return _per_output(p.outputs, [p.leaves[i] for i in leaves])
+
+
+def _per_output(outputs: Tensor, inputs: list[Tensor]) -> list[list[Tensor | None]]:
+    """``[[d outputs[i] / d x for x in inputs] for i]``: one vmapped backward pass over the rows of
+    an identity (``is_grads_batched``), or one pass per output where vmap cannot run the graph."""
+    n = outputs.shape[0]
+    try:
+        batched = torch.autograd.grad(outputs, inputs, grad_outputs=torch.eye(n, dtype=outputs.dtype),
+                                      retain_graph=True, allow_unused=True, is_grads_batched=True)
+        return [[None if g is None else g[i] for g in batched] for i in range(n)]
+    except RuntimeError:
+        return [list(torch.autograd.grad(outputs[i], inputs, retain_graph=True, allow_unused=True))
+                for i in range(n)]
+
+
+def _attention_method(subj: Subject, method: str) -> tuple[Tensor, Tensor]:
+    """The attention-graph methods -> ``(relevance (T_out, T_in), outputs)``."""
+    p = subj.run(need_weights=True)
+    maps = {k: [_heads(w.detach()[0]) for w in v] for k, v in p.weights.items()}  # (H, Tq, Tk)
+    if not maps:
+        raise ValueError(f"method {method!r} needs attention weights, and the {subj.model_type} model reported none")
+    n = subj.n_inputs
+    if method == "grad_rollout":
+        rows = []
+        all_grads = _weight_grads(p, maps)
+        for o in range(p.outputs.shape[0]):
+            grads = all_grads[o]
+            full = graphs.chefer(maps, grads, subj.layout)
+            rows.append(_pick(subj, full, o))
+        return torch.stack(rows)[:, :n], p.outputs
+    mean = {k: [w.double().mean(0) for w in v] for k, v in maps.items()}  # (Tq, Tk) per layer
+    if method == "flow":
+        if subj.layout == "encoder":
+            return graphs.flow(mean, subj.layout, [], readout=subj.readout)[:, :n], p.outputs
+        rows = subj.rows if subj.layout == "decoder" else list(range(p.outputs.shape[0]))
+        return graphs.flow(mean, subj.layout, rows)[:, :n], p.outputs
+    if method == "rollout":
+        full = graphs.rollout(mean, subj.layout)
+    else:  # attention: the last layer
+        kind = "cross" if subj.layout == "seq2seq" else ("encoder" if "encoder" in mean else "decoder")
+        full = mean[kind][-1]
+    return torch.stack([_pick(subj, full, o) for o in range(p.outputs.shape[0])])[:, :n], p.outputs
+
+
+def _weight_grads(p: Pass, maps: dict[str, list[Tensor]]) -> list[dict[str, list[Tensor]]]:
+    """For each output: its gradient w.r.t. every attention map, kind -> per-layer ``(H, Tq, Tk)``."""
+    if p.steps is not None:  # the RNN: one cross map made of T step tensors (1, S)
+        out = []
+        for g in _per_output(p.outputs, p.steps):
+            rows = [torch.zeros_like(s[0]) if gi is None else gi[0] for s, gi in zip(p.steps, g, strict=True)]
+            out.append({"cross": [torch.stack(rows)[None].detach()]})
+        return out
+    flat = [(k, i) for k, v in p.weights.items() for i in range(len(v)) if v[i].requires_grad]
+    out = []
+    for g in _per_output(p.outputs, [p.weights[k][i] for k, i in flat]):
+        grads = {k: [torch.zeros_like(m) for m in v] for k, v in maps.items()}
+        for (k, i), gi in zip(flat, g, strict=True):
+            if gi is not None:
+                grads[k][i] = _heads(gi.detach()[0])
+        out.append(grads)
+    return out
+
+
+def _heads(w: Tensor) -> Tensor:
+    """``(H, Tq, Tk)``; a single-head map ``(Tq, Tk)`` (the RNN's) gets its head dim."""
+    return w[None] if w.dim() == 2 else w
+
+
+def _pick(subj: Subject, full: Tensor, o: int) -> Tensor:
+    """Row ``o`` of the explained outputs from a token-to-token matrix."""
+    if subj.layout == "encoder":
+        return subj.readout.to(full.dtype) @ full
+    if subj.layout == "decoder":
+        return full[subj.rows[o]]
+    return full[o]
+
