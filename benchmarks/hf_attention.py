@@ -10,7 +10,13 @@ Cases (ratio > 1 = attnkit better):
     fresh processes each): <= eager's (ratio >= 1.0);
 - a BERT-family encoder (hidden 384, 6 layers, 12 heads) on a mixed-length corpus (128 texts of 8-256 tokens,
   batches of 32): attnkit on packed rows (``attnkit.hf.pack``) vs sdpa on padded batches, same
-  outputs (ratio >= 1.5); the largest difference of the outputs is printed.
+  outputs (ratio >= 1.5); the largest difference of the outputs is printed;
+- ``attnkit.viz.explore`` of a 12-layer GPT-2 decoder (hidden 768, 12 heads, random weights, a
+  word-level tokenizer) on a 1,024-token text, the page written (its own results,
+  ``hf_attention-explore``): peak RSS of the whole process (``ru_maxrss``, a fresh process each),
+  the folder loaded with attnkit (what explore does) vs the 2 GB target, vs the same model loaded
+  with ``eager`` and passed to explore, and vs eager's bare forward with ``output_attentions``
+  (no page). ``--explore-only`` runs only this case.
 
 ``ATTNKIT_BENCH_THREADS=1`` runs it on one thread (on a busy shared machine every barrier of
 two threads waits for a descheduled one, and the 2-thread figures then count kernels, not work).
@@ -34,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 BENCH = "hf_attention"
+EXPLORE_BENCH = "hf_attention-explore"
 THREADS = int(os.environ.get("ATTNKIT_BENCH_THREADS", "2"))  # 2 by the issue; 1 shows the work where cores are shared
 MIB = 1024 * 1024
 
@@ -119,6 +126,76 @@ def bench_decoder(quick: bool, rounds: int) -> dict[str, str]:
     return {"decoder weights, largest difference from eager": f"{diff:.2e}"}
 
 
+def _explore_folder(folder: Path, layers: int, tokens: int) -> str:
+    """A random GPT-2 (hidden 768, 12 heads) and a word-level tokenizer (one token a word) in
+    ``folder``; returns a text of ``tokens`` tokens."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    vocab = ["<|endoftext|>"] + [f"w{i}" for i in range(1, 512)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                      unk_token="<|endoftext|>")
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(vocab), n_embd=768, n_layer=layers, n_head=12,
+                                             n_positions=tokens, bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return " ".join(vocab[1 + i % (len(vocab) - 1)] for i in range(tokens))
+
+
+def _explore_child(how: str, folder: str, tokens: int) -> None:
+    """In a fresh process: peak RSS (MiB, ru_maxrss) of one explore (or eager's bare forward), printed."""
+    import resource
+    import tempfile
+
+    import transformers as tf
+
+    from attnkit.viz import explore
+
+    torch.set_num_threads(THREADS)
+    text = " ".join(f"w{1 + i % 511}" for i in range(tokens))
+    with tempfile.TemporaryDirectory() as tmp:
+        if how == "attnkit":  # what `attnkit show --model` and explore(folder) do
+            att = explore(folder, text, path=Path(tmp) / "view.html")
+        else:
+            model = tf.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+            tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+            if how == "eager":
+                att = explore(model, text, tokenizer=tokenizer, path=Path(tmp) / "view.html")
+            else:  # "eager-forward": the weights alone, no page
+                with torch.no_grad():
+                    out = model(**tokenizer(text, return_tensors="pt"), output_attentions=True, use_cache=False)
+                assert len(out.attentions) == model.config.n_layer
+                att = None
+        assert att is None or len(att.tokens) == tokens
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def bench_explore(quick: bool) -> dict[str, str]:
+    import tempfile
+
+    layers, tokens = (4, 256) if quick else (12, 1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        _explore_folder(Path(tmp), layers, tokens)
+        peak = {how: float(subprocess.run([sys.executable, __file__, "--explore-child", how, tmp, str(tokens)],
+                                          check=True, capture_output=True, text=True).stdout.split()[-1])
+                for how in ("attnkit", "eager", "eager-forward")}
+    shape = f"GPT-2 decoder, {layers} layers x 12 heads, hidden 768, {tokens:,} tokens"
+    weights_mib = layers * 12 * tokens * tokens * 4 / MIB
+    harness.record(EXPLORE_BENCH, f"explore() peak RSS vs the 2 GB target ({shape})", "target: 2 GB",
+                   2000e6 / MIB, peak["attnkit"], "MiB", higher_is_better=False, target=1.0)
+    harness.record(EXPLORE_BENCH, f"explore() peak RSS, attnkit vs eager attention ({shape})",
+                   "explore of the model loaded with eager", peak["eager"], peak["attnkit"], "MiB",
+                   higher_is_better=False)
+    harness.record(EXPLORE_BENCH, f"explore() peak RSS vs eager's forward alone ({shape})",
+                   "eager forward with output_attentions, no page", peak["eager-forward"], peak["attnkit"], "MiB",
+                   higher_is_better=False)
+    return {"explore: the attention weights alone (float32)": f"{weights_mib:.0f} MiB",
+            "explore: peak RSS is the whole process's (Python, torch, transformers, the model)": "ru_maxrss"}
+
+
 def _corpus(n: int, seed: int = 0) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(8, 257, (n,), generator=g).tolist()
@@ -171,6 +248,13 @@ def main() -> None:
     if "--peak-child" in sys.argv:
         _peak_child(sys.argv[sys.argv.index("--peak-child") + 1], "--quick" in sys.argv)
         return
+    if "--explore-child" in sys.argv:
+        i = sys.argv.index("--explore-child")
+        _explore_child(sys.argv[i + 1], sys.argv[i + 2], int(sys.argv[i + 3]))
+        return
+    explore_only = "--explore-only" in sys.argv
+    if explore_only:
+        sys.argv.remove("--explore-only")
     if not _has_interface():
         other = os.environ.get("ATTNKIT_TEST_PYTHON")
         if other and Path(other).resolve() != Path(sys.executable).resolve():
@@ -184,12 +268,18 @@ def main() -> None:
 
     attnkit.hf.register()
     rounds = 3 if args.quick else 7
-    extra = bench_decoder(args.quick, rounds)
-    extra |= bench_encoder(args.quick, rounds)
+    if not explore_only:
+        extra = bench_decoder(args.quick, rounds)
+        extra |= bench_encoder(args.quick, rounds)
+        for k, v in extra.items():
+            print(f"[{BENCH}] {k}: {v}")
+        if not args.no_save:
+            harness.save(BENCH, extra)
+    extra = bench_explore(args.quick)
     for k, v in extra.items():
-        print(f"[{BENCH}] {k}: {v}")
+        print(f"[{EXPLORE_BENCH}] {k}: {v}")
     if not args.no_save:
-        harness.save(BENCH, extra)
+        harness.save(EXPLORE_BENCH, extra)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,50 @@ def tiny_model(folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 1
     return folder
 
 
+def hf_sentence_folder(family: str, root: Path, *, pooling: str = "mean", normalize: bool = True,
+                       pooling_config: dict | None = None) -> str:
+    """A tiny random sentence-transformers folder (saved by sentence-transformers itself, so in
+    its own format: ``"pooling_mode": "mean"`` since version 6) around a Hugging Face
+    ``xlm-roberta``, ``modernbert`` or ``mpnet`` model with a small byte-level BPE tokenizer.
+    ``pooling_config`` replaces the saved ``1_Pooling/config.json`` (another format)."""
+    import transformers as tf
+    from sentence_transformers import SentenceTransformer
+    from viz_support import _byte_bpe
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import (
+            Normalize,
+            Pooling,
+            Transformer,
+        )
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    torch.manual_seed(0)
+    tok = _byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>")
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                      unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    small = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    if family == "xlm-roberta":
+        model = tf.XLMRobertaModel(tf.XLMRobertaConfig(max_position_embeddings=66, **small))
+    elif family == "modernbert":
+        model = tf.ModernBertModel(tf.ModernBertConfig(max_position_embeddings=64, global_attn_every_n_layers=2,
+                                                       local_attention=8, cls_token_id=0, sep_token_id=2, **small))
+    else:
+        model = tf.MPNetModel(tf.MPNetConfig(max_position_embeddings=66, **small))
+    hf_folder, folder = root / f"{family}-hf", root / f"{family}-st"
+    model.save_pretrained(hf_folder)
+    fast.save_pretrained(hf_folder)
+    modules = [Transformer(str(hf_folder), max_seq_length=24), Pooling(32, pooling_mode=pooling)]
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    if pooling_config is not None:
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    return str(folder)
+
+
 def attnkit_command() -> list[str]:
     """The ``attnkit`` console script of this interpreter's environment."""
     script = Path(sys.executable).with_name("attnkit")

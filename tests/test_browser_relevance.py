@@ -71,6 +71,59 @@ def test_relevance_view_in_the_browser(page_path, tmp_path) -> None:
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def inline_view(tiny_checkpoint) -> tuple[str, object]:
+    from attnkit import explain
+
+    e = explain(str(tiny_checkpoint("transformer")), TEXT, target=TARGET, method="attnlrp")
+    return e._repr_html_(), e
+
+
+def test_explanation_shows_itself_inline(inline_view, tmp_path) -> None:
+    """explain()'s result displays in a notebook: the explanation page in one sandboxed, offline
+    iframe, holding this explanation's map; one made without a model has no view."""
+    import json
+    import re
+
+    from test_notebook import assert_offline, srcdoc
+
+    from attnkit.relevance import explain_subject
+    from attnkit.relevance.subjects import subject
+
+    view, e = inline_view
+    inner = srcdoc(view)
+    assert_offline(inner)
+    found = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', inner, re.S)
+    data = json.loads(found.group(1).replace("<\\/", "</"))
+    rel = data["relevance"]
+    assert rel["order"] == ["attnlrp"] and rel["tokens"] == e.tokens
+    assert rel["methods"]["attnlrp"]["values"][1][2] == pytest.approx(float(e.relevance[1, 2]), rel=1e-3, abs=1e-6)
+    assert data["kind"] == "encoder" and {v["kind"] for v in data["more"]} >= {"decoder", "cross"}  # attention below
+    bare = explain_subject(subject(e.source[0], TEXT, target=TARGET, query=None), "rollout")
+    assert bare.source is None and bare._repr_html_() is None
+
+
+@TAGGED
+def test_inline_explanation_in_chromium(inline_view, tmp_path) -> None:
+    from browser_support import Browser
+
+    view, e = inline_view
+    host = tmp_path / "notebook.html"
+    host.write_text(f"<!doctype html><meta charset=utf-8><body>{view}</body>", "utf-8")
+    browser = Browser(tmp_path / "profile")
+    try:
+        page = browser.open(host)
+        frame = page.page.locator("iframe").element_handle().content_frame()
+        frame.wait_for_selector("#rel-svg rect")
+        assert frame.locator("#rel-svg rect").count() == len(e.tokens)
+        assert frame.locator("#rel-outputs button").count() == len(e.target_tokens)
+        frame.wait_for_function("document.body.dataset.thumbs === 'done'")
+        assert frame.locator("#lines line.attn").count() > 0
+        page.assert_clean()
+    finally:
+        browser.close()
+
+
 def test_cli_explain_exit_codes(tiny_checkpoint, tmp_path) -> None:
     from typer.testing import CliRunner
 

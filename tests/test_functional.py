@@ -235,7 +235,7 @@ def test_masking_a_key_equals_deleting_it(L, S, d, seed, weights):
 
 
 mask_kinds = st.sampled_from(["none", "bool_keys", "bool_padding", "bool_full", "float", "float_neg_inf", "causal",
-                              "bool_causal"])
+                              "bool_causal", "bool_padding_causal", "bool_left_padding_causal"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -246,7 +246,8 @@ def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, 
     """The in-place weights path (inference, no graph) == the reference math path (taken when a
     graph is needed), on every mask kind, grouped-query heads and rows with nothing to attend to
     (``bool_padding``: a padded batch, key lengths 0..S, scored item by item over the real keys
-    whatever the size, as large items are)."""
+    whatever the size, as large items are; causal calls in blocks of a few query rows; left
+    padding with causal leaves early rows nothing)."""
     if H % kv:
         kv = 1
     g = torch.Generator().manual_seed(seed)
@@ -260,8 +261,13 @@ def test_inference_weights_path_equals_math_path(B, H, kv, L, S, d, kind, seed, 
         "bool_full": (allowed, False), "float": (torch.randn(B, H, L, S, generator=g), False),
         "float_neg_inf": (torch.zeros(B, 1, L, S).masked_fill(~allowed, float("-inf")), False),
         "causal": (None, True), "bool_causal": (allowed, True),
+        "bool_padding_causal": (ak.padding_mask(torch.randint(0, S + 1, (B,), generator=g), S)[:, None, None, :], True),
+        "bool_left_padding_causal": (ak.padding_mask(torch.randint(0, S + 1, (B,), generator=g), S)
+                                     .flip(-1)[:, None, None, :], True),
     }[kind]
-    with torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0):  # small items too
+    # small items scored item by item and causal calls in blocks of 3 query rows, as large ones are
+    with (torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0),
+          mock.patch.object(DISPATCH, "causal_block", 3)):
         out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
     ref_out, ref_w = ak.scaled_dot_product_attention(
         q.clone().requires_grad_(), k, v, mask=mask, causal=causal, return_weights=True)
@@ -300,3 +306,93 @@ def test_short_training_attention_takes_the_explicit_path_and_matches_torch(kind
     with torch.no_grad(), mock.patch.object(functional, "_attention_math") as spy:  # inference: fused
         ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
     assert spy.call_count == 0
+
+
+def _key_mask(kind: str, lengths: list[int], S: int) -> torch.Tensor:
+    """(B, 1, 1, S) boolean key masks: ``prefix`` (right padding), ``left`` (left padding),
+    ``holes`` (not a prefix: every third key hidden as well)."""
+    mask = ak.padding_mask(torch.tensor(lengths), S)
+    if kind == "left":
+        mask = mask.flip(-1)
+    elif kind == "holes":
+        mask = mask & (torch.arange(S) % 3 != 1)
+    return mask[:, None, None, :]
+
+
+@pytest.mark.parametrize("mask_kind", [None, "prefix", "left", "holes"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L, S", [(37, 37), (13, 37), (37, 13), (1, 29), (29, 1)])
+@pytest.mark.parametrize("block", [5, 64])
+def test_weights_path_skipping_padding_and_future_matches_torch(mask_kind, causal, L, S, block) -> None:
+    """The weights path that scores only each row's allowed prefix (padded items by length,
+    causal in query blocks of ``block`` rows, bottom-right aligned for ``L != S``) gives torch's
+    fused output and an explicit softmax's weights; masked entries are exactly 0 and rows with
+    nothing to attend to (an empty item, left padding under causal, ``L > S``) are zeros."""
+    g = torch.Generator().manual_seed(L * 100 + S)
+    B, H, d = 4, 3, 7
+    q = torch.randn(B, H, L, d, generator=g)
+    k, v = (torch.randn(B, H, S, d, generator=g) for _ in range(2))
+    lengths = [S, max(S - 5, 1), 0, S // 2]  # full, shorter, empty, half; two items share no length
+    mask = None if mask_kind is None else _key_mask(mask_kind, lengths, S)
+    with (torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0),
+          mock.patch.object(DISPATCH, "causal_block", block)):
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+    allowed = torch.ones(B, 1, L, S, dtype=torch.bool)
+    if causal:
+        allowed = allowed & ak.causal_mask(L, S)
+    if mask is not None:
+        allowed = allowed & mask
+    ref_out, ref_w = ref_sdpa(q, k, v, mask=allowed)
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    assert not w.masked_select(~allowed).any()  # exact zeros where attention is not allowed
+    empty = ~allowed.any(-1)  # (B, 1, L)
+    assert not out.masked_select(empty[..., None]).any() and torch.isfinite(out).all()
+    has_key = ~empty
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty[..., None])
+    torch.testing.assert_close(out * has_key[..., None], fused * has_key[..., None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w.sum(-1), has_key.expand(B, H, L).float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_weights_path_large_padded_and_causal_matches_reference(causal) -> None:
+    """At sizes over the dispatch thresholds (no patching), odd lengths, grouped-query heads:
+    the skipping path equals an explicit float64 softmax reference."""
+    g = torch.Generator().manual_seed(11)
+    B, H, kv, L, S, d = 3, 8, 2, 161, 257, 16
+    q = torch.randn(B, H, L, d, generator=g)
+    k, v = (torch.randn(B, kv, S, d, generator=g) for _ in range(2))
+    mask = _key_mask("prefix", [257, 150, 77], S)
+    assert H * L * S >= DISPATCH.prefix_min_scores and L > DISPATCH.causal_block
+    with torch.inference_mode():
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+    ke, ve = k.repeat_interleave(H // kv, 1), v.repeat_interleave(H // kv, 1)
+    ref_out, ref_w = ref_sdpa(q, ke, ve, mask=mask, causal=causal)
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    allowed = mask & (ak.causal_mask(L, S) if causal else True)
+    assert not w.masked_select(~allowed).any()
+
+
+@pytest.mark.parametrize("mask_kind", [None, "prefix"])
+def test_weights_path_with_grad_keeps_the_reference_path(mask_kind) -> None:
+    """Inputs that require grad take the reference math path (autograd through the weights):
+    same weights as the skipping path, gradients equal torch's fused SDPA's."""
+    g = torch.Generator().manual_seed(5)
+    B, H, L, S, d = 2, 2, 70, 70, 8
+    q = torch.randn(B, H, L, d, generator=g, requires_grad=True)
+    k, v = (torch.randn(B, H, S, d, generator=g, requires_grad=True) for _ in range(2))
+    mask = None if mask_kind is None else _key_mask("prefix", [70, 41], S)
+    with mock.patch.object(functional, "_attention_math_inplace") as spy:
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=True, return_weights=True)
+    assert spy.call_count == 0
+    with torch.no_grad():
+        out_fast, w_fast = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=True, return_weights=True)
+    torch.testing.assert_close(w.detach(), w_fast, atol=1e-6, rtol=1e-5)
+    dout = torch.randn(B, H, L, d, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    allowed = ak.causal_mask(L, S) if mask is None else mask & ak.causal_mask(L, S)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, (q, k, v), dout), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

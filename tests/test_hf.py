@@ -6,12 +6,16 @@ gradients, and packed (padding-free) batches against each sequence run alone."""
 from __future__ import annotations
 
 import copy
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 tf = pytest.importorskip("transformers")
+
+from embed_support import hf_sentence_folder  # noqa: E402
 
 import attnkit.hf as akhf  # noqa: E402
 import attnkit.hf.attention as akattn  # noqa: E402
@@ -393,56 +397,149 @@ SENTENCES = ["the cat sat on the mat", "a dog", "time flies like an arrow, fruit
              "hello", "attention is all you need, they said, and then they padded everything"]
 
 
-def _sentence_folder(family: str, pooling: str, normalize: bool, root) -> str:
-    """A tiny random sentence-transformers folder around an XLM-R or ModernBERT model."""
-    st = pytest.importorskip("sentence_transformers")
-    from viz_support import _byte_bpe
-
-    try:
-        from sentence_transformers.sentence_transformer.modules import (
-            Normalize,
-            Pooling,
-            Transformer,
-        )
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Normalize, Pooling, Transformer
-
-    torch.manual_seed(0)
-    tok = _byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s> $A </s>")
-    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                      unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
-    small = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    if family == "xlm-roberta":
-        model = tf.XLMRobertaModel(tf.XLMRobertaConfig(max_position_embeddings=66, **small))
-    else:
-        model = tf.ModernBertModel(tf.ModernBertConfig(max_position_embeddings=64, global_attn_every_n_layers=2,
-                                                       local_attention=8, cls_token_id=0, sep_token_id=2, **small))
-    hf_folder, folder = root / f"{family}-hf", root / f"{family}-st"
-    model.save_pretrained(hf_folder)
-    fast.save_pretrained(hf_folder)
-    modules = [Transformer(str(hf_folder), max_seq_length=24), Pooling(32, pooling_mode=pooling)]
-    if normalize:
-        modules.append(Normalize())
-    st.SentenceTransformer(modules=modules, device="cpu").save(str(folder))
-    return str(folder)
-
-
 @pytest.mark.parametrize(("family", "pooling", "normalize"),
                          [("xlm-roberta", "mean", True), ("xlm-roberta", "cls", False), ("modernbert", "mean", True)])
 def test_hf_sentence_encoder_equals_sentence_transformers(family, pooling, normalize, tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    folder = _sentence_folder(family, pooling, normalize, tmp_path)
+    folder = hf_sentence_folder(family, tmp_path, pooling=pooling, normalize=normalize)
     texts = SENTENCES * 3  # the longest is cut to max_seq_length=24
     reference = SentenceTransformer(folder, device="cpu").encode(texts, convert_to_tensor=True, batch_size=4)
     calls = []
     real = attnkit.varlen.varlen_attention
     monkeypatch.setattr(akattn, "varlen_attention", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     encoder = akhf.HFSentenceEncoder.from_pretrained(folder)
-    assert encoder.model.config._attn_implementation == NAME and encoder.max_seq_length == 24
+    assert encoder.encoder.config._attn_implementation == NAME and encoder.max_seq_length == 24
     ours = encoder.embed(texts, max_tokens=40)
     assert ours.shape == (len(texts), 32)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
     if family == "xlm-roberta":  # packed rows ran through varlen (ModernBERT's local layers window them)
         assert calls and max(len(lengths) for lengths in calls) > 1
+
+
+# ----------------------------------------------------------------------------- SentenceEncoder dispatch
+
+@pytest.fixture(scope="module")
+def xlmr_folder(tmp_path_factory) -> str:
+    pytest.importorskip("sentence_transformers")
+    return hf_sentence_folder("xlm-roberta", tmp_path_factory.mktemp("xlmr"))
+
+
+def _st_encode(folder: str, texts: list[str]) -> torch.Tensor:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(folder, device="cpu").encode(texts, convert_to_tensor=True, batch_size=4)
+
+
+@pytest.mark.parametrize("family", ["xlm-roberta", "modernbert"])
+def test_sentence_encoder_loads_any_family_through_hf(family, xlmr_folder, tmp_path, monkeypatch):
+    """SentenceEncoder.from_pretrained is the one way in: a non-BERT folder (written by
+    sentence-transformers 6, ``"pooling_mode": "mean"``) gets HFSentenceEncoder, equal to
+    sentence-transformers to 1e-5, packed or padded; spaces around a text are kept, as there."""
+    from attnkit import SentenceEncoder
+    from attnkit.models.sentence_encoder import SentenceEmbedder
+
+    folder = xlmr_folder if family == "xlm-roberta" else hf_sentence_folder(family, tmp_path)
+    assert '"pooling_mode": "mean"' in (Path(folder) / "1_Pooling" / "config.json").read_text()
+    texts = [*SENTENCES, "  spaces around  ", ""]
+    encoder = SentenceEncoder.from_pretrained(folder)
+    assert type(encoder) is akhf.HFSentenceEncoder and isinstance(encoder, SentenceEmbedder)
+    assert encoder.max_seq_length == 24 and encoder.dim == 32 and encoder.family == family
+    reference = _st_encode(folder, texts)
+    with pytest.warns(UserWarning, match="1 of 7 texts were longer than max_seq_length=24"):
+        packed = encoder.embed(texts, max_tokens=40)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+    with pytest.warns(UserWarning, match="truncated"):
+        padded = encoder.embed(texts, batch_size=3, packed=False)
+    torch.testing.assert_close(padded, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_sentence_encoder_dtypes(xlmr_folder, monkeypatch):
+    """bfloat16 computes in a copy (the fp32 model untouched) close to the fp32 result; int8 is
+    refused in one line naming the family."""
+    import warnings
+
+    from attnkit import SentenceEncoder
+
+    encoder = SentenceEncoder.from_pretrained(xlmr_folder)
+    fp32 = encoder.embed(SENTENCES, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "slow" where the CPU lacks bf16, truncation
+        bf16 = encoder.embed(SENTENCES, dtype="bfloat16")
+        assert encoder.encoder_in("bfloat16") is encoder.encoder_in(torch.bfloat16)
+    assert bf16.dtype == torch.float32 and encoder.encoder.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(bf16, fp32).min() >= 0.99
+    with pytest.raises(ValueError, match="dtype 'int8' is not available for the xlm-roberta family") as info:
+        encoder.embed(SENTENCES, dtype="int8")
+    assert "\n" not in str(info.value)
+
+
+def test_bert_folders_keep_attnkits_encoder(tmp_path):
+    """A MiniLM/BERT folder gets attnkit's own SentenceEncoder, in the older pooling format
+    (``pooling_mode_mean_tokens: true``) and in sentence-transformers 6's (``pooling_mode``)."""
+    import json
+
+    from embed_support import tiny_model
+
+    from attnkit import SentenceEncoder
+
+    folder = tiny_model(tmp_path / "bert")
+    texts = ["the cat sat on a mat", "dog", "attention weights show which tokens matter"]
+    legacy = SentenceEncoder.from_pretrained(folder)
+    assert type(legacy) is SentenceEncoder
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "mean"}))
+    current = SentenceEncoder.from_pretrained(folder)
+    assert type(current) is SentenceEncoder and current.pooling == "mean"
+    torch.testing.assert_close(current.embed(texts, dtype="float32"), legacy.embed(texts, dtype="float32"))
+    torch.testing.assert_close(current.embed(texts, dtype="float32"), _st_encode(str(folder), texts),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("config", "mode"), [
+    ({"pooling_mode": "cls"}, "cls"), ({"pooling_mode": ["max"]}, "max"),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+    ({"word_embedding_dimension": 32}, "mean"),  # no flag set: mean, as sentence-transformers reads it
+    ({"pooling_mode": "cls", "pooling_mode_mean_tokens": True}, "cls"),  # the new key wins, as there
+])
+def test_pooling_config_in_either_format(config, mode, tmp_path):
+    """sentence-transformers 6's ``pooling_mode`` (a name or a list of one) and the older flags."""
+    import json
+
+    from attnkit.models.sentence_encoder import read_pooling
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    assert read_pooling(tmp_path) == (mode, False)
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"pooling_mode": "weightedmean"}, "'weightedmean'"),
+    ({"pooling_mode": ["mean", "max"]}, "'mean + max'"),
+    ({"pooling_mode_lasttoken": True}, "'lasttoken'"),
+])
+def test_unknown_pooling_mode_is_named(config, named, xlmr_folder, tmp_path):
+    """An unsupported mode, in either format, is one ValueError naming it."""
+    import json
+    import shutil
+
+    from attnkit import SentenceEncoder
+
+    folder = tmp_path / "st"
+    shutil.copytree(xlmr_folder, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(f"pooling mode {named} is not supported")) as info:
+        SentenceEncoder.from_pretrained(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_family_without_the_interface_is_refused_by_name(tmp_path):
+    """MPNet does not dispatch through the attention interface: one line naming it."""
+    from attnkit import SentenceEncoder
+
+    folder = hf_sentence_folder("mpnet", tmp_path)
+    with pytest.raises(ValueError, match="the mpnet family \\(MPNetModel\\) does not dispatch") as info:
+        SentenceEncoder.from_pretrained(folder)
+    assert "\n" not in str(info.value)

@@ -14,12 +14,13 @@ from attnkit.attention import (
     MultiHeadAttention,
 )
 from attnkit.functional import causal_mask, padding_mask, scaled_dot_product_attention
+from attnkit.hf.sentence import HFSentenceEncoder
 from attnkit.models.bert import BertConfig, BertEncoder
 from attnkit.models.checkpoint import load, save_model
 from attnkit.models.generation import generate
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
-from attnkit.models.sentence_encoder import SentenceEncoder
+from attnkit.models.sentence_encoder import FOLDER_LOADERS, SentenceEncoder
 from attnkit.models.transformer_seq2seq import TransformerConfig, TransformerSeq2Seq
 from attnkit.rnn import AttentionDecoder, RNNConfig, RNNEncoder
 from attnkit.transformer import (
@@ -33,6 +34,12 @@ from attnkit.transformer import (
 )
 
 __version__ = "0.1.0"
+
+# SentenceEncoder.from_pretrained loads the folders of every family but BERT through attnkit.hf, a
+# layer above models/ that models/ may not import: the package, imported before any of its
+# modules, hands the loader down (see attnkit.models.sentence_encoder). transformers itself is
+# imported only when such a folder is loaded.
+FOLDER_LOADERS["transformers"] = HFSentenceEncoder.from_pretrained
 
 
 def __getattr__(name: str):

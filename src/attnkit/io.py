@@ -8,6 +8,7 @@ leaves the previous file untouched (the temp file is removed)::
     with atomic_open("emb.npy") as f:      # binary; mode="w" for text
         np.save(f, matrix)
     atomic_write("vocab.json", text)       # str or bytes
+    digest = atomic_write_parts("rows.jsonl", lines)   # an iterable of bytes; returns its SHA-256
     with atomic_path("emb.npy", size=n_bytes) as tmp:   # for writers that need a path (memmap)
         fill(np.memmap(tmp, ...))
 
@@ -17,14 +18,15 @@ leaves the previous file untouched (the temp file is removed)::
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write", "fsync_path", "preallocate"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_parts", "fsync_path", "preallocate"]
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -123,3 +125,14 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, encoding: str = 
     with atomic_open(path, "w" if isinstance(data, str) else "wb", encoding=encoding, durable=durable) as f:
         f.write(data)
     return Path(path)
+
+
+def atomic_write_parts(path: str | os.PathLike, parts: Iterable[bytes | memoryview], *, durable: bool = True) -> str:
+    """Write ``parts`` one after the other to ``path`` atomically (see :func:`atomic_open`), one
+    part in memory at a time; returns the SHA-256 (hex) of everything written."""
+    digest = hashlib.sha256()
+    with atomic_open(path, durable=durable) as f:
+        for part in parts:
+            digest.update(part)
+            f.write(part)
+    return digest.hexdigest()

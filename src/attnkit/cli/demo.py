@@ -278,20 +278,11 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
     )
     first = results[0].checkpoint.as_posix() if results else "attnkit-demo/models/rnn-attention"
     has_transformer = (out / "transformer-explorer.html").is_file()
-    cross_link = (
-        '<li><a href="transformer-explorer.html">Transformer explorer</a>: the trained Transformer '
-        "reading the date (encoder self-attention), writing the ISO date (decoder self-attention, "
-        "causal: a character sees only those before it) and looking back at the input "
-        '(<a href="transformer-explorer.html#cross">cross-attention</a>: output characters on the '
-        'left, input characters on the right). Its <a href="transformer-decoder.html">decoder alone</a> '
-        "is what a decoder-only model (GPT-style) shows: causal self-attention over its own text. "
-        'Its <a href="transformer-explain.html">explanation page</a> shows which input characters made '
-        "each output digit by AttnLRP, beside the raw cross-attention.</li>"
-        if has_transformer else ""
-    )
+    assets = resources.files("attnkit.cli") / "assets"
+    cross_link = (assets / "demo_transformer.html").read_text("utf-8") if has_transformer else ""
     quick_note = ("<p class=note>This was a <code>--quick</code> run (seconds of training): "
                   "run <code>attnkit demo</code> for the full version.</p>" if quick else "")
-    template = string.Template((resources.files("attnkit.cli") / "assets" / "demo_index.html").read_text("utf-8"))
+    template = string.Template((assets / "demo_index.html").read_text("utf-8"))
     fields = dict(
         quick_note=quick_note, rows=rows, figures=figures, flies_rows=flies_rows,
         s1=e(flies.sentences[0]), s2=e(flies.sentences[1]), word=e(flies.word),

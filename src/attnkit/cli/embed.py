@@ -39,7 +39,8 @@ def embed(
                                      "with --field/--ids)"),
     out: str = typer.Option(..., "--out", help="output: .npy (float32 matrix, row i = line i+1) or .jsonl "
                             "({text, embedding} per line)"),
-    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers BERT folder or known name"),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="sentence-transformers folder or known name: BERT "
+                              "in attnkit's encoder, XLM-R, ModernBERT, ... via transformers (attnkit\\[hf])"),
     batch_size: int = typer.Option(32, "--batch-size", help="texts per batch on the padded path"),
     chunk_lines: int = typer.Option(None, "--chunk-lines", show_default=False,
                                     help=f"lines read, embedded and written at a time [default: {DEFAULT_CHUNK_LINES}; "

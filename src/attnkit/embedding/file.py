@@ -1,7 +1,7 @@
 """Embedding a text file at scale: one sentence embedding per line, streamed a chunk at a time.
 
 The input is read in chunks of ``chunk_lines`` lines (default 65,536; :mod:`.corpus` scans it).
-Each chunk is tokenized, embedded on the packed path (:meth:`SentenceEncoder.embed_ids`) and
+Each chunk is tokenized, embedded on the packed path (:meth:`SentenceEmbedder.embed_ids`) and
 written to the job's work folder (``OUT.parts/``, :mod:`.job` and :mod:`.writers`) before the next
 one is read, so memory stays flat in the size of the corpus and a kill at any moment loses at
 most the chunk in progress: ``resume=True`` continues the job, on any number of processes. When
@@ -27,7 +27,7 @@ from attnkit.embedding import corpus, writers
 from attnkit.embedding import job as job_files
 from attnkit.embedding.job import Job
 from attnkit.embedding.ranks import Heartbeat, Ranks, join
-from attnkit.models.sentence_encoder import SentenceEncoder, resolve_model_folder
+from attnkit.models.sentence_encoder import SentenceEmbedder, SentenceEncoder, resolve_model_folder
 from attnkit.progress import progress_bar
 from attnkit.runtime import release_freed_memory, resolve_dtype
 
@@ -77,9 +77,9 @@ class _TokenRows(Sequence):
         return self.flat[self.starts[i] : self.starts[i + 1]].tolist()
 
 
-def embed_chunk(encoder: SentenceEncoder, texts: list[str], *, dtype: str = "auto",
+def embed_chunk(encoder: SentenceEmbedder, texts: list[str], *, dtype: str = "auto",
                 on_batch: Callable[[int, int], None] | None = None) -> tuple[Any, int, int]:
-    """Embed ``texts`` with one :meth:`SentenceEncoder.embed_ids` call (packed, ``MAX_TOKENS`` real
+    """Embed ``texts`` with one :meth:`SentenceEmbedder.embed_ids` call (packed, ``MAX_TOKENS`` real
     tokens a batch), the token ids kept compactly in between; ``on_batch(texts, tokens)`` is called
     after every batch (progress, and a chance to raise to stop).
 
@@ -173,7 +173,7 @@ def embed_file(
     input_path: str | Path, out_path: str | Path, *, model: str | Path = "all-MiniLM-L6-v2", batch_size: int = 32,
     progress: bool = True, chunk_lines: int | None = None, float16: bool = False, field: str | None = None,
     ids: bool = False, skip_bad: bool = False, resume: bool = False, overwrite: bool = False,
-    dtype: str = "auto", encoder: SentenceEncoder | None = None,
+    dtype: str = "auto", encoder: SentenceEmbedder | None = None,
 ) -> EmbedSummary:
     """Embed every line of a UTF-8 text file (empty lines included, so row ``i`` is line ``i + 1``),
     streaming: chunks of ``chunk_lines`` lines (default :data:`DEFAULT_CHUNK_LINES`), each written
@@ -190,8 +190,9 @@ def embed_file(
     each rank's threads to :func:`attnkit.embedding.ranks.default_threads` first, as ``attnkit
     embed`` does: this call never changes the thread count). ``dtype`` (``"auto"``,
     ``"float32"``, ``"bfloat16"``, ``"int8"``) is resolved on this machine, recorded in the job and passed to
-    :meth:`SentenceEncoder.embed_ids`; ``encoder`` is an already loaded :class:`SentenceEncoder` of
-    ``model``. Returns an :class:`EmbedSummary`; a stop by SIGTERM/SIGINT raises
+    :meth:`SentenceEmbedder.embed_ids`; ``encoder`` is an already loaded :class:`SentenceEmbedder` of
+    ``model`` (what :meth:`SentenceEncoder.from_pretrained` returns: attnkit's BERT, or a Hugging Face
+    family through :mod:`attnkit.hf`). Returns an :class:`EmbedSummary`; a stop by SIGTERM/SIGINT raises
     :class:`EmbedStopped` (finished chunks are kept for ``resume``).
     """
     input_path, out_path = Path(input_path), Path(out_path)
@@ -253,7 +254,7 @@ def _stopped_hint(job: Job) -> str:
     return f"; {_kept(job)}: run the same command with --resume (on any number of processes) to finish"
 
 
-def _embed_one_chunk(input_path: Path, job: Job, k: int, encoder: SentenceEncoder, fmt: corpus.LineFormat, *,
+def _embed_one_chunk(input_path: Path, job: Job, k: int, encoder: SentenceEmbedder, fmt: corpus.LineFormat, *,
                      dtype: str, on_batch: Callable[[int, int], None]) -> writers.ChunkRows:
     """Read chunk ``k`` and embed its good lines; a bad line's row stays zero."""
     import numpy as np
@@ -275,7 +276,7 @@ def _embed_one_chunk(input_path: Path, job: Job, k: int, encoder: SentenceEncode
     return writers.ChunkRows(k, first, rows, emb, tokens, cut)
 
 
-def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list[int], lines_done: int,
+def _run_chunks(input_path: Path, job: Job, encoder: SentenceEmbedder, mine: list[int], lines_done: int,
                 summary: EmbedSummary, ranks: Ranks, *, dtype: str, fmt: corpus.LineFormat, progress: bool) -> None:
     """Embed and write this rank's chunks ``mine``, with the progress bar and (under torchrun) the
     heartbeat; a failure becomes one line that says what is kept."""
@@ -286,10 +287,7 @@ def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list
 
     with progress_bar("embedding", job.index.lines, enabled=progress and ranks.rank == 0, completed=lines_done,
                       fields={"tokens": "-"}, rate="lines", eta=True) as bar:
-        beat = None
-        if ranks.distributed:
-            beat = Heartbeat(ranks, on_totals=lambda lines, tokens: bar.update(
-                completed=lines_done + lines, tokens=tokens_field(tokens))).start()
+        beat = Heartbeat(ranks).start() if ranks.distributed else None
 
         def on_batch(lines: int, tokens: int) -> None:
             summary.tokens += tokens
@@ -298,6 +296,8 @@ def _run_chunks(input_path: Path, job: Job, encoder: SentenceEncoder, mine: list
             else:
                 beat.add(lines, tokens)
                 beat.check()
+                done, all_tokens = beat.totals  # every rank's, at the last beat
+                bar.update(completed=lines_done + done, tokens=tokens_field(all_tokens))
 
         try:
             for k in mine:

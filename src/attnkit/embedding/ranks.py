@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,14 +82,14 @@ class Heartbeat:
     """The all-reduce thread of a distributed job (see the module docstring).
 
     The main thread calls :meth:`add` after each piece of work, :meth:`check` to learn whether
-    to stop, and :meth:`finish` (or :meth:`fail`) at the end. ``on_totals(lines, tokens)`` is
-    called (on rank 0 only) with the sums over all ranks after every beat.
+    to stop, and :meth:`finish` (or :meth:`fail`) at the end. ``totals`` holds ``(lines,
+    tokens)`` summed over all ranks at the last beat (for a progress bar).
     """
 
-    def __init__(self, ranks: Ranks, *, interval: float = 0.5,
-                 on_totals: Callable[[int, int], None] | None = None) -> None:
-        self.ranks, self.interval, self.on_totals = ranks, interval, on_totals
+    def __init__(self, ranks: Ranks, *, interval: float = 0.5) -> None:
+        self.ranks, self.interval = ranks, interval
         self.lines = self.tokens = 0
+        self.totals = (0, 0)
         self._finished = self._failed = False
         self.lost: BaseException | None = None
         self.failed_ranks: list[int] = []
@@ -121,8 +120,7 @@ class Heartbeat:
                 self.lost = exc
                 self._stop.set()
                 return
-            if self.on_totals is not None and rank == 0:
-                self.on_totals(int(state[0]), int(state[1]))
+            self.totals = (int(state[0]), int(state[1]))
             failed = [r for r in range(world) if state[2 + world + r] > 0]
             if failed:
                 self.failed_ranks = failed

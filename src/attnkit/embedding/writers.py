@@ -19,18 +19,6 @@ from attnkit.embedding.job import COPY_BYTES, Job, outputs_of
 __all__ = ["ChunkRows", "assemble", "write_chunk"]
 
 
-class _HashingWriter:
-    """A write-only file wrapper that counts and hashes what passes through."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.sha.update(b)
-        self.bytes += len(b)
-        return self.f.write(b)
-
-
 @dataclass
 class ChunkRows:
     """What chunk ``k`` produced: the rows (``(lines, E)`` float32, zero at skipped lines), the
@@ -56,7 +44,7 @@ def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0
     """Write chunk ``chunk.k``'s rows file, then its record (both atomic and fsynced). Returns the record."""
     import numpy as np
 
-    from attnkit.io import atomic_open, atomic_write
+    from attnkit.io import atomic_write, atomic_write_parts
 
     ident = job.manifest["identity"]
     first, count = chunk.first, len(chunk.rows)
@@ -64,16 +52,13 @@ def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0
     path = job.data_path(chunk.k)
     if ident["output"]["format"] == ".npy":
         arr = np.ascontiguousarray(chunk.embeddings, dtype=ident["output"]["dtype"])  # (lines, E)
-        with atomic_open(path) as f:
-            np.save(f, arr)
-        payload = hashlib.sha256(memoryview(arr).cast("B")).hexdigest()
-    else:
-        with atomic_open(path) as f:
-            w = _HashingWriter(f)
-            # one row of Python floats at a time: a whole chunk of them would take 6x the array's memory
-            for i, (row, vec) in enumerate(zip(chunk.rows, chunk.embeddings, strict=True)):
-                w.write(_json_line(row, vec.tolist(), ids=ids, line=first + i + 1))
-        payload = w.sha.hexdigest()
+        rows = memoryview(arr).cast("B")
+        payload = hashlib.sha256(rows).hexdigest()  # of the rows: what assembly checks as it copies them
+        atomic_write_parts(path, (_npy_header(arr.dtype, arr.shape), rows))
+    else:  # one row of Python floats at a time: a whole chunk of them would take 6x the array's memory
+        payload = atomic_write_parts(path, (_json_line(row, vec.tolist(), ids=ids, line=first + i + 1)
+                                            for i, (row, vec) in enumerate(zip(chunk.rows, chunk.embeddings,
+                                                                               strict=True))))
     skipped = [[first + i + 1, r.bad, r.id] for i, r in enumerate(chunk.rows) if r.bad is not None]
     record = {"chunk": chunk.k, "first_line": first + 1, "lines": count, "dim": int(chunk.embeddings.shape[1]),
               "tokens": chunk.tokens, "truncated": chunk.truncated, "skipped": skipped,

@@ -84,17 +84,18 @@ def register() -> str:
     return NAME
 
 
-def check(model: nn.Module) -> nn.Module:
+def check(model: nn.Module, *, instead: str = "use 'eager' or 'sdpa'") -> nn.Module:
     """``model``, after checking that its family dispatches attention through transformers'
     ``AttentionInterface`` (else ``attn_implementation="attnkit"`` would silently never reach
-    attnkit). ValueError naming the family otherwise (MPNet and DeBERTa-v2 do not dispatch)."""
+    attnkit). ValueError naming the family otherwise (MPNet and DeBERTa-v2 do not dispatch),
+    ending with ``instead``: what the caller can do."""
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", type(model).__name__)
     modules = {sys.modules.get(type(m).__module__) for m in model.modules()}
     if not any(getattr(mod, "ALL_ATTENTION_FUNCTIONS", None) is not None for mod in modules if mod is not None):
         raise ValueError(
             f"the {family} family ({type(model).__name__}) does not dispatch attention through transformers' "
-            f"AttentionInterface, so attn_implementation={NAME!r} cannot reach it; use 'eager' or 'sdpa'"
+            f"AttentionInterface, so attn_implementation={NAME!r} cannot reach it; {instead}"
         )
     return model
 

@@ -2,7 +2,7 @@
 and the pretrained BERT encoder behind sentence embeddings."""
 
 from attnkit.models.checkpoint import load, save_model
-from attnkit.models.generation import Generation, beam_search, generate, greedy_search
+from attnkit.models.generation import Generation, beam_search, generate, greedy_search, output_ids
 from attnkit.models.losses import label_smoothed_cross_entropy
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
 from attnkit.models.transformer_seq2seq import Recompute, TransformerSeq2Seq
@@ -17,5 +17,6 @@ __all__ = [
     "greedy_search",
     "label_smoothed_cross_entropy",
     "load",
+    "output_ids",
     "save_model",
 ]

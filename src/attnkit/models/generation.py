@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["Generation", "Seq2SeqModel", "beam_search", "generate", "greedy_search", "source_mask"]
+__all__ = ["Generation", "Seq2SeqModel", "beam_search", "generate", "greedy_search", "output_ids", "source_mask"]
 
 
 class Seq2SeqModel(Protocol):
@@ -256,3 +256,28 @@ def generate(
         if training:
             model.train()
     return (out.tokens, out.attention) if return_attention else out.tokens
+
+
+def output_ids(model: Seq2SeqModel, tokenizer: object, text: str, *, target: str | None = None,
+               max_new_tokens: int = 32) -> tuple[list[int], list[int]]:
+    """The ids one input is run on: ``(source ids, output ids)``, the output being ``target``'s
+    ids then EOS, or (``target=None``) :func:`generate`'s greedy output up to and including its
+    EOS (``max_new_tokens`` at most). Prepend ``bos_id`` to the output for the decoder's input.
+
+    ``tokenizer`` has ``encode(text) -> list[int]`` (an attnkit vocabulary).
+
+    Raises:
+        ValueError: ``text`` gives no tokens; ``target`` gives none or an unknown one.
+    """
+    c = model.config
+    src_ids = tokenizer.encode(text)
+    if not src_ids:
+        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    if target is not None:
+        body = tokenizer.encode(target)
+        if not body or getattr(tokenizer, "unk_id", None) in body:
+            raise ValueError(f"the model's tokenizer cannot encode the target {target!r}")
+        return src_ids, [*body, c.eos_id]
+    device = next(model.parameters()).device
+    row = generate(model, torch.tensor([src_ids], device=device), max_len=max_new_tokens)[0].tolist()
+    return src_ids, row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]

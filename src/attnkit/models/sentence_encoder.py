@@ -1,11 +1,27 @@
-"""Sentence embeddings from a pretrained BERT: tokenizer -> :class:`BertEncoder` -> pooling.
+"""Sentence embeddings of a sentence-transformers folder: tokenizer -> encoder -> pooling.
 
-:class:`SentenceEncoder` adds the tokenizer (the ``tokenizers`` library, ``tokenizer.json``)
-and the pooling of a sentence-transformers folder (mean pooling + L2 normalisation for
-all-MiniLM-L6-v2) to :class:`attnkit.models.bert.BertEncoder`. Its default path never computes
-on padding: texts are sorted by length, packed into streams of about ``max_tokens`` real tokens
-(:mod:`attnkit.varlen`), and every position-wise layer runs on the real tokens only, while
-attention runs once per group of equal-length sequences.
+:class:`SentenceEmbedder` is what every sentence encoder shares and what the callers that embed
+(:func:`attnkit.embedding.embed_file`, ``attnkit embed``) use: ``tokenize``, ``embed_ids`` on
+packed batches of real tokens in the asked dtype, the folder's pooling and normalisation,
+``embed``, ``dim`` and ``max_seq_length``. Two encoders implement it:
+
+- :class:`SentenceEncoder` adds the tokenizer (the ``tokenizers`` library, ``tokenizer.json``)
+  and the pooling of a sentence-transformers folder (mean pooling + L2 normalisation for
+  all-MiniLM-L6-v2) to :class:`attnkit.models.bert.BertEncoder`. Its default path never computes
+  on padding: texts are sorted by length, packed into streams of about ``max_tokens`` real
+  tokens (:mod:`attnkit.varlen`), and every position-wise layer runs on the real tokens only,
+  while attention runs once per group of equal-length sequences.
+- :class:`attnkit.hf.HFSentenceEncoder` runs any other Hugging Face family with the attention
+  interface (XLM-R, RoBERTa, ModernBERT, ...) through ``transformers`` and attnkit's packed
+  attention.
+
+``SentenceEncoder.from_pretrained(folder)`` is the one way in for both: a BERT transformer gets
+attnkit's own encoder, any other family the loader registered under ``"transformers"`` in
+:data:`FOLDER_LOADERS`. models/ sits below attnkit.hf and may not import it (the layout test),
+so the higher layer hands its loader down instead: the ``attnkit`` package registers
+``HFSentenceEncoder.from_pretrained`` when it is imported, and Python imports it before any of
+its modules, so every caller of ``from_pretrained`` finds the loader in place. ``transformers``
+itself is imported only when such a folder is loaded.
 """
 
 from __future__ import annotations
@@ -13,8 +29,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +44,8 @@ from attnkit.progress import progress_bar
 from attnkit.runtime import resolve_dtype
 from attnkit.varlen import Packed
 
-__all__ = ["KNOWN_MODELS", "SentenceEncoder", "resolve_model_folder"]
+__all__ = ["FOLDER_LOADERS", "KNOWN_MODELS", "SentenceEmbedder", "SentenceEncoder", "read_pooling",
+           "read_max_seq_length", "resolve_model_folder", "transformer_folder"]
 
 # Names a user may pass for the bundled model, and the package that ships it.
 KNOWN_MODELS = {
@@ -61,11 +80,55 @@ def resolve_model_folder(name_or_path: str | Path) -> Path:
     return folder
 
 
-def _pooling_from_folder(folder: Path) -> tuple[str, bool]:
-    """Read ``modules.json`` (+ the pooling config) of a sentence-transformers folder.
+def transformer_folder(folder: Path) -> Path:
+    """The folder of a sentence-transformers folder's ``Transformer`` module (``modules.json``):
+    the root for most models, ``0_Transformer/`` in some older ones."""
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for m in json.loads(modules.read_text()):
+            if m.get("type", "").endswith(".Transformer"):
+                return folder / m.get("path", "")
+    return folder
 
-    Returns ``(pooling mode, normalise)``; a plain BERT folder gets mean pooling, no normalising.
-    """
+
+def read_max_seq_length(path: Path, default: int) -> int:
+    """``max_seq_length`` of a Transformer module's folder ``path``: ``sentence_bert_config.json``
+    (before sentence-transformers 6), else the tokenizer's ``model_max_length`` (where
+    sentence-transformers 6 writes it), else ``default``."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        cfg_path = path / name
+        value = json.loads(cfg_path.read_text()).get(key) if cfg_path.is_file() else None
+        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes 1e30 for "no limit"
+            return value
+    return default
+
+
+POOLINGS = ("mean", "cls", "max")
+# the pooling flags before sentence-transformers 6 (pooling_mode_<flag>: true) -> the mode they name
+_POOLING_FLAGS = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean",
+                  "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",
+                  "lasttoken": "lasttoken"}
+
+
+def _pooling_mode(cfg: dict[str, Any], cfg_path: Path) -> str:
+    """The one pooling mode of a ``Pooling`` config, in either format: ``"pooling_mode": "mean"``
+    (sentence-transformers 6; it wins when both are present, as there) or the older
+    ``"pooling_mode_mean_tokens": true`` flags (none set: mean, as sentence-transformers reads it)."""
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        flags = [k.removeprefix("pooling_mode_") for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+        mode = [_POOLING_FLAGS.get(flag, flag) for flag in flags] or "mean"
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) == 1 and modes[0] in POOLINGS:
+        return modes[0]
+    raise ValueError(f"{cfg_path}: pooling mode {' + '.join(map(str, modes))!r} is not supported "
+                     f"(attnkit pools with one of {', '.join(POOLINGS)})")
+
+
+def read_pooling(folder: Path) -> tuple[str, bool]:
+    """``(pooling mode, normalise)`` of a sentence-transformers folder: its ``Pooling`` module's
+    config (see :func:`_pooling_mode`) and whether a ``Normalize`` module follows. A plain model
+    folder (no ``modules.json``) gets mean pooling, no normalising."""
     modules_path = folder / "modules.json"
     if not modules_path.is_file():
         return "mean", False
@@ -75,48 +138,69 @@ def _pooling_from_folder(folder: Path) -> tuple[str, bool]:
     for m in modules:
         if m.get("type", "").endswith(".Pooling"):
             cfg_path = folder / m.get("path", "") / "config.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-            chosen = [k for k in ("mean_tokens", "cls_token", "max_tokens") if cfg.get(f"pooling_mode_{k}")]
-            other = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and k[13:] not in chosen]
-            if len(chosen) != 1 or other:
-                raise ValueError(f"unsupported pooling in {cfg_path}: {cfg} (one of mean/cls/max is supported)")
-            mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}[chosen[0]]
+            mode = _pooling_mode(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}, cfg_path)
     return mode, normalize
 
 
-class SentenceEncoder(nn.Module):
-    """Sentence embeddings: tokenizer -> :class:`BertEncoder` -> pooling (-> L2 normalise).
+# The loaders of folders whose transformer is not BERT, by the library they run on. attnkit.hf is a
+# higher layer than models/, so it is not imported here: the attnkit package registers its loader
+# (see the module docstring).
+FOLDER_LOADERS: dict[str, Callable[[Path], SentenceEmbedder]] = {}
 
-    ``SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")`` reproduces
-    ``sentence_transformers.SentenceTransformer`` on the same folder. Texts longer than
-    ``max_seq_length`` tokens (``[CLS]``/``[SEP]`` included) are truncated, with a warning
-    naming how many were cut.
 
-    ``embed(..., dtype="bfloat16")`` computes with a bfloat16 copy of the encoder (see
-    :meth:`BertEncoder.with_dtype`), made on first use and kept while the float32 weights stay
-    as they are; pooling and normalisation run in float32 and the embeddings are float32.
-    ``dtype="int8"`` likewise, with a copy whose linears run in int8, calibrated once on
-    :func:`attnkit.runtime.calibration_texts` (see docs/embeddings.md, "Precision").
+def _model_type(path: Path) -> str | None:
+    """``model_type`` of the ``config.json`` in ``path`` (None where there is none to read)."""
+    cfg_path = path / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+class SentenceEmbedder(nn.Module, ABC):
+    """Tokenizer -> encoder -> pooling (-> L2 normalise): what every sentence encoder shares.
+
+    A subclass brings its tokenizer handling (:meth:`tokenize`), its encoder's forward on a
+    packed and a padded batch (:meth:`_embed_packed`, :meth:`_embed_padded`) and its converted
+    copies (:meth:`_with_dtype`); batching, dtype copies, pooling and the progress report are
+    here, once. ``self.encoder`` maps token ids to hidden states and has ``config.hidden_size``.
     """
 
-    def __init__(
-        self, encoder: BertEncoder, tokenizer: object, *, max_seq_length: int, pooling: str = "mean",
-        normalize: bool = True,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, tokenizer: Any, *, max_seq_length: int, pooling: str = "mean",
+                 normalize: bool = True) -> None:
         super().__init__()
-        if pooling not in ("mean", "cls", "max"):
-            raise ValueError(f"pooling must be 'mean', 'cls' or 'max', got {pooling!r}")
-        limit = encoder.config.max_position_embeddings
-        if not 2 <= max_seq_length <= limit:
-            raise ValueError(f"max_seq_length={max_seq_length} must be in [2, max_position_embeddings={limit}]")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {pooling!r}")
         self.encoder, self.tokenizer = encoder, tokenizer
         self.max_seq_length, self.pooling, self.normalize = max_seq_length, pooling, normalize
-        self.sep_id = tokenizer.token_to_id("[SEP]")
         # dtype -> (fingerprint of self.encoder's weights when copied, the copy); a plain dict so
         # the copies are not submodules (not in state_dict, not moved by .to())
-        self._copies: dict[torch.dtype, tuple[tuple, BertEncoder]] = {}
+        self._copies: dict[torch.dtype, tuple[tuple, nn.Module]] = {}
 
-    def encoder_in(self, dtype: str | torch.dtype) -> BertEncoder:
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str], *, with_tokens: bool = False) -> tuple[list[list[int]], list[list[str]] | None, int]:
+        """Token ids of each text, special tokens included, cut to ``max_seq_length``.
+
+        Returns ``(ids, tokens or None, number of texts that were cut)``."""
+
+    @abstractmethod
+    def _with_dtype(self, dtype: torch.dtype) -> nn.Module:
+        """A copy of ``self.encoder`` computing in ``dtype``."""
+
+    @abstractmethod
+    def _embed_packed(self, ids: list[list[int]], encoder: nn.Module) -> Tensor:
+        """One batch, packed (no padding computed) -> ``(b, E)`` float32 (see :meth:`_pool`)."""
+
+    @abstractmethod
+    def _embed_padded(self, ids: list[list[int]], encoder: nn.Module) -> Tensor:
+        """One batch padded to its longest text, the padding masked -> ``(b, E)`` float32."""
+
+    def encoder_in(self, dtype: str | torch.dtype) -> nn.Module:
         """The encoder computing in ``dtype`` ("auto", "float32", "bfloat16"): ``self.encoder``
         or its converted copy, remade when the weights changed (their storage or version)."""
         dtype = resolve_dtype(dtype)
@@ -125,62 +209,16 @@ class SentenceEncoder(nn.Module):
         fingerprint = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())
         cached = self._copies.get(dtype)
         if cached is None or cached[0] != fingerprint:
-            calibration = self.tokenize(runtime.calibration_texts())[0] if dtype == torch.int8 else None
-            cached = self._copies[dtype] = (fingerprint, self.encoder.with_dtype(dtype, calibration=calibration).eval())
+            cached = self._copies[dtype] = (fingerprint, self._with_dtype(dtype).eval())
         return cached[1]
 
-    @property
-    def dim(self) -> int:
-        return self.encoder.config.hidden_size
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = "all-MiniLM-L6-v2") -> SentenceEncoder:
-        """Load a sentence-transformers BERT folder (or a known model name, see
-        :func:`resolve_model_folder`): weights, ``tokenizer.json``, pooling and ``max_seq_length``
-        (from ``sentence_bert_config.json``; the position table's size when absent)."""
-        from tokenizers import Tokenizer
-
-        folder = resolve_model_folder(name_or_path)
-        encoder = BertEncoder.from_pretrained(folder)
-        tok_path = folder / "tokenizer.json"
-        if not tok_path.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {folder}")
-        tokenizer = Tokenizer.from_file(str(tok_path))
-        tokenizer.no_truncation()  # we truncate ourselves, to count and report it
-        tokenizer.no_padding()
-        max_len = encoder.config.max_position_embeddings
-        sbert = folder / "sentence_bert_config.json"
-        if sbert.is_file():
-            max_len = int(json.loads(sbert.read_text()).get("max_seq_length", max_len))
-        pooling, normalize = _pooling_from_folder(folder)
-        return cls(encoder, tokenizer, max_seq_length=max_len, pooling=pooling, normalize=normalize).eval()
-
-    # -- tokens ----------------------------------------------------------------------------
-
-    def tokenize(self, texts: Sequence[str], *, with_tokens: bool = False) -> tuple[list[list[int]], list[list[str]] | None, int]:
-        """Token ids of each text (``[CLS] ... [SEP]``), cut to ``max_seq_length``.
-
-        Returns ``(ids, tokens or None, number of texts that were cut)``.
-        """
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> None:
         if isinstance(texts, str):
             raise ValueError("texts must be a sequence of strings, got a single str (wrap it in a list)")
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise ValueError(f"texts must be strings; items {bad[:5]} are {type(texts[bad[0]]).__name__}")
-        encodings = self.tokenizer.encode_batch([t.strip() for t in texts])
-        m, cut = self.max_seq_length, 0
-        ids, tokens = [], ([] if with_tokens else None)
-        for enc in encodings:
-            row = enc.ids
-            if len(row) > m:  # keep [CLS] + the first m-2 word pieces, then [SEP]
-                cut += 1
-                row = row[: m - 1] + [self.sep_id]
-                if with_tokens:
-                    tokens.append(enc.tokens[: m - 1] + ["[SEP]"])
-            elif with_tokens:
-                tokens.append(list(enc.tokens))
-            ids.append(row)
-        return ids, tokens, cut
 
     def _warn_cut(self, cut: int, total: int) -> None:
         if cut:
@@ -190,7 +228,15 @@ class SentenceEncoder(nn.Module):
                 stacklevel=3,
             )
 
-    # -- embeddings ------------------------------------------------------------------------
+    @staticmethod
+    def _padded(ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+        """``ids`` padded to the longest -> ``(input_ids (b, T), key_mask (b, T) True at real tokens)``."""
+        lengths = [len(r) for r in ids]
+        T = max(lengths)
+        input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)  # (b, T)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row)
+        return input_ids, torch.arange(T) < torch.tensor(lengths)[:, None]
 
     def _pool(self, hidden: Tensor, packed: Packed) -> Tensor:
         """Packed ``hidden (N, E)`` -> one float32 vector per sequence ``(b, E)``."""
@@ -207,23 +253,6 @@ class SentenceEncoder(nn.Module):
                 b0 = seq_at[first]  # the first sequence of the run
                 out[b0 : b0 + count] = hidden[first : first + count * L].view(count, L, -1).mean(1)
         return F.normalize(out, p=2, dim=1) if self.normalize else out
-
-    def _embed_padded(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
-        """The plain path: pad to the longest text of the batch, mask the padding."""
-        lengths = [len(r) for r in ids]
-        T = max(lengths)
-        input_ids = torch.zeros(len(ids), T, dtype=torch.long)  # (b, T), pad id 0
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row)
-        key_mask = torch.arange(T) < torch.tensor(lengths)[:, None]  # (b, T)
-        hidden, _ = encoder(input_ids, key_mask)  # (b, T, E)
-        return self._pool(hidden[key_mask], Packed.from_lengths(lengths))
-
-    def _embed_packed(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
-        packed = Packed.from_lengths([len(r) for r in ids])
-        stream = torch.tensor([t for row in ids for t in row], dtype=torch.long)  # (N,)
-        hidden, _ = encoder(stream, packed=packed)  # (N, E)
-        return self._pool(hidden, packed)
 
     @staticmethod
     def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -302,6 +331,105 @@ class SentenceEncoder(nn.Module):
                 if on_batch is not None:
                     on_batch(len(batch), sum(lengths[i] for i in batch))
         return out
+
+
+class SentenceEncoder(SentenceEmbedder):
+    """Sentence embeddings: tokenizer -> :class:`BertEncoder` -> pooling (-> L2 normalise).
+
+    ``SentenceEncoder.from_pretrained("all-MiniLM-L6-v2")`` reproduces
+    ``sentence_transformers.SentenceTransformer`` on the same folder. Texts longer than
+    ``max_seq_length`` tokens (``[CLS]``/``[SEP]`` included) are truncated, with a warning
+    naming how many were cut.
+
+    ``embed(..., dtype="bfloat16")`` computes with a bfloat16 copy of the encoder (see
+    :meth:`BertEncoder.with_dtype`), made on first use and kept while the float32 weights stay
+    as they are; pooling and normalisation run in float32 and the embeddings are float32.
+    ``dtype="int8"`` likewise, with a copy whose linears run in int8, calibrated once on
+    :func:`attnkit.runtime.calibration_texts` (see docs/embeddings.md, "Precision").
+    """
+
+    encoder: BertEncoder
+
+    def __init__(
+        self, encoder: BertEncoder, tokenizer: object, *, max_seq_length: int, pooling: str = "mean",
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(encoder, tokenizer, max_seq_length=max_seq_length, pooling=pooling, normalize=normalize)
+        limit = encoder.config.max_position_embeddings
+        if not 2 <= max_seq_length <= limit:
+            raise ValueError(f"max_seq_length={max_seq_length} must be in [2, max_position_embeddings={limit}]")
+        self.sep_id = tokenizer.token_to_id("[SEP]")
+
+    def _with_dtype(self, dtype: torch.dtype) -> BertEncoder:
+        calibration = self.tokenize(runtime.calibration_texts())[0] if dtype == torch.int8 else None
+        return self.encoder.with_dtype(dtype, calibration=calibration)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "all-MiniLM-L6-v2") -> SentenceEmbedder:
+        """Load a sentence-transformers folder (or a known model name, see
+        :func:`resolve_model_folder`): weights, tokenizer, pooling and ``max_seq_length`` (see
+        :func:`read_max_seq_length`; the position table's size when none is written).
+
+        A BERT transformer (MiniLM, ...) gets attnkit's own :class:`SentenceEncoder`; any other
+        family gets the loader registered in :data:`FOLDER_LOADERS` (:class:`attnkit.hf.HFSentenceEncoder`:
+        transformers with attnkit's packed attention, ``pip install 'attnkit[hf]'``)."""
+        from tokenizers import Tokenizer
+
+        folder = resolve_model_folder(name_or_path)
+        path = transformer_folder(folder)
+        family = _model_type(path)
+        if family not in (None, "bert"):  # None: no readable config.json, which BertEncoder reports
+            if "transformers" not in FOLDER_LOADERS:
+                raise ValueError(f"{folder}: its transformer is a {family} model, which attnkit embeds through "
+                                 "attnkit.hf, and no loader is registered (import attnkit)")
+            return FOLDER_LOADERS["transformers"](folder)
+        encoder = BertEncoder.from_pretrained(path)
+        tok_path = path / "tokenizer.json"
+        if not tok_path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {path}")
+        tokenizer = Tokenizer.from_file(str(tok_path))
+        tokenizer.no_truncation()  # we truncate ourselves, to count and report it
+        tokenizer.no_padding()
+        max_len = read_max_seq_length(path, encoder.config.max_position_embeddings)
+        pooling, normalize = read_pooling(folder)
+        return cls(encoder, tokenizer, max_seq_length=max_len, pooling=pooling, normalize=normalize).eval()
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str], *, with_tokens: bool = False) -> tuple[list[list[int]], list[list[str]] | None, int]:
+        """Token ids of each text (``[CLS] ... [SEP]``), cut to ``max_seq_length``.
+
+        Returns ``(ids, tokens or None, number of texts that were cut)``.
+        """
+        self._check_texts(texts)
+        encodings = self.tokenizer.encode_batch([t.strip() for t in texts])
+        m, cut = self.max_seq_length, 0
+        ids, tokens = [], ([] if with_tokens else None)
+        for enc in encodings:
+            row = enc.ids
+            if len(row) > m:  # keep [CLS] + the first m-2 word pieces, then [SEP]
+                cut += 1
+                row = row[: m - 1] + [self.sep_id]
+                if with_tokens:
+                    tokens.append(enc.tokens[: m - 1] + ["[SEP]"])
+            elif with_tokens:
+                tokens.append(list(enc.tokens))
+            ids.append(row)
+        return ids, tokens, cut
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def _embed_padded(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
+        """The plain path: pad to the longest text of the batch, mask the padding."""
+        input_ids, key_mask = self._padded(ids, 0)  # (b, T) each
+        hidden, _ = encoder(input_ids, key_mask)  # (b, T, E)
+        return self._pool(hidden[key_mask], Packed.from_lengths([len(r) for r in ids]))
+
+    def _embed_packed(self, ids: list[list[int]], encoder: BertEncoder) -> Tensor:
+        packed = Packed.from_lengths([len(r) for r in ids])
+        stream = torch.tensor([t for row in ids for t in row], dtype=torch.long)  # (N,)
+        hidden, _ = encoder(stream, packed=packed)  # (N, E)
+        return self._pool(hidden, packed)
 
     @torch.inference_mode()
     def attentions(self, text: str) -> tuple[list[str], Tensor]:

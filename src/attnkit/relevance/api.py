@@ -55,6 +55,23 @@ class Explanation:
     conservation: Tensor | None = None
     query: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What :func:`explain` ran: ``(model_or_folder, text, target, tokenizer)``, for the inline view.
+    source: tuple[Any, str, str | None, Any] | None = field(default=None, repr=False, compare=False)
+
+    def _repr_html_(self) -> str | None:
+        """In a notebook: the explanation page inline (the relevance view above the attention
+        explorer of the same input; :mod:`attnkit.viz.notebook`). None (plain repr) for an
+        explanation made without a model to show it with (:func:`explain_subject`)."""
+        if self.source is None:
+            return None
+        from attnkit.relevance.page import explanation_html
+
+        return explanation_html({self.method: self}, *self.source)
+
+    @property
+    def signed(self) -> bool:
+        """Whether negative relevance is meaningful (:data:`SIGNED` methods)."""
+        return self.method in SIGNED
 
     @property
     def zero_rows(self) -> list[int]:
@@ -101,7 +118,9 @@ def explain(
         raise ValueError(f"steps must be >= 1, got {steps}")
     subj = subject(model_or_folder, text, target=target, query=query, tokenizer=tokenizer,
                    max_new_tokens=max_new_tokens)
-    return explain_subject(subj, method, steps=steps, query=query)
+    result = explain_subject(subj, method, steps=steps, query=query)
+    result.source = (model_or_folder, text, target, tokenizer)
+    return result
 
 
 def explain_subject(subj: Subject, method: str, *, steps: int = 32, query: str | None = None) -> Explanation:

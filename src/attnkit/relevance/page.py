@@ -1,7 +1,7 @@
 """The explanation page: the attention explorer with a relevance view on top.
 
-:func:`relevance_data` turns explanations (one per method, same text and outputs) into the
-view's data; :func:`write_page` runs :func:`attnkit.viz.explore` on the same input (for the
+:func:`relevance_data` turns explanations (:class:`~attnkit.relevance.api.Explanation`, one per
+method, same text and outputs) into the view's data; :func:`write_page` runs :func:`attnkit.viz.explore` on the same input (for the
 attention views) and writes one offline page holding both.
 """
 
@@ -11,8 +11,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from attnkit.relevance.api import SIGNED, Explanation
 
 NOTES = {
     "attnlrp": "AttnLRP (Achtibat et al. 2024): relevance through softmax, q\u00b7k, attention\u00b7v and norms",
@@ -25,7 +23,7 @@ NOTES = {
 }
 
 
-def relevance_data(explanations: Mapping[str, Explanation]) -> dict[str, Any]:
+def relevance_data(explanations: Mapping[str, Any]) -> dict[str, Any]:
     """The relevance view's data: tokens, output tokens and each method's ``(T_out, T_in)`` map."""
     if not explanations:
         raise ValueError("relevance_data needs at least one explanation")
@@ -37,21 +35,48 @@ def relevance_data(explanations: Mapping[str, Explanation]) -> dict[str, Any]:
                              f"{tuple(first.relevance.shape)}: explanations of one page share their tokens")
         methods[name] = {
             "values": [[float(f"{v:.4g}") for v in row] for row in e.relevance.tolist()],
-            "zeroRows": e.zero_rows, "signed": name in SIGNED, "note": NOTES.get(name, ""),
+            "zeroRows": e.zero_rows, "signed": e.signed, "note": NOTES.get(name, ""),
         }
     return {"tokens": first.tokens, "targets": first.target_tokens, "query": first.query,
             "methods": methods, "order": list(explanations)}
 
 
-def write_page(explanations: Mapping[str, Explanation], path: str | os.PathLike, *, source: Any, text: str,
+def write_page(explanations: Mapping[str, Any], path: str | os.PathLike, *, source: Any, text: str,
                target: str | None = None, title: str | None = None, tokenizer: Any = None) -> Path:
     """One offline page: the relevance view of ``explanations`` above the attention explorer of
     ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
     model). Returns the page's path."""
-    from attnkit.viz import explore
     from attnkit.viz.any_model import _write_page
 
-    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
-    name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
-    att.path = _write_page(att, path, title=title or f"{name}: {text}", relevance=relevance_data(explanations))
+    att = _explored(source, text, target, tokenizer)
+    att.path = _write_page(att, path, title=title or _title(source, text), relevance=relevance_data(explanations))
     return att.path
+
+
+def explanation_html(explanations: Mapping[str, Any], source: Any, text: str, target: str | None = None,
+                     tokenizer: Any = None) -> str:
+    """The page of :func:`write_page` as one inline notebook view (isolated, offline), within
+    :data:`attnkit.viz.notebook.INLINE_MAX_BYTES` as the explorer's inline view is."""
+    from attnkit.viz.any_model import MAX_PAGE_BYTES, _explorer_data
+    from attnkit.viz.explorer import _render_page
+    from attnkit.viz.notebook import exploration_html
+
+    att = _explored(source, text, target, tokenizer)
+    relevance = relevance_data(explanations)
+
+    def render(neuron: bool | None, max_bytes: int) -> str:
+        data = _explorer_data(att, title=_title(source, text), neuron=neuron, max_bytes=max_bytes)
+        return _render_page({**data, "relevance": relevance})
+
+    return exploration_html(None, render, MAX_PAGE_BYTES)
+
+
+def _explored(source: Any, text: str, target: str | None, tokenizer: Any) -> Any:
+    from attnkit.viz import explore
+
+    return explore(source, text, target=target, path=None, tokenizer=tokenizer)
+
+
+def _title(source: Any, text: str) -> str:
+    name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    return f"{name}: {text}"

@@ -154,35 +154,22 @@ def _no_query(query: str | None, what: str) -> None:
 
 def _folder(source: str | os.PathLike, text: str, *, target: str | None, query: str | None,
             max_new_tokens: int) -> Subject:
-    import json
-
     from attnkit.models.sentence_encoder import SentenceEncoder
+    from attnkit.viz.any_model import read_model_folder
 
-    folder = Path(source).expanduser()
-    if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
+    found = read_model_folder(source)
+    if found.kind in ("name", "sentence-transformers"):
         _no_target(target, "a sentence encoder")
-        return _sentence_encoder(SentenceEncoder.from_pretrained(str(source)), text, query)
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
-    try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg} is not a model config (a JSON object)")
-    if config.get("format") == "attnkit-checkpoint":
+        encoder = SentenceEncoder.from_pretrained(str(source) if found.kind == "name" else found.path)
+        return _sentence_encoder(encoder, text, query)
+    if found.kind == "attnkit":
         from attnkit.data import load_tokenizer
         from attnkit.models import load
 
         _no_query(query, "an attnkit seq2seq checkpoint")
-        return _attnkit(load(folder), load_tokenizer(folder), text, target=target, max_new_tokens=max_new_tokens)
-    if (folder / "modules.json").is_file() and config.get("model_type") == "bert":
-        _no_target(target, "a sentence-transformers encoder")
-        return _sentence_encoder(SentenceEncoder.from_pretrained(folder), text, query)
-    if "model_type" not in config:
-        raise ValueError(f"{cfg} names no model_type and is not an attnkit checkpoint")
-    model, tokenizer = _load_hf(folder, config)
+        return _attnkit(load(found.path), load_tokenizer(found.path), text, target=target,
+                        max_new_tokens=max_new_tokens)
+    model, tokenizer = _load_hf(found.path, found.config)
     return _hf(model, tokenizer, text, target=target, query=query, max_new_tokens=max_new_tokens)
 
 
@@ -207,25 +194,13 @@ def _load_hf(folder: Path, config: dict) -> tuple[nn.Module, Any]:
 
 
 def _attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, max_new_tokens: int) -> Subject:
-    from attnkit.models import TransformerSeq2Seq, generate
+    from attnkit.models import TransformerSeq2Seq, output_ids
     from attnkit.viz.any_model import _attnkit_tokens
 
     c = model.config
-    src_ids = tokenizer.encode(text)
-    if not src_ids:
-        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
+    src_ids, row = output_ids(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
     device = next(model.parameters()).device
     src = torch.tensor([src_ids], device=device)  # (1, S)
-    if target is not None:
-        body = tokenizer.encode(target)
-        if not body or getattr(tokenizer, "unk_id", None) in body:
-            raise ValueError(f"the model's tokenizer cannot encode the target {target!r}")
-        row = [*body, c.eos_id]
-    else:
-        model.eval()
-        with torch.no_grad():
-            row = generate(model, src, max_len=max_new_tokens)[0].tolist()
-        row = row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]
     tgt_in = torch.tensor([[c.bos_id, *row[:-1]]], device=device)  # (1, T_out)
     picked = torch.tensor(row, device=device)  # (T_out,)
     steps = torch.arange(len(row), device=device)

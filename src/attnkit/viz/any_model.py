@@ -32,15 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
 from attnkit.models.sentence_encoder import SentenceEncoder
-from attnkit.viz.explorer import Panel, _page_data, _write_data, json_chars, neuron_payload
+from attnkit.viz.explorer import (
+    LayerSource,
+    Panel,
+    _page_data,
+    _write_data,
+    json_chars,
+    neuron_payload,
+)
 from attnkit.viz.hooks import CAUSAL_KINDS, FAMILIES, KINDS, Capture, Projections
 from attnkit.viz.tokens import readable_tokens, token_scheme
-from attnkit.viz.views import rollout, value_norm_attention
+from attnkit.viz.views import check_value_norm_shapes, rollout, value_norm_layer
 
 MAX_PAGE_BYTES = 15_000_000  # quantised weights of all views together (base64: 20 MB)
 MAX_PAGE_CHARS = 24_000_000  # the neuron view is left out by default when the page would pass this
@@ -103,14 +111,32 @@ class Exploration:
         """The page's views of ``kind``: ``"raw"`` ``(L, H, Tq, Tk)``; ``"rollout"`` ``(L, 1, T, T)``
         for self-attention; ``"value-norm"`` ``(L, H, Tq, Tk)`` (each row rescaled to sum to 1)
         where the projections were captured."""
+        out: dict[str, Tensor] = {}
+        for view, source in self._view_sources(kind).items():
+            if isinstance(source, LayerSource):
+                full = torch.empty(source.shape, dtype=torch.float32)
+                for layer in range(source.shape[0]):
+                    full[layer] = torch.from_numpy(source[layer])
+                source = full
+            out[view] = source
+        return out
+
+    def _view_sources(self, kind: str) -> dict[str, Tensor | LayerSource]:
+        """:meth:`views`, with the value-norm view as a :class:`LayerSource` (computed a layer at
+        a time when it is read, so a page never holds it whole in float)."""
         raw = self.weights[kind]
-        out = {"raw": raw}
+        out: dict[str, Tensor | LayerSource] = {"raw": raw}
         if kind != "cross":
             out["rollout"] = rollout(raw)[:, None]  # (L, 1, T, T)
         p = self.projections.get(kind)
         if p is not None:
-            vn = value_norm_attention(raw, p.v, p.out_proj_weight)
-            out["value-norm"] = vn / vn.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+            check_value_norm_shapes(raw, p.v, p.out_proj_weight)
+
+            def layer(i: int) -> np.ndarray:
+                vn = value_norm_layer(raw[i], p.v[i], p.out_proj_weight[i])  # (H, Tq, Tk) float32
+                return (vn / vn.sum(dim=-1, keepdim=True).clamp_min(1e-30)).numpy()  # rows sum to 1
+
+            out["value-norm"] = LayerSource(tuple(raw.shape), layer)
         return out
 
     def save(
@@ -207,9 +233,11 @@ def _explorer_data(att: Exploration, *, title: str | None = None, neuron: bool |
     panels = []
     for kind in kinds:
         left, right = att.token_pair(kind)
-        for view, weights in att.views(kind).items():
+        for view, weights in att._view_sources(kind).items():
+            if isinstance(weights, Tensor):
+                weights = weights.detach().float().cpu().numpy()  # no copy of float32 on the CPU
             panels.append(Panel(
-                weights.detach().float().cpu().numpy(), left, right, kind=kind, view=view,
+                weights, left, right, kind=kind, view=view,
                 causal=kind in CAUSAL_KINDS, cross=kind == "cross",
                 head_names=["all heads"] if view == "rollout" else None,
             ))
@@ -300,13 +328,26 @@ def _no_target(target: str | None, what: str) -> None:
         raise ValueError(f"target={target!r} needs an encoder-decoder model, but this is {what}")
 
 
-def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
-    """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
+@dataclass(frozen=True)
+class ModelFolder:
+    """What a model folder (or name) holds, read once by :func:`read_model_folder`: ``kind`` is
+    ``"name"`` (no such folder: a known model name such as ``"all-MiniLM-L6-v2"``), ``"attnkit"``
+    (an ``attnkit train`` checkpoint), ``"sentence-transformers"`` (a BERT folder with
+    ``modules.json``) or ``"hf"`` (any other Hugging Face model); ``config`` its config.json."""
+
+    kind: str
+    path: Path
+    config: dict[str, Any]
+
+
+def read_model_folder(source: str | os.PathLike) -> ModelFolder:
+    """Classify a model folder (or name) for every reader of one (explore, explain).
+
+    Raises ``FileNotFoundError`` for a file or a folder without config.json and ``ValueError``
+    for a config that is not a JSON object naming a model_type (or an attnkit checkpoint)."""
     folder = Path(source).expanduser()
-    if not folder.exists():  # a known name ("all-MiniLM-L6-v2"), or FileNotFoundError naming it
-        encoder = SentenceEncoder.from_pretrained(str(source))
-        _no_target(target, "a sentence-transformers encoder")
-        return _run_sentence_encoder(encoder, text)
+    if not folder.exists():  # a known name, or FileNotFoundError naming it when it is loaded
+        return ModelFolder("name", folder, {})
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a model folder (it is a file)")
     cfg_path = folder / "config.json"
@@ -322,18 +363,29 @@ def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path} is not a model config (a JSON object)")
     if config.get("format") == "attnkit-checkpoint":
-        from attnkit.data import load_tokenizer
-        from attnkit.models import load
-
-        return _run_attnkit(load(folder), load_tokenizer(folder), text, target=target,
-                            max_new_tokens=max_new_tokens)
+        return ModelFolder("attnkit", folder, config)
     if "model_type" not in config:
         raise ValueError(f"{cfg_path} names no model_type and is not an attnkit checkpoint: "
                          f"{folder} is not a model folder")
     if (folder / "modules.json").is_file() and config["model_type"] == "bert":
+        return ModelFolder("sentence-transformers", folder, config)
+    return ModelFolder("hf", folder, config)
+
+
+def _run_folder(source: str | os.PathLike, text: str, *, target: str | None, max_new_tokens: int) -> Exploration:
+    """A folder: attnkit checkpoint, sentence-transformers BERT, or Hugging Face model."""
+    found = read_model_folder(source)
+    if found.kind in ("name", "sentence-transformers"):
+        encoder = SentenceEncoder.from_pretrained(str(source) if found.kind == "name" else found.path)
         _no_target(target, "a sentence-transformers encoder")
-        return _run_sentence_encoder(SentenceEncoder.from_pretrained(folder), text)
-    model, tokenizer = _load_hf(folder)
+        return _run_sentence_encoder(encoder, text)
+    if found.kind == "attnkit":
+        from attnkit.data import load_tokenizer
+        from attnkit.models import load
+
+        return _run_attnkit(load(found.path), load_tokenizer(found.path), text, target=target,
+                            max_new_tokens=max_new_tokens)
+    model, tokenizer = _load_hf(found.path)
     return _run_hf(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
 
 
@@ -400,16 +452,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _stack(attentions: Any, name: str, model: nn.Module) -> Tensor:
-    """HF's per-layer ``(B, H, Tq, Tk)`` tuple -> ``(L, H, Tq, Tk)`` float (batch item 0)."""
+def _stack(attentions: list[Any], name: str, model: nn.Module) -> Tensor:
+    """HF's per-layer ``(B, H, Tq, Tk)`` attentions -> ``(L, H, Tq, Tk)`` float (batch item 0).
+
+    ``attentions`` is a list that this empties as it copies: each layer's tensor is dropped once
+    copied, so the model's weights and their stack are never both held whole (at 1,024 tokens
+    and 12 layers x 12 heads each is 604 MB)."""
     if not attentions or any(a is None for a in attentions):
         impl = getattr(model.config, "_attn_implementation", None)
+        shown = tuple(attentions) if isinstance(attentions, list) else attentions
         raise ValueError(
             f"the {model.config.model_type} model reported no attention weights (outputs.{name} is "
-            f"{attentions!r}): its attention implementation {impl!r} cannot report them; load it with "
+            f"{shown!r}): its attention implementation {impl!r} cannot report them; load it with "
             "attn_implementation='eager'"
         )
-    return torch.stack([a[0] for a in attentions]).float().cpu()  # (L, H, Tq, Tk)
+    out = torch.empty((len(attentions), *attentions[0].shape[1:]), dtype=torch.float32)  # (L, H, Tq, Tk)
+    for layer in range(len(attentions)):
+        out[layer] = attentions[layer][0]
+        attentions[layer] = None
+    return out
+
+
+def _as_list(attentions: Any) -> Any:
+    return list(attentions) if isinstance(attentions, (tuple, list)) else attentions
 
 
 def _hf_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
@@ -447,12 +512,11 @@ def _run_hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, 
                 out = model(**inputs, output_attentions=True, return_dict=True)
     finally:
         model.train(training)
-    if role == "seq2seq":
-        weights = {"encoder": _stack(out.encoder_attentions, "encoder_attentions", model),
-                   "decoder": _stack(out.decoder_attentions, "decoder_attentions", model),
-                   "cross": _stack(out.cross_attentions, "cross_attentions", model)}
-    else:
-        weights = {role: _stack(out.attentions, "attentions", model)}
+    names = {"encoder": "encoder_attentions", "decoder": "decoder_attentions", "cross": "cross_attentions"}
+    names = names if role == "seq2seq" else {role: "attentions"}
+    attentions = {kind: _as_list(getattr(out, name, None)) for kind, name in names.items()}
+    del out  # the lists now hold the only references: _stack frees each layer as it copies it
+    weights = {kind: _stack(attentions.pop(kind), names[kind], model) for kind in names}
     projections = capture.projections(weights)
     return Exploration(
         tokens=_hf_tokens(tokenizer, ids),
@@ -483,23 +547,15 @@ def _decoder_ids(model: nn.Module, tokenizer: Any, inputs: dict[str, Tensor], ta
 def _run_attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
                  max_new_tokens: int) -> Exploration:
     """An attnkit seq2seq model: the Transformer's three kinds, or the RNN's cross-attention."""
-    from attnkit.models import generate
+    from attnkit.models import output_ids
 
     c = model.config
-    src_ids = tokenizer.encode(text)
-    if not src_ids:
-        raise ValueError(f"the tokenizer gives no tokens for {text!r}")
-    device = next(model.parameters()).device
-    src = torch.tensor([src_ids], device=device)  # (1, S)
+    src_ids, row = output_ids(model, tokenizer, text, target=target, max_new_tokens=max_new_tokens)
+    src = torch.tensor([src_ids], device=next(model.parameters()).device)  # (1, S)
     model.eval()
     with torch.no_grad():
-        if target is not None:
-            row = [*tokenizer.encode(target), c.eos_id]
-        else:
-            row = generate(model, src, max_len=max_new_tokens)[0].tolist()
-            row = row[: row.index(c.eos_id) + 1] if c.eos_id in row else [t for t in row if t != c.pad_id]
         tgt_ids = [c.bos_id, *row]
-        tgt_in = torch.tensor([tgt_ids], device=device)  # (1, T)
+        tgt_in = torch.tensor([tgt_ids], device=src.device)  # (1, T)
         is_transformer = isinstance(model, TransformerSeq2Seq)
         with Capture(model, "attnkit" if is_transformer else f"attnkit {type(model).__name__}") as capture:
             _, maps = model.forward_with_weights(src, tgt_in)  # kind -> [per layer (1, H, Tq, Tk)]

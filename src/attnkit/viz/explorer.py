@@ -38,7 +38,7 @@ import base64
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from attnkit.io import atomic_write
+from attnkit.io import atomic_open
 from attnkit.viz.fonts import web_font_css
 from attnkit.viz.heatmap import as_numpy
 from attnkit.viz.notebook import Page
@@ -130,6 +130,58 @@ def normalise_weights(weights: Any) -> np.ndarray:
     return a
 
 
+def _pick_top_k(shape: Sequence[int], top_k: int | None, max_dense_bytes: int) -> int | None:
+    """The top-k of :func:`encode_weights` for weights of ``shape`` (None: dense)."""
+    n_layers, n_heads, tq, tk = shape
+    if top_k is None and n_layers * n_heads * tq * tk > max_dense_bytes:
+        top_k = max(1, max_dense_bytes // max(1, 3 * n_layers * n_heads * tq))
+    if top_k is not None and top_k >= tk:
+        top_k = None
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return top_k
+
+
+def _check_nonnegative(weights: np.ndarray) -> None:
+    low = weights.min() if weights.size else 0
+    if low < 0:
+        raise ValueError(f"attention weights must be >= 0, found a minimum of {low:.4g}")
+
+
+_CHUNK = 1 << 20  # weights quantised at a time: the float64 temporaries stay ~8 MB whatever the length
+
+
+def _encode_rows(rows: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                                 float, int]:
+    """Quantise ``rows (n, Tk)`` (see the module docstring), a chunk of rows at a time.
+
+    Returns ``q`` (``(n, Tk)`` dense, or ``(n, k)``: the kept weights, in ``idx``'s order),
+    ``rowmax (n,)`` float32, ``idx (n, k)`` int64 or None, and the sum over the rows with
+    weight of the share of their mass that is kept, with the number of those rows."""
+    n, tk = rows.shape
+    width = tk if top_k is None else top_k
+    q = np.empty((n, width), np.uint8)
+    rowmax = np.zeros(n, np.float32)
+    idx = None if top_k is None else np.empty((n, top_k), np.int64)
+    kept_sum, kept_rows = 0.0, 0
+    step = max(1, _CHUNK // max(1, tk))
+    for lo in range(0, n, step):
+        w = rows[lo : lo + step]
+        if tk:
+            rowmax[lo : lo + len(w)] = w.max(axis=-1)
+        total = w.sum(axis=-1, dtype=np.float64)
+        scale = np.where(rowmax[lo : lo + len(w)] > 0, 255.0 / np.maximum(rowmax[lo : lo + len(w)], 1e-30), 0.0)
+        if top_k is not None:
+            i = np.argpartition(-w, top_k - 1, axis=-1)[..., :top_k]  # each row's top-k columns
+            idx[lo : lo + len(w)] = i
+            w = np.take_along_axis(w, i, axis=-1)  # (rows, k): everything outside the top-k is zero
+        q[lo : lo + len(w)] = np.clip(np.rint(w * scale[:, None]), 0, 255)
+        nonzero = total > 0
+        kept_sum += float((w.sum(axis=-1, dtype=np.float64)[nonzero] / total[nonzero]).sum())
+        kept_rows += int(nonzero.sum())
+    return q, rowmax, idx, kept_sum, kept_rows
+
+
 def encode_weights(weights: np.ndarray, *, top_k: int | None = None,
                    max_dense_bytes: int = MAX_DENSE_BYTES) -> EncodedWeights:
     """Quantise ``(layers, heads, Tq, Tk)`` weights per row to uint8 (see module docstring).
@@ -137,48 +189,49 @@ def encode_weights(weights: np.ndarray, *, top_k: int | None = None,
     ``top_k=None`` picks the dense encoding when it fits ``max_dense_bytes`` and otherwise the
     largest ``k`` whose top-k encoding (3 bytes per kept weight) fits.
     """
-    if np.any(weights < 0):
-        raise ValueError(f"attention weights must be >= 0, found a minimum of {weights.min():.4g}")
+    _check_nonnegative(weights)
     n_layers, n_heads, tq, tk = weights.shape
-    if top_k is None and weights.size > max_dense_bytes:
-        top_k = max(1, max_dense_bytes // max(1, 3 * n_layers * n_heads * tq))
-    if top_k is not None and top_k >= tk:
-        top_k = None
-    rowmax = weights.max(axis=-1) if tk else np.zeros(weights.shape[:3])  # (L, H, Tq)
-    rowmax = rowmax.astype(np.float32)
-    total = weights.sum(axis=-1, dtype=np.float64)  # (L, H, Tq)
-    idx = None
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        # Zero everything outside each row's top-k before quantising.
-        idx = np.argpartition(-weights, top_k - 1, axis=-1)[..., :top_k]  # (L, H, Tq, k)
-        kept = np.zeros_like(weights)
-        np.put_along_axis(kept, idx, np.take_along_axis(weights, idx, axis=-1), axis=-1)
-        weights = kept
-    scale = np.where(rowmax > 0, 255.0 / np.maximum(rowmax, 1e-30), 0.0)[..., None]
-    q = np.clip(np.rint(weights * scale), 0, 255).astype(np.uint8)  # (L, H, Tq, Tk)
-    nonzero = total > 0
-    kept = weights.sum(axis=-1, dtype=np.float64)[nonzero] / total[nonzero]
-    kept_mass = float(kept.mean()) if nonzero.any() else 1.0
-    return EncodedWeights(q=q, rowmax=rowmax, top_k=top_k, kept_mass=kept_mass,
-                          topk_idx=idx)
+    top_k = _pick_top_k(weights.shape, top_k, max_dense_bytes)
+    q = np.zeros(weights.shape, np.uint8)
+    rowmax = np.zeros(weights.shape[:3], np.float32)
+    idx = None if top_k is None else np.empty((n_layers, n_heads, tq, top_k), np.int64)
+    kept_sum, kept_rows = 0.0, 0
+    for layer in range(n_layers):  # a layer at a time: no float64 copy of all the weights
+        lq, lmax, li, s, r = _encode_rows(weights[layer].reshape(n_heads * tq, tk), top_k)
+        rowmax[layer] = lmax.reshape(n_heads, tq)
+        kept_sum, kept_rows = kept_sum + s, kept_rows + r
+        if li is None:
+            q[layer] = lq.reshape(n_heads, tq, tk)
+        else:
+            idx[layer] = li.reshape(n_heads, tq, top_k)
+            np.put_along_axis(q[layer], idx[layer], lq.reshape(n_heads, tq, top_k), axis=-1)
+    kept_mass = kept_sum / kept_rows if kept_rows else 1.0
+    return EncodedWeights(q=q, rowmax=rowmax, top_k=top_k, kept_mass=kept_mass, topk_idx=idx)
+
+
+def _line_counts(q: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
+    """How many of the quantised weights ``q (..., n)`` (with ``rowmax (...)``) are drawn at each
+    threshold of :data:`THRESHOLD_LADDER` (``w > 0`` and ``w >= threshold``, as the page does)."""
+    w = q.astype(np.float64) * rowmax.astype(np.float64)[..., None] / 255
+    w = np.sort(w[w > 0])
+    return w.size - np.searchsorted(w, np.asarray(THRESHOLD_LADDER), side="left")
+
+
+def _threshold_of(busiest: np.ndarray, max_lines: int = MAX_DEFAULT_LINES) -> float:
+    """The smallest threshold of the ladder at which ``busiest`` (the most lines any layer draws at
+    each threshold of the ladder) is at most ``max_lines``."""
+    fits = np.nonzero(busiest <= max_lines)[0]
+    return float(THRESHOLD_LADDER[fits[0]]) if fits.size else THRESHOLD_LADDER[-1]
 
 
 def default_threshold(encoded: EncodedWeights, max_lines: int = MAX_DEFAULT_LINES) -> float:
     """The smallest threshold of the ladder whose busiest layer draws at most ``max_lines``."""
     if encoded.q.size == 0:
         return THRESHOLD_LADDER[0]
-    ladder = np.asarray(THRESHOLD_LADDER)
-    busiest = np.zeros(len(ladder), dtype=np.int64)
+    busiest = np.zeros(len(THRESHOLD_LADDER), dtype=np.int64)
     for layer in range(encoded.q.shape[0]):
-        w = EncodedWeights(encoded.q[layer : layer + 1], encoded.rowmax[layer : layer + 1],
-                           encoded.top_k, 1.0).dequantise()
-        w = np.sort(w[w > 0])
-        counts = w.size - np.searchsorted(w, ladder, side="left")  # lines with w >= threshold
-        busiest = np.maximum(busiest, counts)
-    fits = np.nonzero(busiest <= max_lines)[0]
-    return float(ladder[fits[0]]) if fits.size else THRESHOLD_LADDER[-1]
+        busiest = np.maximum(busiest, _line_counts(encoded.q[layer], encoded.rowmax[layer]))
+    return _threshold_of(busiest, max_lines)
 
 
 def _b64(array: np.ndarray) -> str:
@@ -204,17 +257,34 @@ def _split_tokens(tokens: Any, tq: int, tk: int) -> tuple[list[str], list[str], 
     return left, right, is_pair
 
 
+@dataclass(frozen=True)
+class LayerSource:
+    """Weights ``(layers, heads, Tq, Tk)`` made one layer at a time: ``source[i]`` calls
+    ``layer(i)`` for layer ``i``'s ``(heads, Tq, Tk)`` float32. A :class:`Panel` of a derived
+    view (value-norm) holds one, so the page never holds that view's float weights whole."""
+
+    shape: tuple[int, int, int, int]
+    layer: Callable[[int], np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.layer(i)
+
+
 @dataclass
 class Panel:
     """One set of weights the page can show: an attention kind in one view.
 
-    ``weights (layers, heads, Tq, Tk)`` float; ``left``/``right`` the query/key tokens;
+    ``weights (layers, heads, Tq, Tk)`` float (an array, or a :class:`LayerSource`); ``left``/``right`` the query/key tokens;
     ``kind`` ``"encoder"``/``"decoder"``/``"cross"`` (None: a page without a kind selector);
     ``view`` ``"raw"``, ``"rollout"`` or ``"value-norm"``; ``causal``: query ``i`` sees keys
     ``0 .. i + Tk - Tq`` only (drawn so); ``cross``: two token lists (outputs attending to inputs).
     """
 
-    weights: np.ndarray
+    weights: np.ndarray | LayerSource
     left: list[str]
     right: list[str]
     kind: str | None = None
@@ -318,7 +388,10 @@ def _page_data(
 def _write_data(data: dict[str, Any], path: str | Path) -> Path:
     """Write the page for :func:`_page_data`'s ``data`` to ``path`` (atomically) and return it
     (a :class:`~attnkit.viz.notebook.Page`: a path that shows the page inline in a notebook)."""
-    return Page(atomic_write(path, _render_page(data)))
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for part in _page_parts(data):  # written as made: the page is never one string in memory
+            f.write(part)
+    return Page(Path(path))
 
 
 def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str, Any]:
@@ -335,8 +408,29 @@ def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str
         raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
     if p.head_names is not None and len(p.head_names) != n_heads:
         raise ValueError(f"head_names has {len(p.head_names)} entries for {n_heads} heads")
-    encoded = encode_weights(w, top_k=top_k, max_dense_bytes=max_dense_bytes)
-    threshold = default_threshold(encoded) if p.threshold is None else p.threshold
+    # One layer at a time (a LayerSource makes each only now), keeping only what the page stores.
+    top_k = _pick_top_k(w.shape, top_k, max_dense_bytes)
+    q = np.empty((n_layers, n_heads, tq, tk if top_k is None else top_k), np.uint8)
+    idx = None if top_k is None else np.empty(q.shape, "<u2")
+    rowmax = np.empty((n_layers, n_heads, tq), "<f4")
+    busiest = np.zeros(len(THRESHOLD_LADDER), dtype=np.int64)
+    kept_sum, kept_rows = 0.0, 0
+    for layer in range(n_layers):
+        lw = np.asarray(w[layer])  # (H, Tq, Tk)
+        _check_nonnegative(lw)
+        lq, lmax, li, s, r = _encode_rows(lw.reshape(n_heads * tq, tk), top_k)
+        del lw
+        q[layer] = lq.reshape(q.shape[1:])
+        rowmax[layer] = lmax.reshape(n_heads, tq)
+        if idx is not None:
+            idx[layer] = li.reshape(idx.shape[1:])
+        kept_sum, kept_rows = kept_sum + s, kept_rows + r
+        if p.threshold is None and q.size:
+            busiest = np.maximum(busiest, _line_counts(q[layer], rowmax[layer]))
+    if p.threshold is not None:
+        threshold = p.threshold
+    else:
+        threshold = _threshold_of(busiest) if q.size else THRESHOLD_LADDER[0]
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     data: dict[str, Any] = {
@@ -349,8 +443,8 @@ def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str
         "nk": tk,
         "layerNames": list(names),
         "threshold": threshold,
-        "rowmax": _b64(encoded.rowmax.astype("<f4")),
-        "keptMass": encoded.kept_mass,
+        "rowmax": _b64(rowmax),
+        "keptMass": kept_sum / kept_rows if kept_rows else 1.0,
     }
     if p.kind is not None:
         data.update(kind=p.kind, view=p.view, causal=p.causal)
@@ -358,12 +452,10 @@ def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str
         data["causal"] = True
     if p.head_names is not None:
         data["headNames"] = list(p.head_names)
-    if encoded.top_k is None:
-        data.update(encoding="dense", q=_b64(encoded.q))
-    else:
-        idx = encoded.topk_idx  # (L, H, Tq, k)
-        vals = np.take_along_axis(encoded.q, idx, axis=-1)
-        data.update(encoding="topk", k=encoded.top_k, idx=_b64(idx.astype("<u2")), q=_b64(vals))
+    if top_k is None:
+        data.update(encoding="dense", q=_b64(q))
+    else:  # q: the kept weights (L, H, Tq, k), in the order of their columns idx
+        data.update(encoding="topk", k=top_k, idx=_b64(idx), q=_b64(q))
     return data
 
 
@@ -451,21 +543,43 @@ def shown_characters(data: dict[str, Any]) -> list[str]:
     return [*texts, *(UI_CHARACTERS[part] for part in parts)]
 
 
-def _render_page(data: dict[str, Any]) -> str:
-    """The page: ``assets/explorer.html`` with its CSS, JS, the data and the fonts of the
-    characters it shows (:func:`attnkit.viz.fonts.web_font_css`) inlined (one file).
+def _page_parts(data: dict[str, Any]) -> Iterator[str]:
+    """The page for ``data`` in pieces: ``assets/explorer.html`` with its CSS, JS, the data and
+    the fonts of the characters it shows (:func:`attnkit.viz.fonts.web_font_css`) inlined.
 
     The placeholders are filled in one pass, so text that is inserted (a title, the data) is
-    never scanned for placeholders again.
+    never scanned for placeholders again. The data comes as JSON in the encoder's pieces, so a
+    writer never holds the page (tens of MB at 1,024 tokens) as one string, nor copies of it.
     """
-    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
     extra = "relevance" in data  # attnkit.explain's relevance view: its own asset files
     parts = {
-        "TITLE": html.escape(data["title"]),
-        "CSS": _asset("explorer.css") + (_asset("relevance.css") if extra else ""),
-        "FONTS": web_font_css(shown_characters(data)),
-        "JS": _asset("explorer.js") + ("\n" + _asset("relevance.js") if extra else ""),
-        "DATA": payload,
+        "TITLE": lambda: [html.escape(data["title"])],
+        "CSS": lambda: [_asset("explorer.css") + (_asset("relevance.css") if extra else "")],
+        "FONTS": lambda: [web_font_css(shown_characters(data))],
+        "JS": lambda: [_asset("explorer.js") + ("\n" + _asset("relevance.js") if extra else "")],
+        "DATA": lambda: _json_pieces(data),
     }
-    return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], _asset("explorer.html"))
+    template = _asset("explorer.html")
+    at = 0
+    for m in _PLACEHOLDER.finditer(template):
+        yield template[at : m.start()]
+        yield from parts[m.group(1)]()
+        at = m.end()
+    yield template[at:]
+
+
+def _json_pieces(data: dict[str, Any]) -> Iterator[str]:
+    """``json.dumps(data)`` (compact, ASCII) in pieces, made safe inside a <script> element.
+
+    ``<`` and ``/`` occur only inside JSON strings, and the encoder yields each string whole, so
+    ``</`` and ``<!--`` never straddle two pieces."""
+    encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    for piece in encoder.iterencode(data):
+        if "<" in piece:
+            piece = piece.replace("</", "<\\/").replace("<!--", "<\\!--")
+        yield piece
+
+
+def _render_page(data: dict[str, Any]) -> str:
+    """The page of :func:`_page_parts` as one string (one file: nothing is fetched)."""
+    return "".join(_page_parts(data))

@@ -17,8 +17,10 @@ above the view.
 
 What displays itself: the record :func:`~attnkit.viz.explore` returns, the page
 :func:`~attnkit.viz.explorer` writes (a :class:`Page`), an :class:`~attnkit.viz.alignment.Alignment`
-(its heatmap), a :class:`~attnkit.viz.contextual.ContextualSimilarity` (table and plot), and
-the matplotlib figures attnkit returns (:func:`enable_figures`).
+(its heatmap), a :class:`~attnkit.viz.contextual.ContextualSimilarity` (table and plot), the
+:class:`~attnkit.Explanation` that :func:`attnkit.explain` returns (the relevance view above the
+explorer, :func:`attnkit.relevance.page.explanation_html`), and the matplotlib figures attnkit
+returns (:func:`enable_figures`).
 
 This module is the bottom of ``viz/`` (it imports only :mod:`attnkit.viz.fonts`): the records
 call it from their ``_repr_*`` methods with what they drew.

@@ -40,14 +40,14 @@ def rollout(weights: Tensor) -> Tensor:
         raise ValueError(f"rollout needs self-attention weights (layers, heads, T, T), got shape {tuple(w.shape)}")
     n_layers, _, T, _ = w.shape
     eye = torch.eye(T, dtype=torch.float64, device=w.device)
-    a = 0.5 * w.double().mean(dim=1) + 0.5 * eye  # (L, T, T): attention plus the residual
-    a = a / a.sum(dim=-1, keepdim=True)  # rows renormalised (a row of zeros becomes the identity's)
-    out = torch.empty_like(a)
+    out = torch.empty(n_layers, T, T, dtype=w.dtype, device=w.device)
     acc = eye
-    for layer in range(n_layers):
-        acc = a[layer] @ acc  # Ã_l = A_l · Ã_{l-1}
+    for layer in range(n_layers):  # one layer at a time: float64 (T, T), never (L, H, T, T)
+        a = 0.5 * w[layer].double().mean(dim=0) + 0.5 * eye  # attention plus the residual
+        a = a / a.sum(dim=-1, keepdim=True)  # rows renormalised (a row of zeros becomes the identity's)
+        acc = a @ acc  # Ã_l = A_l · Ã_{l-1}
         out[layer] = acc
-    return out.to(w.dtype)
+    return out
 
 
 def value_norm_attention(weights: Tensor, values: Tensor, out_proj_weight: Tensor) -> Tensor:
@@ -68,6 +68,17 @@ def value_norm_attention(weights: Tensor, values: Tensor, out_proj_weight: Tenso
         ValueError: the shapes do not fit together (the message names them).
     """
     w, v, o = _as_float(weights), _as_float(values), _as_float(out_proj_weight)
+    check_value_norm_shapes(w, v, o)
+    n_layers = w.shape[0]
+    out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+    for layer in range(n_layers):  # one layer at a time: no float copy of all the weights
+        out[layer] = value_norm_layer(w[layer], v[layer], o[layer])
+    return out
+
+
+def check_value_norm_shapes(weights: Tensor, values: Tensor, out_proj_weight: Tensor) -> None:
+    """ValueError (naming the shapes) unless :func:`value_norm_attention`'s arguments fit together."""
+    w, v, o = weights, values, out_proj_weight
     if w.dim() != 4 or v.dim() != 4 or o.dim() != 3:
         raise ValueError(
             f"value_norm_attention needs weights (L, H, Tq, Tk), values (L, H, Tk, d) and "
@@ -80,6 +91,12 @@ def value_norm_attention(weights: Tensor, values: Tensor, out_proj_weight: Tenso
             f"shapes do not fit: weights {tuple(w.shape)} (L, H, Tq, Tk), values {tuple(v.shape)} "
             f"(L, H, Tk, d), out_proj_weight {tuple(o.shape)} (L, E, H*d)"
         )
-    w_o = o.float().unflatten(-1, (n_heads, d))  # (L, E, H, d)
-    f = torch.einsum("lhkd,lehd->lhke", v.float(), w_o)  # (L, H, Tk, E): f_h(x_j)
-    return w.float() * f.norm(dim=-1)[:, :, None, :]  # (L, H, Tq, Tk)
+
+
+def value_norm_layer(weights: Tensor, values: Tensor, out_proj_weight: Tensor) -> Tensor:
+    """:func:`value_norm_attention` of one layer: ``weights (H, Tq, Tk)``, ``values (H, Tk, d)``,
+    ``out_proj_weight (E, H*d)`` -> ``(H, Tq, Tk)`` float32 (shapes unchecked)."""
+    n_heads, d = values.shape[0], values.shape[-1]
+    w_o = out_proj_weight.float().unflatten(-1, (n_heads, d))  # (E, H, d)
+    f = torch.einsum("hkd,ehd->hke", values.float(), w_o)  # (H, Tk, E): f_h(x_j)
+    return weights.float() * f.norm(dim=-1)[:, None, :]  # (H, Tq, Tk)
