@@ -305,7 +305,8 @@ class Int8Linear:
 
     The matmul is oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``, VNNI where the
     CPU has it, AVX2 elsewhere) on the weight prepacked once, with int32 accumulation and the
-    per-channel scale applied in the kernel; the rest is one float32 rank-``k + 2`` update.
+    per-channel scale applied in the kernel; the float32 outlier channels are one small matmul, and
+    the rest (per-token scale and offset, bias, activation) one elementwise pass.
     """
 
     packed: Tensor  # oneDNN's prepacked int8 weight
@@ -313,7 +314,9 @@ class Int8Linear:
     zero_points: Tensor  # (out,) long zeros: the weights are symmetric
     inv_smooth: Tensor  # (in,) float32, 0 at the outlier channels
     outliers: Tensor  # (k,) long
-    extra_weight: Tensor  # (k + 2, out) float32: W[:, outliers]^T, sum_j Q_w[:, j] s_w, bias
+    outlier_weight: Tensor  # (k, out) float32: W[:, outliers]^T
+    column_sums: Tensor  # (out,) float32: sum_j Q_w[:, j] s_w, what lo_x multiplies
+    bias: Tensor  # (out,) float32 (zeros where the linear has none)
     passes: int = 1  # 2: the rounding residual of each token is quantised again (~16-bit activations)
 
     @classmethod
@@ -335,36 +338,87 @@ class Int8Linear:
         w_int8 = w / inv_smooth.clamp_min(1e-30) * (inv_smooth > 0)  # (out, in): W m, 0 at the outliers
         scale = (w_int8.abs().amax(1) / 127.0).clamp_min(1e-12)  # (out,)
         q = torch.round(w_int8 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
-        extra = torch.cat([
-            w[:, outliers].t(),  # (k, out)
-            (q.float().sum(1) * scale)[None],  # (1, out): what lo_x multiplies
-            (torch.zeros(n_out) if bias is None else bias.detach().float())[None],  # (1, out)
-        ])
+        bias = torch.zeros(n_out) if bias is None else bias.detach().float()
         return cls(torch.ops.onednn.qlinear_prepack(q, None), scale.contiguous(), torch.zeros(n_out, dtype=torch.long),
-                   inv_smooth.contiguous(), outliers, extra.contiguous(), passes)
+                   inv_smooth.contiguous(), outliers, w[:, outliers].t().contiguous(),
+                   (q.float().sum(1) * scale).contiguous(), bias.contiguous(), passes)
 
     def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
         """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
+        if activation not in (None, *ACTIVATIONS):
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
         rows = x.reshape(-1, x.shape[-1]).float()  # (N, in)
-        n, pool = rows.shape[0], scratch()  # reused buffers: a fresh 12 MB tensor is page-faulted in anew
-        xs = torch.mul(rows, self.inv_smooth, out=pool.take(Role.INT8_INPUT, tuple(rows.shape), torch.float32, x.device))
         levels = _activation_levels()  # 255, or 127 where the kernel sums u8 x s8 pairs in int16
-        lo, hi = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)  # (N, 1) x2
-        step = (hi - lo).clamp_min_(1e-12).mul_(1.0 / levels)  # (N, 1)
-        # (x - lo) / step + 0.5, truncated: rounded to nearest, in [0, 255]; one pass, then the cast
-        scaled = torch.addcmul(0.5 - lo / step, xs, 1.0 / step, out=xs)  # (x - lo) / step + 0.5
-        codes = pool.take(Role.INT8_CODES, (self.passes * n, rows.shape[1]), torch.uint8, x.device)  # (passes*N, in)
-        xq = codes[:n].copy_(scaled)  # rounded to nearest (truncating x + 0.5), in [0, levels]
-        if self.passes == 2:  # the rounding residual r in [-1/2, 1/2) steps: r = -1/2 + q_r / levels
-            codes[n:].copy_(scaled.sub_(xq).mul_(float(levels)).add_(0.5))  # q_r in [0, levels]
-        y = torch.ops.onednn.qlinear_pointwise(  # (passes*N, out) float32: (q_x @ Q_w^T) * s_w, both in one matmul
+        codes, lo, step = _int8_kernels().quantize(rows, self.inv_smooth, levels, self.passes)
+        y = torch.ops.onednn.qlinear_pointwise(  # (passes*N, out) float32: (q_x @ Q_w^T) * s_w, both passes in one matmul
             codes, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-        if self.passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
-            y = y[n:].mul_(1.0 / levels).add_(y[:n])
-            lo = lo - 0.5 * step
-        extra = torch.cat([rows.index_select(1, self.outliers), lo, torch.ones_like(lo)], dim=1)  # (N, k + 2)
-        y = y.mul_(step).addmm_(extra, self.extra_weight)
-        return activate(y, activation).view(*x.shape[:-1], y.shape[-1])
+        fp32 = rows.index_select(1, self.outliers) @ self.outlier_weight  # (N, out): the float32 channels
+        y = _int8_kernels().dequantize(y, fp32, lo, step, self.column_sums, self.bias, levels, self.passes, activation)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _quantize_rows(rows: Tensor, inv_smooth: Tensor, levels: int, passes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``rows (N, in)`` -> ``(codes (passes*N, in) uint8, lo (N, 1), step (N, 1))`` with
+    ``rows * inv_smooth = lo + step * q`` per token (``q`` the codes, rounded to nearest, in
+    ``[0, levels]``); with ``passes=2`` rows ``N..2N`` hold each token's rounding residual
+    ``r = -1/2 + q_r / levels`` steps, quantised again."""
+    xs = rows * inv_smooth  # (N, in)
+    lo, hi = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)  # (N, 1) x2
+    step = (hi - lo).clamp_min(1e-12) * (1.0 / levels)  # (N, 1)
+    scaled = (xs - lo) / step + 0.5  # in [0.5, levels + 0.5]
+    q = scaled.to(torch.uint8)  # truncating x + 0.5: rounded to nearest
+    if passes == 1:
+        return q, lo, step
+    residual = ((scaled - q.float()) * levels + 0.5).to(torch.uint8)  # (N, in): q_r in [0, levels]
+    return torch.cat([q, residual]), lo, step
+
+
+def _dequantize_rows(y: Tensor, fp32: Tensor, lo: Tensor, step: Tensor, column_sums: Tensor, bias: Tensor,
+                     levels: int, passes: int, activation: str | None) -> Tensor:
+    """The matmul's ``y (passes*N, out) = codes @ (Q_w^T s_w)`` -> ``activation(x @ W^T + b) (N, out)``:
+    ``step * y + lo * column_sums + bias + fp32`` (``fp32 (N, out)``: the outlier channels'
+    float32 product; see :class:`Int8Linear`). Elementwise only, so that it fuses into one loop."""
+    n = fp32.shape[0]
+    if passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
+        y = y[:n] + y[n:] * (1.0 / levels)
+        lo = lo - 0.5 * step
+    out = y * step + lo * column_sums + bias + fp32  # (N, out)
+    return out if activation is None else ACTIVATIONS[activation](out)
+
+
+@dataclass(frozen=True)
+class _Int8Kernels:
+    quantize: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    dequantize: Callable[..., Tensor]
+
+
+@functools.cache
+def _int8_kernels() -> _Int8Kernels:
+    """:func:`_quantize_rows` and :func:`_dequantize_rows` compiled by ``torch.compile``
+    (inductor's C++ backend fuses each into one or two vectorised loops: the per-token
+    quantisation was ten eager passes, 4x the time of the int8 matmul itself), or the eager
+    functions where compiling fails (no C++ compiler) or ``ATTNKIT_INT8_COMPILE=0``.
+
+    Shapes are dynamic, so one compile (about 10-40 s, then cached on disk by torch) serves every
+    batch. A token's result never depends on the other rows of the batch in either form."""
+    eager = _Int8Kernels(_quantize_rows, _dequantize_rows)
+    if os.environ.get("ATTNKIT_INT8_COMPILE", "1") == "0":
+        return eager
+    try:
+        compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True, fullgraph=True),
+                                torch.compile(_dequantize_rows, dynamic=True, fullgraph=True))
+        with torch.inference_mode():  # compile now, on a small case, so that a failure falls back here
+            rows = torch.randn(3, 8)
+            for passes in (1, 2):
+                codes, lo, step = compiled.quantize(rows, torch.ones(8), _activation_levels(), passes)
+                y = torch.zeros(passes * 3, 4)
+                compiled.dequantize(y, torch.zeros(3, 4), lo, step, torch.zeros(4), torch.zeros(4),
+                                    _activation_levels(), passes, None)
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+        warnings.warn(f"int8: torch.compile of the quantiser failed ({type(err).__name__}: {err}); "
+                      f"running it eagerly (correct, about 2x slower)", stacklevel=2)
+        return eager
+    return compiled
 
 
 def calibration_texts(count: int = 64) -> list[str]:
