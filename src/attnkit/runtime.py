@@ -31,7 +31,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "BufferPool",
     "DispatchTable",
     "Int8Linear",
+    "RowBlockedLinear",
     "Role",
     "activate",
     "advise_huge_pages",
@@ -352,9 +353,40 @@ class Int8Linear:
         codes, lo, step = _int8_kernels().quantize(rows, self.inv_smooth, levels, self.passes)
         y = torch.ops.onednn.qlinear_pointwise(  # (passes*N, out) float32: (q_x @ Q_w^T) * s_w, both passes in one matmul
             codes, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-        fp32 = rows.index_select(1, self.outliers) @ self.outlier_weight  # (N, out): the float32 channels
-        y = _int8_kernels().dequantize(y, fp32, lo, step, self.column_sums, self.bias, levels, self.passes, activation)
+        x_out = rows.index_select(1, self.outliers)  # (N, k): the float32 channels
+        y = _int8_kernels().dequantize(y, x_out, self.outlier_weight, lo, step, self.column_sums, self.bias, levels,
+                                       self.passes, activation)
         return y.view(*x.shape[:-1], y.shape[-1])
+
+
+@dataclass(frozen=True)
+class RowBlockedLinear:
+    """A float32 linear computed in fixed blocks of ``rows`` rows (the last block zero-padded),
+    so that every matmul has one shape: a token's result then has the same bits alone or in any
+    batch (a plain matmul's kernel and summation order change with its number of rows, and in
+    an int8 model such a last-bit change moves the next linear's rounding). The float32 linears
+    of an int8 model (``keep_float`` of :func:`quantize_int8`) run this way; inference only."""
+
+    weight: Tensor  # (out, in) float32
+    bias: Tensor | None  # (out,)
+    rows: int = 128
+
+    def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
+        flat = x.reshape(-1, x.shape[-1]).float()  # (N, in)
+        n, rows = flat.shape[0], self.rows
+        whole = n - n % rows
+        out = flat.new_empty(whole + (rows if whole < n else 0), self.weight.shape[0])  # (N rounded up, out)
+        w_t = self.weight.t()
+        for i in range(0, out.shape[0], rows):
+            block = flat[i:i + rows]
+            if block.shape[0] < rows:  # the last, partial block: zero-padded to the block shape
+                block = torch.cat([block, block.new_zeros(rows - block.shape[0], block.shape[1])])
+            if self.bias is None:
+                torch.mm(block, w_t, out=out[i:i + rows])
+            else:
+                torch.addmm(self.bias, block, w_t, out=out[i:i + rows])
+        return activate(out[:n], activation).view(*x.shape[:-1], out.shape[-1])
 
 
 def _quantize_rows(rows: Tensor, inv_smooth: Tensor, levels: int, passes: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -373,15 +405,17 @@ def _quantize_rows(rows: Tensor, inv_smooth: Tensor, levels: int, passes: int) -
     return torch.cat([q, residual]), lo, step
 
 
-def _dequantize_rows(y: Tensor, fp32: Tensor, lo: Tensor, step: Tensor, column_sums: Tensor, bias: Tensor,
-                     levels: int, passes: int, activation: str | None) -> Tensor:
+def _dequantize_rows(y: Tensor, x_out: Tensor, outlier_weight: Tensor, lo: Tensor, step: Tensor, column_sums: Tensor,
+                     bias: Tensor, levels: int, passes: int, activation: str | None) -> Tensor:
     """The matmul's ``y (passes*N, out) = codes @ (Q_w^T s_w)`` -> ``activation(x @ W^T + b) (N, out)``:
-    ``step * y + lo * column_sums + bias + fp32`` (``fp32 (N, out)``: the outlier channels'
-    float32 product; see :class:`Int8Linear`). Elementwise only, so that it fuses into one loop."""
-    n = fp32.shape[0]
+    ``step * y + lo * column_sums + bias + x_out @ outlier_weight`` (``x_out (N, k)``: the
+    float32 outlier channels, a few; see :class:`Int8Linear`). Written as elementwise products
+    and a sum over the ``k`` channels, so that it compiles into one loop."""
+    n = x_out.shape[0]
     if passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
         y = y[:n] + y[n:] * (1.0 / levels)
         lo = lo - 0.5 * step
+    fp32 = (x_out.unsqueeze(-1) * outlier_weight).sum(1)  # (N, k, 1) * (k, out) -> (N, out)
     out = y * step + lo * column_sums + bias + fp32  # (N, out)
     return out if activation is None else ACTIVATIONS[activation](out)
 
@@ -400,20 +434,22 @@ def _int8_kernels() -> _Int8Kernels:
     functions where compiling fails (no C++ compiler) or ``ATTNKIT_INT8_COMPILE=0``.
 
     Shapes are dynamic, so one compile (about 10-40 s, then cached on disk by torch) serves every
-    batch. A token's result never depends on the other rows of the batch in either form."""
+    batch; each activation, pass count and model shape class compiles once more, and past
+    torch's recompile limit a new one runs eagerly. A token's result never depends on the other
+    rows of the batch in either form."""
     eager = _Int8Kernels(_quantize_rows, _dequantize_rows)
     if os.environ.get("ATTNKIT_INT8_COMPILE", "1") == "0":
         return eager
     try:
-        compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True, fullgraph=True),
-                                torch.compile(_dequantize_rows, dynamic=True, fullgraph=True))
+        compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True),
+                                torch.compile(_dequantize_rows, dynamic=True))
         with torch.inference_mode():  # compile now, on a small case, so that a failure falls back here
             rows = torch.randn(3, 8)
             for passes in (1, 2):
                 codes, lo, step = compiled.quantize(rows, torch.ones(8), _activation_levels(), passes)
                 y = torch.zeros(passes * 3, 4)
-                compiled.dequantize(y, torch.zeros(3, 4), lo, step, torch.zeros(4), torch.zeros(4),
-                                    _activation_levels(), passes, None)
+                compiled.dequantize(y, torch.zeros(3, 2), torch.zeros(2, 4), lo, step, torch.zeros(4),
+                                    torch.zeros(4), _activation_levels(), passes, None)
     except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
         warnings.warn(f"int8: torch.compile of the quantiser failed ({type(err).__name__}: {err}); "
                       f"running it eagerly (correct, about 2x slower)", stacklevel=2)
@@ -475,13 +511,17 @@ class _Int8Recorder:
         self.seen[(id(owner), key)] = (owner, weight, bias, amax)
 
 
-def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: bool = True) -> int:
+def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: bool = True,
+                  keep_float: Collection[nn.Module] = (), passes: int = 1) -> int:
     """Give every linear that ``calibrate()`` (a float32 forward of ``model`` over calibration
     text) passes through :func:`linear` an :class:`Int8Linear`, kept on its owner; from then on
     :func:`linear` runs those in int8 (inference only). Returns the number of linears quantised.
 
     The weights are quantised here, once; activations are quantised per token at run time.
-    ``smooth`` turns on SmoothQuant's migration (scales from the calibration activations).
+    ``smooth`` turns on SmoothQuant's migration (scales from the calibration activations);
+    the linears of the modules in ``keep_float`` stay float32 (as a :class:`RowBlockedLinear`,
+    so that a token's result never depends on its batch); ``passes=2`` quantises each
+    token's rounding residual too (see :class:`Int8Linear`).
     """
     recorder = _local.int8_recorder = _Int8Recorder()
     try:
@@ -489,15 +529,17 @@ def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: 
             calibrate()
     finally:
         _local.int8_recorder = None
+    skip = {id(m) for m in keep_float}
+    quantised = 0
     for owner, key, weight, bias, amax in ((e[0], k[1], *e[1:]) for k, e in recorder.seen.items()):
-        # two passes: each token's rounding residual is quantised too. One-word texts are the
-        # hardest case (3 tokens, two of them [CLS]/[SEP]); on all-MiniLM against
-        # sentence-transformers fp32 "ok" reached cosine 0.9977 with one pass everywhere, 0.9988
-        # with two in the down projection only, 0.9993 with two everywhere (the weights' 8 bits
-        # are then most of what is left)
-        owner.__dict__.setdefault("_int8", {})[key] = Int8Linear.from_float(
-            weight, bias, amax if smooth else None, passes=2)
-    return len(recorder.seen)
+        if id(owner) in skip:
+            form: Int8Linear | RowBlockedLinear = RowBlockedLinear(
+                weight.detach().float(), None if bias is None else bias.detach().float())
+        else:
+            form = Int8Linear.from_float(weight, bias, amax if smooth else None, passes=passes)
+            quantised += 1
+        owner.__dict__.setdefault("_int8", {})[key] = form
+    return quantised
 
 
 def is_int8(model: nn.Module) -> bool:

@@ -196,7 +196,8 @@ class BertEncoder(nn.Module):
         does, else a copy whose linear weights are converted (rounded to nearest), sharing the
         float32 embeddings; LayerNorm parameters stay float32.
 
-        ``"int8"``: a copy whose linears run in int8 (:func:`attnkit.runtime.quantize_int8`),
+        ``"int8"``: a copy whose q/k/v, output and feed-forward up projections run in int8
+        (:func:`attnkit.runtime.quantize_int8`; the down projection stays float32),
         calibrated by a float32 pass over ``calibration`` (token ids of each text, e.g. of
         :func:`attnkit.runtime.calibration_texts`); attention, softmax, norms and the residual
         stream stay float32."""
@@ -210,7 +211,11 @@ class BertEncoder(nn.Module):
             rows = sorted(calibration, key=len)  # equal lengths side by side: fewer attention runs
             packed = Packed.from_lengths([len(r) for r in rows])
             stream = torch.tensor([t for row in rows for t in row], dtype=torch.long)  # (N,)
-            runtime.quantize_int8(new.layers, lambda: new(stream, packed=packed))
+            # the feed-forward's down projection stays float32: its input (GELU's output) has
+            # per-token outliers no 8-bit scheme here kept within cosine 0.999 on one-word texts
+            # (see docs/embeddings.md, "Precision")
+            runtime.quantize_int8(new.layers, lambda: new(stream, packed=packed),
+                                  keep_float=[layer.ff.linear2 for layer in new.layers])
             return new
         new = copy.deepcopy(self, memo={id(self.embeddings): self.embeddings})
         for module in new.layers.modules():
