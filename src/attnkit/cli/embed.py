@@ -58,8 +58,8 @@ def embed(
                                    "job of it)"),
     threads: int = typer.Option(None, "--threads", show_default=False,
                                 help="intra-op threads [default: all cores; under torchrun cores / local ranks]"),
-    dtype: str = typer.Option("auto", "--dtype", help="compute dtype: auto (bfloat16 where the CPU has native "
-                              "bf16 matmul, else float32) | float32 | bfloat16; the output is float32 (or --float16)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where native, else float32; never int8) | float32 | "
+                              "bfloat16 | int8 (docs/embeddings.md); the output is float32 (or --float16)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Embed each line of INPUT with a pretrained sentence encoder: streamed in chunks, resumable

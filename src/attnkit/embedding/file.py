@@ -189,7 +189,7 @@ def embed_file(
     ``overwrite``. Under ``torchrun`` each rank embeds its share and rank 0 writes ``OUT`` (set
     each rank's threads to :func:`attnkit.embedding.ranks.default_threads` first, as ``attnkit
     embed`` does: this call never changes the thread count). ``dtype`` (``"auto"``,
-    ``"float32"``, ``"bfloat16"``) is resolved on this machine, recorded in the job and passed to
+    ``"float32"``, ``"bfloat16"``, ``"int8"``) is resolved on this machine, recorded in the job and passed to
     :meth:`SentenceEmbedder.embed_ids`; ``encoder`` is an already loaded :class:`SentenceEmbedder` of
     ``model`` (what :meth:`SentenceEncoder.from_pretrained` returns: attnkit's BERT, or a Hugging Face
     family through :mod:`attnkit.hf`). Returns an :class:`EmbedSummary`; a stop by SIGTERM/SIGINT raises

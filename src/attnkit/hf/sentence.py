@@ -88,7 +88,7 @@ class HFSentenceEncoder(SentenceEmbedder):
         return cls(model, tokenizer, max_seq_length=max_len, pooling=pooling, normalize=normalize).eval()
 
     def encoder_in(self, dtype: str | torch.dtype) -> nn.Module:
-        if dtype == "int8":
+        if dtype in ("int8", torch.int8):
             raise ValueError(f"dtype 'int8' is not available for the {self.family} family (it runs through "
                              "Hugging Face transformers): use auto, float32 or bfloat16")
         return super().encoder_in(dtype)

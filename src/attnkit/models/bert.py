@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+import attnkit.runtime as runtime
 from attnkit.runtime import resolve_dtype
 from attnkit.transformer import Embeddings, EncoderLayer, LayerSettings
 from attnkit.varlen import Packed
@@ -108,6 +110,19 @@ class BertConfig:
 # --------------------------------------------------------------------------- dtype
 
 
+def _calibration_ids(folder: Path, config: BertConfig) -> list[list[int]]:
+    """Token ids of :func:`attnkit.runtime.calibration_texts` with ``folder``'s tokenizer."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"dtype='int8' calibrates with the folder's tokenizer: no tokenizer.json in {folder}")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(config.max_position_embeddings)
+    return [e.ids for e in tokenizer.encode_batch(runtime.calibration_texts())]
+
+
 # --------------------------------------------------------------------------- name map
 
 
@@ -167,16 +182,41 @@ class BertEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype: that of the layers' linear weights (float32 with no layers)."""
+        """The compute dtype: ``torch.int8`` once quantised (:meth:`with_dtype`), else that of
+        the layers' linear weights (float32 with no layers)."""
+        return torch.int8 if runtime.is_int8(self.layers) else self._float_dtype
+
+    @property
+    def _float_dtype(self) -> torch.dtype:
+        """The dtype of the hidden states between layers (float32 in an int8 encoder)."""
         return self.layers[0].ff.linear1.weight.dtype if len(self.layers) else torch.float32
 
-    def with_dtype(self, dtype: str | torch.dtype) -> BertEncoder:
+    def with_dtype(self, dtype: str | torch.dtype, *, calibration: Sequence[Sequence[int]] | None = None) -> BertEncoder:
         """This encoder computing in ``dtype`` (see :data:`attnkit.runtime.DTYPES`): ``self`` when it already
         does, else a copy whose linear weights are converted (rounded to nearest), sharing the
-        float32 embeddings; LayerNorm parameters stay float32."""
+        float32 embeddings; LayerNorm parameters stay float32.
+
+        ``"int8"``: a copy whose q/k/v, output and feed-forward up projections run in int8
+        (:func:`attnkit.runtime.quantize_int8`; the down projection stays float32),
+        calibrated by a float32 pass over ``calibration`` (token ids of each text, e.g. of
+        :func:`attnkit.runtime.calibration_texts`); attention, softmax, norms and the residual
+        stream stay float32."""
         dtype = resolve_dtype(dtype)
         if dtype == self.dtype:
             return self
+        if dtype == torch.int8:
+            if not calibration:
+                raise ValueError("dtype='int8' needs calibration token ids (BertEncoder.with_dtype(..., calibration=))")
+            new = copy.deepcopy(self.with_dtype(torch.float32), memo={id(self.embeddings): self.embeddings}).eval()
+            rows = sorted(calibration, key=len)  # equal lengths side by side: fewer attention runs
+            packed = Packed.from_lengths([len(r) for r in rows])
+            stream = torch.tensor([t for row in rows for t in row], dtype=torch.long)  # (N,)
+            # the feed-forward's down projection stays float32: its input (GELU's output) has
+            # per-token outliers no 8-bit scheme here kept within cosine 0.999 on one-word texts
+            # (see docs/embeddings.md, "Precision")
+            runtime.quantize_int8(new.layers, lambda: new(stream, packed=packed),
+                                  keep_float=[layer.ff.linear2 for layer in new.layers])
+            return new
         new = copy.deepcopy(self, memo={id(self.embeddings): self.embeddings})
         for module in new.layers.modules():
             if isinstance(module, nn.Linear):
@@ -193,7 +233,9 @@ class BertEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: str | torch.dtype = "float32") -> BertEncoder:
         """Load ``config.json`` + ``model.safetensors`` from a Hugging Face BERT folder, to
-        compute in ``dtype`` (``"auto"``, ``"float32"`` or ``"bfloat16"``, see :meth:`with_dtype`).
+        compute in ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"int8"``, see
+        :meth:`with_dtype`; int8 calibrates on :func:`attnkit.runtime.calibration_texts` with the
+        folder's ``tokenizer.json``).
 
         Raises ``FileNotFoundError`` when a file is missing and ``ValueError`` listing every
         missing, unexpected or mis-shaped tensor. The model is returned in eval mode.
@@ -209,6 +251,8 @@ class BertEncoder(nn.Module):
             raise FileNotFoundError(f"no model.safetensors in {folder} (only safetensors checkpoints are read)")
         model = cls(config)
         model.load_hf_state_dict(load_file(str(weights_path)), source=str(weights_path))
+        if resolve_dtype(dtype) == torch.int8:
+            return model.with_dtype(dtype, calibration=_calibration_ids(folder, config)).eval()
         return model.with_dtype(dtype).eval()
 
     def load_hf_state_dict(self, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
@@ -257,7 +301,7 @@ class BertEncoder(nn.Module):
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         if key_mask is not None and key_mask.dtype != torch.bool:
             key_mask = key_mask.bool()  # HF-style 0/1 attention_mask
-        x = self.embeddings(input_ids, token_type_ids=token_type_ids).to(self.dtype)  # (B, T, E)
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids).to(self._float_dtype)  # (B, T, E)
         weights: list[Tensor] = []
         for layer in self.layers:
             x, w = layer(x, key_mask=key_mask, need_weights=need_weights)
@@ -280,7 +324,7 @@ class BertEncoder(nn.Module):
                 f"{self.config.max_position_embeddings}"
             )
         x = self.embeddings(input_ids, token_type_ids=token_type_ids, positions=packed.positions)  # (N, E)
-        x = x.to(self.dtype)
+        x = x.to(self._float_dtype)
         for layer in self.layers:
             x, _ = layer(x, packed=packed)
         return x  # (N, E)

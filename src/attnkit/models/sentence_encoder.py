@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import attnkit.runtime as runtime
 from attnkit.models.bert import BertEncoder
 from attnkit.progress import progress_bar
 from attnkit.runtime import resolve_dtype
@@ -289,8 +290,9 @@ class SentenceEmbedder(nn.Module, ABC):
         ``packed=False``: batches of ``batch_size`` texts padded to their longest text (texts
         are sorted by length as sentence-transformers does). Warns when texts were truncated.
         ``dtype``: the compute dtype, ``"auto"`` (bfloat16 where the CPU multiplies it natively,
-        else float32), ``"float32"`` (exact: cosine >= 0.99999 with sentence-transformers) or
-        ``"bfloat16"`` (see the class docstring); the result is float32 either way.
+        else float32; never int8), ``"float32"`` (exact: cosine >= 0.99999 with
+        sentence-transformers), ``"bfloat16"`` or ``"int8"`` (see the class docstring); the
+        result is float32 either way.
         """
         if batch_size <= 0 or max_tokens <= 0:
             raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
@@ -342,6 +344,8 @@ class SentenceEncoder(SentenceEmbedder):
     ``embed(..., dtype="bfloat16")`` computes with a bfloat16 copy of the encoder (see
     :meth:`BertEncoder.with_dtype`), made on first use and kept while the float32 weights stay
     as they are; pooling and normalisation run in float32 and the embeddings are float32.
+    ``dtype="int8"`` likewise, with a copy whose linears run in int8, calibrated once on
+    :func:`attnkit.runtime.calibration_texts` (see docs/embeddings.md, "Precision").
     """
 
     encoder: BertEncoder
@@ -357,7 +361,8 @@ class SentenceEncoder(SentenceEmbedder):
         self.sep_id = tokenizer.token_to_id("[SEP]")
 
     def _with_dtype(self, dtype: torch.dtype) -> BertEncoder:
-        return self.encoder.with_dtype(dtype)
+        calibration = self.tokenize(runtime.calibration_texts())[0] if dtype == torch.int8 else None
+        return self.encoder.with_dtype(dtype, calibration=calibration)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "all-MiniLM-L6-v2") -> SentenceEmbedder:
