@@ -285,24 +285,30 @@ def _attention_math_inplace(
     weights in place (``baddbmm`` adds the mask and the scale, softmax overwrites it), so the
     only large allocation is the returned weights. No dropout, no autograd.
 
+    Grouped-query heads are scored together: the ``G`` query heads of one kv head form one
+    ``(G * L, d)`` matrix against that kv head's keys (one matmul per kv head, keys and values
+    never repeated), as the weights ``(..., Hkv * G, L, S)`` already lie in memory.
+
     Where the allowed keys of every query row are a prefix of the keys, only that prefix is
     scored: a padded batch (a boolean key mask allowing a prefix, :func:`_key_prefix_lengths`)
     item by item, items of one length together; ``causal`` (``L <= S``, the diagonal aligned to
     the end) in blocks of ``DISPATCH.causal_block`` query rows, block ``[r0, r1)`` against the keys
-    ``[0, r1 + S - L)``. Such a block is scored in a scratch buffer and copied into the weights,
-    whose unscored entries are written as exact zeros; unpadded full-width blocks are scored in
-    the weights themselves."""
+    ``[0, r1 + S - L)``, the block's future keys among them set to ``-inf`` by one table per
+    call. Such a block is scored in a scratch buffer and copied into the weights, whose unscored
+    entries are written as exact zeros; blocks of whole rows are scored in the weights themselves."""
     groups = _gqa_groups(q, k)
-    if groups > 1:  # (..., Hkv, S, d) -> (..., H, S, d): query head h uses kv head h // groups
-        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
-    L, S, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    # (*batch, L, d) -> (n, L, d): one batched matmul over every head
-    qf, kf, vf = (t.to(compute_dtype).expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    L, S, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    # (..., Hkv * G, L, d) -> (..., Hkv, G, L, d): query head h uses kv head h // G (G = 1: a dim of 1)
+    qg = q.unflatten(-3, (k.shape[-3], groups)) if groups > 1 else q.unsqueeze(-3)
+    kv_batch = torch.broadcast_shapes(qg.shape[:-3], k.shape[:-2], v.shape[:-2])  # (..., Hkv)
+    batch = (*kv_batch[:-1], kv_batch[-1] * groups)  # (..., H): the weights' leading dims
+    # -> (n, G, L, d), (n, S, d), (n, S, dv): one batched matmul over every kv head
+    qf = qg.to(compute_dtype).expand(*kv_batch, groups, L, d).reshape(-1, groups, L, d)
+    kf, vf = (t.to(compute_dtype).expand(*kv_batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (k, v))
     weights = advise_huge_pages(torch.empty((*batch, L, S), dtype=compute_dtype))  # (*batch, L, S)
-    flat = weights.view(-1, L, S)  # (n, L, S)
-    n, heads = flat.shape[0], math.prod(batch[1:])
+    wg = weights.view(-1, groups, L, S)  # (n, G, L, S)
+    n, heads = wg.shape[0], math.prod(batch[1:])
     lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= DISPATCH.prefix_min_scores else None
     if mask is not None and lengths is None:  # any other mask: add it to every score
         empty = None
@@ -313,46 +319,58 @@ def _attention_math_inplace(
         bias = mask if mask.dtype != torch.bool else torch.zeros(mask.shape, dtype=compute_dtype,
                                                                    device=mask.device).masked_fill_(~mask, float("-inf"))
         weights.copy_(bias.expand_as(weights))  # the mask, added to the scores by baddbmm
-        torch.baddbmm(flat, qf, kf.transpose(-2, -1), alpha=scale, out=flat)
+        flat = weights.view(n, groups * L, S)  # (n, G * L, S)
+        torch.baddbmm(flat, qf.reshape(n, groups * L, d), kf.transpose(-2, -1), alpha=scale, out=flat)
         torch.ops.aten._softmax.out(flat, -1, False, out=flat)
         out = torch.bmm(flat, vf).view(*batch, L, dv)  # (*batch, L, dv)
         if empty is not None:
             out.masked_fill_(empty, 0.0)
             weights.masked_fill_(empty, 0.0)
         return out.to(v.dtype), weights.to(q.dtype)
-    # (first flat row, end row, real keys) spans: the whole batch, or runs of items of one length
+    # (first kv row, end kv row, real keys) spans: the whole batch, or runs of items of one length
     spans = [(0, n, S)]
     if lengths is not None:
-        spans = []
+        per_item, spans = heads // groups, []  # kv rows per batch item
         for b, m in enumerate(lengths):
             if spans and spans[-1][2] == m:
-                spans[-1] = (spans[-1][0], (b + 1) * heads, m)
+                spans[-1] = (spans[-1][0], (b + 1) * per_item, m)
             else:
-                spans.append((b * heads, (b + 1) * heads, m))
+                spans.append((b * per_item, (b + 1) * per_item, m))
     rows = min(DISPATCH.causal_block, L) if causal else L  # query rows per block
-    out = torch.empty(n, L, dv, dtype=compute_dtype)  # (n, L, dv)
+    out = torch.empty(n, groups, L, dv, dtype=compute_dtype)  # (n, G, L, dv)
+    futures: dict[tuple[int, int, int], Tensor] = {}  # (rows, columns, diagonal) -> the block's future table
     for lo, hi, m in spans:
         for r0 in range(0, L, rows):
             r1 = min(r0 + rows, L)
+            h = r1 - r0
             e = min(m, r1 + S - L) if causal else m  # keys [0, e) hold every allowed key of the block
-            direct = e == S and (hi - lo == 1 or r1 - r0 == L)  # full rows, contiguous in the weights
-            step = hi - lo if direct else max(1, DISPATCH.explicit_max_scores_per_call // ((r1 - r0) * e))
+            whole = h == L  # whole rows: the G heads' rows lie together in q, the weights and out
+            direct = e == S and (whole or (groups == 1 and hi - lo == 1))  # the block is contiguous in the weights
+            step = hi - lo if direct else max(1, DISPATCH.explicit_max_scores_per_call // (groups * h * e))
             future = None  # -inf on the block's future keys, j > i + S - L (columns w0 .. e)
             if causal and r0 + S - L + 1 < e:
                 w0 = max(r0 + S - L + 1, 0)
-                future = torch.zeros(r1 - r0, e - w0, dtype=compute_dtype).masked_fill_(
-                    torch.ones(r1 - r0, e - w0, dtype=torch.bool).triu_(r0 + S - L + 1 - w0), float("-inf"))
+                key = (h, e - w0, r0 + S - L + 1 - w0)
+                if key not in futures:  # -inf from the diagonal up, 0 below: a float add is 4x faster than a masked_fill_
+                    futures[key] = torch.full(key[:2], float("-inf"), dtype=compute_dtype).triu_(key[2])
+                future = futures[key]
             for a in range(lo, hi, step):
                 b = min(a + step, hi)
-                s = flat[a:b, r0:r1] if direct else _block_scratch((b - a, r1 - r0, e), compute_dtype)
-                torch.baddbmm(s, qf[a:b, r0:r1], kf[a:b, :e].transpose(-2, -1), beta=0.0, alpha=scale, out=s)
+                qb = qf[a:b, :, r0:r1].reshape(b - a, groups * h, d)  # a view for whole rows, else a small copy
+                s = (wg[a:b, :, r0:r1].view(b - a, groups * h, S) if direct
+                     else _block_scratch((b - a, groups * h, e), compute_dtype))  # (b - a, G * h, e)
+                torch.baddbmm(s, qb, kf[a:b, :e].transpose(-2, -1), beta=0.0, alpha=scale, out=s)
                 if future is not None:
-                    s[..., w0:].add_(future)  # (a float add: 4x faster than a broadcast masked_fill_)
+                    s.view(b - a, groups, h, e)[..., w0:].add_(future)
                 torch.ops.aten._softmax.out(s, -1, False, out=s)
-                torch.bmm(s, vf[a:b, :e], out=out[a:b, r0:r1])
+                o = out[a:b, :, r0:r1]  # (b - a, G, h, dv)
+                if whole or groups == 1:
+                    torch.bmm(s, vf[a:b, :e], out=o.flatten(1, 2))
+                else:
+                    o.copy_(torch.bmm(s, vf[a:b, :e]).view(b - a, groups, h, dv))
                 if not direct:
-                    flat[a:b, r0:r1, :e].copy_(s)
-                    flat[a:b, r0:r1, e:].zero_()
+                    wg[a:b, :, r0:r1, :e].copy_(s.view(b - a, groups, h, e))
+                    wg[a:b, :, r0:r1, e:].zero_()
     return out.view(*batch, L, dv).to(v.dtype), weights.to(q.dtype)
 
 
