@@ -562,8 +562,6 @@ class Role(enum.Enum):
     SCORES = "scores"
     RUN_OUTPUT = "outputs in run order"
     TOKEN_OUTPUT = "outputs in token order"
-    INT8_INPUT = "a linear's smoothed float32 input"
-    INT8_CODES = "a linear's uint8 activation codes"
 
 
 class BufferPool:
