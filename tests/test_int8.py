@@ -103,6 +103,33 @@ def test_compiled_quantiser_equals_the_eager_one(passes) -> None:
     torch.testing.assert_close(kernels.dequantize(*args), runtime._dequantize_rows(*args), rtol=1e-5, atol=1e-5)
 
 
+def test_a_miscompiled_quantiser_is_caught() -> None:
+    """The check that decides between the compiled kernels and the eager ones."""
+    eager = runtime._Int8Kernels(runtime._quantize_rows, runtime._dequantize_rows)
+    assert runtime._kernels_disagree(eager, eager) == ""
+
+    def halved(rows, smooth, levels, passes):
+        codes, lo, step = runtime._quantize_rows(rows, smooth, levels, passes)
+        return codes // 2, lo, step
+
+    def scaled(*args):
+        return runtime._dequantize_rows(*args) * 1.01
+
+    assert "codes" in runtime._kernels_disagree(runtime._Int8Kernels(halved, runtime._dequantize_rows), eager)
+    assert "dequantise" in runtime._kernels_disagree(runtime._Int8Kernels(runtime._quantize_rows, scaled), eager)
+
+
+@pytest.mark.parametrize(("levels", "passes"), [(255, 1), (127, 2)])
+def test_seven_bit_activations_take_two_passes(monkeypatch, levels, passes) -> None:
+    """Where oneDNN saturates 8-bit activations (AVX2 without VNNI), each token's residual is
+    quantised too: one 7-bit pass kept one-word texts under cosine 0.999 there."""
+    monkeypatch.setattr(runtime, "_activation_levels", lambda: levels)
+    lin = torch.nn.Linear(32, 16)
+    x = torch.randn(10, 32)
+    assert runtime.quantize_int8(lin, lambda: runtime.linear(x, lin.weight, lin.bias, owner=lin)) == 1
+    assert lin.__dict__["_int8"]["weight"].passes == passes
+
+
 def test_row_blocked_linear_is_the_float_linear_with_the_same_bits_in_any_batch() -> None:
     g = torch.Generator().manual_seed(1)
     w, b, x = torch.randn(96, 200, generator=g) / 15, torch.randn(96, generator=g), torch.randn(300, 200, generator=g)

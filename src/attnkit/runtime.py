@@ -440,21 +440,42 @@ def _int8_kernels() -> _Int8Kernels:
     eager = _Int8Kernels(_quantize_rows, _dequantize_rows)
     if os.environ.get("ATTNKIT_INT8_COMPILE", "1") == "0":
         return eager
+    compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True), torch.compile(_dequantize_rows, dynamic=True))
     try:
-        compiled = _Int8Kernels(torch.compile(_quantize_rows, dynamic=True),
-                                torch.compile(_dequantize_rows, dynamic=True))
-        with torch.inference_mode():  # compile now, on a small case, so that a failure falls back here
-            rows = torch.randn(3, 8)
-            for passes in (1, 2):
-                codes, lo, step = compiled.quantize(rows, torch.ones(8), _activation_levels(), passes)
-                y = torch.zeros(passes * 3, 4)
-                compiled.dequantize(y, torch.zeros(3, 2), torch.zeros(2, 4), lo, step, torch.zeros(4),
-                                    torch.zeros(4), _activation_levels(), passes, None)
+        wrong = _kernels_disagree(compiled, eager)  # compiles now, so that any failure falls back here
     except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
-        warnings.warn(f"int8: torch.compile of the quantiser failed ({type(err).__name__}: {err}); "
-                      f"running it eagerly (correct, about 2x slower)", stacklevel=2)
+        wrong = f"{type(err).__name__}: {err}"
+    if wrong:
+        warnings.warn(f"int8: the quantiser compiled by torch.compile is not usable here ({wrong}); running it "
+                      f"eagerly (the same results, about 2x slower)", stacklevel=2)
         return eager
     return compiled
+
+
+def _kernels_disagree(compiled: _Int8Kernels, eager: _Int8Kernels) -> str:
+    """What differs between ``compiled`` and ``eager`` on random cases of both pass counts
+    ('' when nothing does): compiled code is checked once against the eager functions
+    it is made from, since a C++ compiler or vector-ISA mismatch could give wrong numbers, not
+    an error. Codes may differ by one step at a rounding tie."""
+    g = torch.Generator().manual_seed(0)
+    n, k_in, k_out, k_fp32 = 37, 100, 52, 3  # odd sizes: the vector loops' tails run too
+    rows, smooth = torch.randn(n, k_in, generator=g) * 3, torch.rand(k_in, generator=g) + 0.5
+    with torch.inference_mode():
+        for passes in (1, 2):
+            got, want = compiled.quantize(rows, smooth, _activation_levels(), passes), eager.quantize(
+                rows, smooth, _activation_levels(), passes)
+            off = (got[0].int() - want[0].int()).abs()
+            if off.max() > 1 or (off > 0).float().mean() > 1e-2:
+                return f"quantise: {int((off > 0).sum())} codes of {off.numel()} differ"
+            if not torch.allclose(got[1], want[1]) or not torch.allclose(got[2], want[2]):
+                return "quantise: the per-token ranges differ"
+            activation = None if passes == 1 else "gelu"  # each variant compiles anew: two of them
+            args = (torch.randn(passes * n, k_out, generator=g), torch.randn(n, k_fp32, generator=g),
+                    torch.randn(k_fp32, k_out, generator=g), want[1], want[2], torch.randn(k_out, generator=g),
+                    torch.randn(k_out, generator=g), _activation_levels(), passes, activation)
+            if not torch.allclose(compiled.dequantize(*args), eager.dequantize(*args), rtol=1e-4, atol=1e-4):
+                return f"dequantise ({activation or 'no activation'}, {passes} passes) differs"
+    return ""
 
 
 def calibration_texts(count: int = 64) -> list[str]:
@@ -512,7 +533,7 @@ class _Int8Recorder:
 
 
 def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: bool = True,
-                  keep_float: Collection[nn.Module] = (), passes: int = 1) -> int:
+                  keep_float: Collection[nn.Module] = (), passes: int | None = None) -> int:
     """Give every linear that ``calibrate()`` (a float32 forward of ``model`` over calibration
     text) passes through :func:`linear` an :class:`Int8Linear`, kept on its owner; from then on
     :func:`linear` runs those in int8 (inference only). Returns the number of linears quantised.
@@ -521,8 +542,12 @@ def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: 
     ``smooth`` turns on SmoothQuant's migration (scales from the calibration activations);
     the linears of the modules in ``keep_float`` stay float32 (as a :class:`RowBlockedLinear`,
     so that a token's result never depends on its batch); ``passes=2`` quantises each
-    token's rounding residual too (see :class:`Int8Linear`).
+    token's rounding residual too (see :class:`Int8Linear`). ``None``: one pass where the kernel
+    takes 8-bit activations (VNNI, AMX), two where it takes 7 (AVX2, see
+    :func:`_activation_levels`), whose one pass kept one-word texts under cosine 0.999.
     """
+    if passes is None:
+        passes = 1 if _activation_levels() == 255 else 2
     recorder = _local.int8_recorder = _Int8Recorder()
     try:
         with torch.inference_mode():
