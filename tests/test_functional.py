@@ -354,6 +354,31 @@ def test_weights_path_skipping_padding_and_future_matches_torch(mask_kind, causa
     torch.testing.assert_close(w.sum(-1), has_key.expand(B, H, L).float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("L, S", [(37, 37), (13, 37)])
+@pytest.mark.parametrize("block", [5, 64])
+def test_weights_path_reads_a_causal_right_padded_mask_as_two_prefixes(L, S, block) -> None:
+    """A full (B, 1, L, S) mask that is causal and right-padded (how transformers hands a causal
+    model's padded batch over) is scored as causal blocks over each item's key prefix: the
+    same weights and output as an explicit softmax, exact zeros where masked."""
+    g = torch.Generator().manual_seed(L + S)
+    B, H, kv, d = 3, 4, 2, 7
+    q = torch.randn(B, H, L, d, generator=g)
+    k, v = (torch.randn(B, kv, S, d, generator=g) for _ in range(2))
+    lengths = [S, S - 5, S // 2]
+    mask = ak.causal_mask(L, S) & _key_mask("prefix", lengths, S)  # (B, 1, L, S)
+    assert functional._causal_prefix_lengths(mask, torch.Size([B, H])) == lengths
+    for other in (_key_mask("left", lengths, S) & ak.causal_mask(L, S), mask.transpose(-2, -1)[..., :L, :S]):
+        assert functional._causal_prefix_lengths(other, torch.Size([B, H])) is None
+    with (torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0),
+          mock.patch.object(DISPATCH, "causal_block", block)):
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+    ke, ve = k.repeat_interleave(H // kv, 1), v.repeat_interleave(H // kv, 1)
+    ref_out, ref_w = ref_sdpa(q, ke, ve, mask=mask)
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    assert not w.masked_select(~mask).any()
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_weights_path_large_padded_and_causal_matches_reference(causal) -> None:
     """At sizes over the dispatch thresholds (no patching), odd lengths, grouped-query heads:

@@ -278,6 +278,25 @@ def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | N
     return n.expand(batch[0]).tolist()
 
 
+def _causal_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
+    """For a boolean ``(B or 1, 1, L, S)`` mask over a ``(B, H)`` batch that is exactly causal
+    (:func:`causal_mask`, ``L <= S``) and a prefix of every batch row's keys (right padding,
+    as a causal model's padded batch arrives from transformers): each batch row's prefix length
+    (``B`` ints, none of them 0). Else None."""
+    if (mask is None or mask.dtype != torch.bool or mask.dim() != 4 or len(batch) != 2 or mask.shape[1] != 1
+            or mask.shape[0] not in (1, batch[0]) or mask.shape[-2] > mask.shape[-1]):
+        return None
+    L, S = mask.shape[-2:]
+    n = mask[:, 0, -1, :].sum(-1)  # (B or 1,): the last query row sees every allowed key
+    if not bool((n > 0).all()):
+        return None
+    keys = torch.arange(S, device=mask.device)
+    expected = causal_mask(L, S, device=mask.device) & (keys < n[:, None, None])  # (B or 1, L, S)
+    if not torch.equal(mask[:, 0], expected):
+        return None
+    return n.expand(batch[0]).tolist()
+
+
 def _attention_math_inplace(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, causal: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -290,8 +309,9 @@ def _attention_math_inplace(
     never repeated), as the weights ``(..., Hkv * G, L, S)`` already lie in memory.
 
     Where the allowed keys of every query row are a prefix of the keys, only that prefix is
-    scored: a padded batch (a boolean key mask allowing a prefix, :func:`_key_prefix_lengths`)
-    item by item, items of one length together; ``causal`` (``L <= S``, the diagonal aligned to
+    scored: a padded batch (a boolean key mask allowing a prefix, :func:`_key_prefix_lengths`,
+    or a causal one whose rows also stop at a prefix, :func:`_causal_prefix_lengths`) item by
+    item, items of one length together; ``causal`` (``L <= S``, the diagonal aligned to
     the end) in blocks of ``DISPATCH.causal_block`` query rows, block ``[r0, r1)`` against the keys
     ``[0, r1 + S - L)``, the block's future keys among them set to ``-inf`` by one table per
     call. Such a block is scored in a scratch buffer and copied into the weights, whose unscored
@@ -310,6 +330,9 @@ def _attention_math_inplace(
     wg = weights.view(-1, groups, L, S)  # (n, G, L, S)
     n, heads = wg.shape[0], math.prod(batch[1:])
     lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= DISPATCH.prefix_min_scores else None
+    if lengths is None and not causal and heads * L * S >= DISPATCH.prefix_min_scores:
+        lengths = _causal_prefix_lengths(mask, batch)  # causal and right-padded: the two prefixes
+        causal = lengths is not None
     if mask is not None and lengths is None:  # any other mask: add it to every score
         empty = None
         if causal:  # the future joins the mask, which may leave a row nothing (left padding)
