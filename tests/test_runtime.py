@@ -134,6 +134,75 @@ def test_buffer_pool_takes_roles_only():
         pool.take("scores", (1,), torch.float32, torch.device("cpu"))
 
 
+MIB = 1 << 20
+
+
+def _span(t: torch.Tensor) -> range:
+    return range(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+
+
+def test_returned_memory_is_reused_only_once_every_tensor_on_it_is_gone():
+    """A block comes back only after the tensor, its views and its numpy arrays have all died;
+    while any of them lives, a new request gets other memory, and the live values stay."""
+    pool = runtime.ReturnedMemory()
+    a = pool.take((4, MIB // 4), torch.float32)  # 4 MiB
+    assert a.shape == (4, MIB // 4) and a.dtype == torch.float32 and a.is_contiguous()
+    assert a.data_ptr() % 64 == 0
+    ptr = a.data_ptr()
+    a.fill_(7.0)
+    row, arr = a[2], a.numpy()
+    del a
+    b = pool.take((4, MIB // 4), torch.float32)  # a view and an array still hold the first block
+    assert b.data_ptr() != ptr and not set(_span(b)) & {ptr}
+    b.fill_(1.0)
+    assert bool((row == 7.0).all()) and float(arr.min()) == 7.0
+    del row
+    assert pool.take((4, MIB // 4), torch.float32).data_ptr() not in (ptr, b.data_ptr())  # arr still holds it
+    del arr
+    c = pool.take((MIB,), torch.float32)  # the same bytes in another shape
+    assert c.data_ptr() == ptr and c.shape == (MIB,)
+    half = pool.take((MIB // 8,), torch.float32)  # 0.5 MiB: below returned_min_bytes, a plain tensor
+    assert half.numel() == MIB // 8
+    assert pool.nbytes() == 3 * (4 * MIB + 64)  # a, b and the one dropped at once (free now)
+
+
+def test_returned_memory_keeps_at_most_its_budget_and_clear_hands_free_blocks_back(monkeypatch):
+    monkeypatch.setattr(runtime.DISPATCH, "returned_keep_bytes", 10 * MIB)
+    pool = runtime.ReturnedMemory()
+    live = [pool.take((MIB,), torch.float32) for _ in range(4)]  # 4 x 4 MiB: the third is past the budget
+    assert pool.nbytes() <= 10 * MIB
+    assert len({t.data_ptr() for t in live}) == 4  # every live tensor has its own memory
+    small = pool.take((MIB // 2,), torch.float32)  # 2 MiB: past the budget too, still served
+    assert small.numel() == MIB // 2
+    kept = pool.nbytes()
+    del live[0]
+    pool.clear()
+    assert pool.nbytes() < kept  # the freed block went back; the one still in use stayed
+    assert pool.nbytes() > 0 and pool.take((MIB,), torch.float32).data_ptr() not in {t.data_ptr() for t in live}
+
+
+def test_returned_memory_never_hands_a_live_block_to_two_threads():
+    """Eight threads take, write and check their own tensors at once: no two live tensors
+    overlap and every value written is read back."""
+    import threading
+
+    pool, errors = runtime.ReturnedMemory(), []
+
+    def work(seed: int) -> None:
+        for i in range(30):
+            t = pool.take((MIB // 2 + 1024 * (i % 3),), torch.float32)
+            t.fill_(float(seed))
+            if not bool((t == float(seed)).all()):
+                errors.append((seed, i))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_no_library_call_changes_the_thread_count():
     """Packed inference of many short sequences (the runs that once ran on one thread) leaves the
     process-wide intra-op thread count as the caller set it."""

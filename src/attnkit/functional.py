@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.runtime import DISPATCH, Role, advise_huge_pages, scratch
+from attnkit.runtime import DISPATCH, Role, returned_memory, scratch
 
 __all__ = [
     "causal_mask",
@@ -302,7 +302,9 @@ def _attention_math_inplace(
 ) -> tuple[Tensor, Tensor]:
     """:func:`_attention_math` for inference: the score matrix is written once and becomes the
     weights in place (``baddbmm`` adds the mask and the scale, softmax overwrites it), so the
-    only large allocation is the returned weights. No dropout, no autograd.
+    only large allocation is the returned weights, on memory from
+    :func:`attnkit.runtime.returned_memory` (the last call's, once its caller has dropped them:
+    no fresh pages to fault in for every layer). No dropout, no autograd.
 
     Grouped-query heads are scored together: the ``G`` query heads of one kv head form one
     ``(G * L, d)`` matrix against that kv head's keys (one matmul per kv head, keys and values
@@ -326,7 +328,7 @@ def _attention_math_inplace(
     # -> (n, G, L, d), (n, S, d), (n, S, dv): one batched matmul over every kv head
     qf = qg.to(compute_dtype).expand(*kv_batch, groups, L, d).reshape(-1, groups, L, d)
     kf, vf = (t.to(compute_dtype).expand(*kv_batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:]) for t in (k, v))
-    weights = advise_huge_pages(torch.empty((*batch, L, S), dtype=compute_dtype))  # (*batch, L, S)
+    weights = returned_memory().take((*batch, L, S), compute_dtype)  # (*batch, L, S): reused once dropped
     wg = weights.view(-1, groups, L, S)  # (n, G, L, S)
     n, heads = wg.shape[0], math.prod(batch[1:])
     lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= DISPATCH.prefix_min_scores else None

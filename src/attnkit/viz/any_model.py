@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from attnkit.models import RNNSeq2Seq, TransformerSeq2Seq
 from attnkit.models.sentence_encoder import SentenceEncoder
+from attnkit.runtime import returned_memory
 from attnkit.viz.explorer import (
     LayerSource,
     Panel,
@@ -456,8 +457,9 @@ def _stack(attentions: list[Any], name: str, model: nn.Module) -> Tensor:
     """HF's per-layer ``(B, H, Tq, Tk)`` attentions -> ``(L, H, Tq, Tk)`` float (batch item 0).
 
     ``attentions`` is a list that this empties as it copies: each layer's tensor is dropped once
-    copied, so the model's weights and their stack are never both held whole (at 1,024 tokens
-    and 12 layers x 12 heads each is 604 MB)."""
+    copied, and its memory handed back (:func:`attnkit.runtime.returned_memory` would keep it for
+    the next forward), so the model's weights and their stack are never both held whole (at
+    1,024 tokens and 12 layers x 12 heads each is 604 MB)."""
     if not attentions or any(a is None for a in attentions):
         impl = getattr(model.config, "_attn_implementation", None)
         shown = tuple(attentions) if isinstance(attentions, list) else attentions
@@ -470,6 +472,7 @@ def _stack(attentions: list[Any], name: str, model: nn.Module) -> Tensor:
     for layer in range(len(attentions)):
         out[layer] = attentions[layer][0]
         attentions[layer] = None
+        returned_memory().clear()
     return out
 
 
