@@ -362,6 +362,8 @@ def _attention_math_inplace(
             else:
                 spans.append((b * per_item, (b + 1) * per_item, m))
     rows = min(DISPATCH.causal_block, L) if causal else L  # query rows per block
+    if causal or lengths is not None:  # grow the blocks' scratch once to the largest, not block by block
+        _block_scratch((1, 1, min(DISPATCH.explicit_max_scores_per_call, n * groups * rows * S)), compute_dtype)
     out = torch.empty(n, groups, L, dv, dtype=compute_dtype)  # (n, G, L, dv)
     futures: dict[tuple[int, int, int], Tensor] = {}  # (rows, columns, diagonal) -> the block's future table
     for lo, hi, m in spans:
