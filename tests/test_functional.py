@@ -399,6 +399,33 @@ def test_weights_path_large_padded_and_causal_matches_reference(causal) -> None:
     assert not w.masked_select(~allowed).any()
 
 
+def test_weights_kept_by_the_caller_survive_later_calls_and_dropped_ones_are_reused() -> None:
+    """The weights go on reused memory (runtime.returned_memory): weights a caller keeps (whole,
+    as a view, as a numpy array) stay exact through later calls of the same size, each live
+    result has its own memory, and a dropped result's memory serves the next call."""
+    g = torch.Generator().manual_seed(5)
+    B, H, L, d = 2, 4, 256, 16  # 2 MiB of weights a call: over DISPATCH.returned_min_bytes
+    calls = [tuple(torch.randn(B, H, L, d, generator=g) for _ in range(3)) for _ in range(4)]
+    with torch.inference_mode():
+        kept = [ak.scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)[1] for q, k, v in calls[:2]]
+        view, array = kept[1][1, 2], kept[1].numpy()
+        ptrs = {w.data_ptr() for w in kept}
+        dropped = set()
+        for q, k, v in calls[2:]:  # each result dropped at once
+            w = ak.scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)[1]
+            assert w.data_ptr() not in ptrs
+            dropped.add(w.data_ptr())
+            del w
+        assert len(dropped) == 1  # the second call reused the first one's memory
+        again = ak.scaled_dot_product_attention(*calls[3], causal=True, return_weights=True)[1]
+    assert again.data_ptr() in dropped
+    for (q, k, v), w in zip(calls[:2], kept, strict=True):
+        torch.testing.assert_close(w, ref_sdpa(q, k, v, causal=True)[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(view, kept[1][1, 2])
+    torch.testing.assert_close(torch.from_numpy(array), kept[1])
+    torch.testing.assert_close(again, ref_sdpa(*calls[3], causal=True)[1], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mask_kind", [None, "prefix"])
 def test_weights_path_with_grad_keeps_the_reference_path(mask_kind) -> None:
     """Inputs that require grad take the reference math path (autograd through the weights):
