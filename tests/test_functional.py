@@ -399,10 +399,15 @@ def test_weights_path_large_padded_and_causal_matches_reference(causal) -> None:
     assert not w.masked_select(~allowed).any()
 
 
-def test_weights_kept_by_the_caller_survive_later_calls_and_dropped_ones_are_reused() -> None:
+def test_weights_kept_by_the_caller_survive_later_calls_and_dropped_ones_are_reused(monkeypatch) -> None:
     """The weights go on reused memory (runtime.returned_memory): weights a caller keeps (whole,
     as a view, as a numpy array) stay exact through later calls of the same size, each live
-    result has its own memory, and a dropped result's memory serves the next call."""
+    result has its own memory, and a dropped result's memory serves the next call. A pool of
+    its own, so blocks that earlier tests free at some moment (garbage collection) play no part."""
+    from attnkit.runtime import ReturnedMemory
+
+    pool = ReturnedMemory()
+    monkeypatch.setattr(functional, "returned_memory", lambda: pool)
     g = torch.Generator().manual_seed(5)
     B, H, L, d = 2, 4, 256, 16  # 2 MiB of weights a call: over DISPATCH.returned_min_bytes
     calls = [tuple(torch.randn(B, H, L, d, generator=g) for _ in range(3)) for _ in range(4)]
