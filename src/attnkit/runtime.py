@@ -670,42 +670,44 @@ class ReturnedMemory:
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """An uninitialised contiguous CPU tensor of ``shape`` and ``dtype`` (``torch.empty``'s
         contract), on reused memory where a free block of at least its size (and under twice it)
-        is kept; ``torch.empty`` below ``DISPATCH.returned_min_bytes``."""
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if nbytes < DISPATCH.returned_min_bytes:
-            return torch.empty(shape, dtype=dtype)
+        is kept; ``torch.empty`` below ``DISPATCH.returned_min_bytes`` or past the budget."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        t = self._reused(shape, dtype, nbytes) if nbytes >= DISPATCH.returned_min_bytes else None
+        return advise_huge_pages(torch.empty(shape, dtype=dtype) if t is None else t)
+
+    def _reused(self, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int) -> Tensor | None:
+        """``shape`` on a kept block (a free one, or a new one within the budget); None past it."""
         import numpy as np
 
         with self._lock:
             free = [i for i, (block, ref) in enumerate(self._blocks)
-                    if (ref is None or ref() is None) and nbytes <= block.nbytes - self._ALIGN < 2 * nbytes]
+                    if _unused(ref) and nbytes <= block.nbytes - self._ALIGN < 2 * nbytes]
             if free:
                 i = min(free, key=lambda j: self._blocks[j][0].nbytes)
                 block = self._blocks[i][0]
             else:
                 self._drop_free(DISPATCH.returned_keep_bytes - nbytes - self._ALIGN)
                 if self.nbytes() + nbytes + self._ALIGN > DISPATCH.returned_keep_bytes:
-                    return torch.empty(shape, dtype=dtype)
+                    return None
                 block = np.empty(nbytes + self._ALIGN, dtype=np.uint8)
                 i = len(self._blocks)
                 self._blocks.append((block, None))
             start = -block.ctypes.data % self._ALIGN
             view = block[start:start + nbytes]
             self._blocks[i] = (block, weakref.ref(view))
-            t = torch.from_numpy(view).view(dtype).view(shape)
-        return advise_huge_pages(t)
+            return torch.from_numpy(view).view(dtype).view(shape)
 
     def _drop_free(self, keep: int) -> None:
         """Drop free blocks, largest first, until at most ``keep`` bytes are kept (or none is free)."""
-        total = self.nbytes()
+        total, dropped = self.nbytes(), set()
         for i in sorted(range(len(self._blocks)), key=lambda j: -self._blocks[j][0].nbytes):
-            block, ref = self._blocks[i]
             if total <= keep:
                 break
-            if ref is None or ref() is None:
+            block, ref = self._blocks[i]
+            if _unused(ref):
                 total -= block.nbytes
-                self._blocks[i] = (None, None)
-        self._blocks = [b for b in self._blocks if b[0] is not None]
+                dropped.add(i)
+        self._blocks = [b for j, b in enumerate(self._blocks) if j not in dropped]
 
     def nbytes(self) -> int:
         """Bytes kept, in use or free."""
@@ -715,6 +717,11 @@ class ReturnedMemory:
         """Hand back every free block (blocks in use stay until their tensors are gone)."""
         with self._lock:
             self._drop_free(0)
+
+
+def _unused(ref: Any) -> bool:
+    """Whether a block whose view is ``ref`` (a weak reference, or None: never handed out) is free."""
+    return ref is None or ref() is None
 
 
 _returned = ReturnedMemory()
@@ -780,9 +787,10 @@ def keep_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Hand the allocator's freed memory back to the OS (glibc's ``malloc_trim``), and the free
-    blocks of :func:`returned_memory`; False where there is no ``malloc_trim``. Between chunks of a long embedding job it keeps RSS flat (without it
-    glibc kept a chunk's freed arenas fragmented and RSS crept up ~4 MiB a chunk: 482 -> 547 MiB
-    over 19 chunks; with it 374 -> 381 MiB, measured)."""
+    blocks of :func:`returned_memory`; False where there is no ``malloc_trim``. Between chunks
+    of a long embedding job it keeps RSS flat (without it glibc kept a chunk's freed arenas
+    fragmented and RSS crept up ~4 MiB a chunk: 482 -> 547 MiB over 19 chunks; with it 374 ->
+    381 MiB, measured)."""
     returned_memory().clear()
     trim = _libc_function("malloc_trim")
     if trim is None:
