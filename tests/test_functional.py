@@ -366,9 +366,9 @@ def test_weights_path_reads_a_causal_right_padded_mask_as_two_prefixes(L, S, blo
     k, v = (torch.randn(B, kv, S, d, generator=g) for _ in range(2))
     lengths = [S, S - 5, S // 2]
     mask = ak.causal_mask(L, S) & _key_mask("prefix", lengths, S)  # (B, 1, L, S)
-    assert functional._causal_prefix_lengths(mask, torch.Size([B, H])) == lengths
+    assert functional._causal_prefix_lengths(mask, (B, H), L, S) == lengths
     for other in (_key_mask("left", lengths, S) & ak.causal_mask(L, S), mask.transpose(-2, -1)[..., :L, :S]):
-        assert functional._causal_prefix_lengths(other, torch.Size([B, H])) is None
+        assert functional._causal_prefix_lengths(other, (B, H), L, S) is None
     with (torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0),
           mock.patch.object(DISPATCH, "causal_block", block)):
         out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
@@ -453,3 +453,63 @@ def test_weights_path_with_grad_keeps_the_reference_path(mask_kind) -> None:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads, torch.autograd.grad(ref, (q, k, v), dout), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 1, 1, 1), (1, 1, 1, 1), (2, 1, 5, 1)])
+def test_weights_path_mask_broadcast_over_the_keys(shape, causal) -> None:
+    """A boolean mask whose key dim is 1 (it broadcasts over every key) is not a key prefix of
+    length 1: every key stays allowed, as in torch's own attention."""
+    g = torch.Generator().manual_seed(1)
+    B, H, L, S, d = 2, 3, 5, 40, 8
+    q, k, v = (torch.randn(B, H, n, d, generator=g) for n in (L, S, S))
+    mask = torch.ones(shape, dtype=torch.bool)
+    with torch.no_grad(), mock.patch.object(DISPATCH, "prefix_min_scores", 0):
+        out, w = ak.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, return_weights=True)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=False, attn_mask=ak.causal_mask(L, S) if causal else None)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert (w > 0).sum(-1).min() > 1
+
+
+def test_weights_path_float_mask_with_a_graph_of_its_own() -> None:
+    """A learned additive bias (requires grad) on inputs that need none: the weights and the
+    bias's gradient equal torch's."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 20, 8, generator=g) for _ in range(3))
+    bias = torch.randn(1, 3, 20, 20, generator=g, requires_grad=True)
+    out, w = ak.scaled_dot_product_attention(q, k, v, mask=bias, return_weights=True)
+    (grad,) = torch.autograd.grad((out * torch.arange(8.0)).sum(), bias)
+    ref_bias = bias.detach().clone().requires_grad_(True)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=ref_bias)
+    (ref_grad,) = torch.autograd.grad((ref * torch.arange(8.0)).sum(), ref_bias)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + bias, -1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("B, H, L, S", [(0, 4, 8, 8), (2, 0, 8, 8), (2, 4, 0, 8), (2, 4, 8, 0)])
+def test_weights_path_zero_size_inputs(B, H, L, S) -> None:
+    """Empty batches, heads, queries or keys give empty results (zeros for rows with no key),
+    as the reference path and torch do."""
+    q, k, v = torch.randn(B, H, L, 16), torch.randn(B, H, S, 16), torch.randn(B, H, S, 16)
+    with torch.no_grad():
+        out, w = ak.scaled_dot_product_attention(q, k, v, return_weights=True)
+    assert out.shape == (B, H, L, 16) and w.shape == (B, H, L, S)
+    if S == 0:
+        assert not out.any()
+
+
+def test_gqa_weights_are_on_the_output_path() -> None:
+    """With fewer kv heads than query heads, the returned weights are the tensor the output
+    is computed from: a gradient with respect to them equals the one through repeated kv heads."""
+    g = torch.Generator().manual_seed(3)
+    B, H, kv, L, d = 2, 4, 2, 6, 8
+    q = torch.randn(B, H, L, d, generator=g, requires_grad=True)
+    k, v = (torch.randn(B, kv, L, d, generator=g) for _ in range(2))
+    out, w = ak.scaled_dot_product_attention(q, k, v, return_weights=True)
+    (grad,) = torch.autograd.grad((out * torch.arange(float(d))).sum(), w)
+    ke, ve = k.repeat_interleave(H // kv, 1), v.repeat_interleave(H // kv, 1)
+    out2, w2 = ak.scaled_dot_product_attention(q, ke, ve, return_weights=True)
+    (grad2,) = torch.autograd.grad((out2 * torch.arange(float(d))).sum(), w2)
+    torch.testing.assert_close(out, out2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad, grad2, atol=1e-6, rtol=1e-5)

@@ -133,7 +133,7 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1, *,
     """
     dtype = scores.dtype
     s = scores.float() if dtype in (torch.float16, torch.bfloat16) else scores
-    inplace = inplace and not (torch.is_grad_enabled() and s.requires_grad)
+    inplace = inplace and not (torch.is_grad_enabled() and (s.requires_grad or (mask is not None and mask.requires_grad)))
     moved = dim not in (-1, s.dim() - 1)
     if moved:
         s = s.movedim(dim, -1)
@@ -256,19 +256,26 @@ def _attention_math(
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     scores = scaled_dot_scores(q.to(compute_dtype), k.to(compute_dtype), scale)  # (..., L, S)
     weights = masked_softmax(scores, mask, inplace=True)  # (..., L, S), float32 for half inputs
+    if groups > 1:
+        # (..., Hkv, G, L, S) -> (..., H, L, S), and the output computed from that very tensor, so
+        # that a gradient taken with respect to the returned weights reaches them
+        weights = weights.flatten(-4, -3)
     attn = F.dropout(weights, p=dropout) if dropout > 0.0 else weights
+    if groups > 1:
+        attn = attn.unflatten(-3, (k.shape[-4], groups))  # (..., Hkv, G, L, S)
     out = attn @ v.to(compute_dtype)  # (..., L, dv)
     if groups > 1:
-        out, weights = out.flatten(-4, -3), weights.flatten(-4, -3)
+        out = out.flatten(-4, -3)
     return out.to(v.dtype), weights.to(q.dtype)
 
 
-def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
-    """For a boolean key-padding mask ``(B or 1, 1, 1, S)`` over a ``(B, H)`` batch that allows a
-    prefix of the keys in every batch row (all of them included: an unpadded batch's mask): each
-    batch row's prefix length (``B`` ints). Else None (no mask, or another kind of mask)."""
+def _key_prefix_lengths(mask: Tensor | None, batch: tuple[int, ...], S: int) -> list[int] | None:
+    """For a boolean key-padding mask ``(B or 1, 1, 1, S)`` over a ``(B, H)`` batch of ``S`` keys
+    that allows a prefix of the keys in every batch row (all of them included: an unpadded
+    batch's mask): each batch row's prefix length (``B`` ints). Else None (no mask, a mask that
+    broadcasts over the keys, or another kind of mask)."""
     if (mask is None or mask.dtype != torch.bool or mask.dim() != 4 or len(batch) != 2
-            or mask.shape[1:3] != (1, 1) or mask.shape[0] not in (1, batch[0])):
+            or mask.shape[1:] != (1, 1, S) or mask.shape[0] not in (1, batch[0])):
         return None
     allowed = mask[:, 0, 0, :]  # (B or 1, S)
     n = allowed.sum(-1)  # (B or 1,)
@@ -278,15 +285,15 @@ def _key_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | N
     return n.expand(batch[0]).tolist()
 
 
-def _causal_prefix_lengths(mask: Tensor | None, batch: torch.Size) -> list[int] | None:
-    """For a boolean ``(B or 1, 1, L, S)`` mask over a ``(B, H)`` batch that is exactly causal
-    (:func:`causal_mask`, ``L <= S``) and a prefix of every batch row's keys (right padding,
-    as a causal model's padded batch arrives from transformers): each batch row's prefix length
-    (``B`` ints, none of them 0). Else None."""
+def _causal_prefix_lengths(mask: Tensor | None, batch: tuple[int, ...], L: int, S: int) -> list[int] | None:
+    """For a boolean ``(B or 1, 1, L, S)`` mask over a ``(B, H)`` batch of ``L`` queries and ``S``
+    keys that is exactly causal (:func:`causal_mask`, ``L <= S``) and a prefix of every batch
+    row's keys (right padding, as a causal model's padded batch arrives from transformers): each
+    batch row's prefix length (``B`` ints, none of them 0). Else None (a mask that broadcasts
+    over the queries or keys included)."""
     if (mask is None or mask.dtype != torch.bool or mask.dim() != 4 or len(batch) != 2 or mask.shape[1] != 1
-            or mask.shape[0] not in (1, batch[0]) or mask.shape[-2] > mask.shape[-1]):
+            or mask.shape[0] not in (1, batch[0]) or mask.shape[-2:] != (L, S) or L > S):
         return None
-    L, S = mask.shape[-2:]
     n = mask[:, 0, -1, :].sum(-1)  # (B or 1,): the last query row sees every allowed key
     if not bool((n > 0).all()):
         return None
@@ -331,9 +338,9 @@ def _attention_math_inplace(
     weights = returned_memory().take((*batch, L, S), compute_dtype)  # (*batch, L, S): reused once dropped
     wg = weights.view(-1, groups, L, S)  # (n, G, L, S)
     n, heads = wg.shape[0], math.prod(batch[1:])
-    lengths = _key_prefix_lengths(mask, batch) if heads * L * S >= DISPATCH.prefix_min_scores else None
+    lengths = _key_prefix_lengths(mask, batch, S) if heads * L * S >= DISPATCH.prefix_min_scores else None
     if lengths is None and not causal and heads * L * S >= DISPATCH.prefix_min_scores:
-        lengths = _causal_prefix_lengths(mask, batch)  # causal and right-padded: the two prefixes
+        lengths = _causal_prefix_lengths(mask, batch, L, S)  # causal and right-padded: the two prefixes
         causal = lengths is not None
     if mask is not None and lengths is None:  # any other mask: add it to every score
         empty = None
@@ -425,7 +432,7 @@ def _in_place_ok(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: 
     """Whether the weights come from the in-place path (CPU inference) rather than the reference."""
     return (
         not _needs_graph(q, k, v) and dropout == 0.0 and q.device.type == "cpu" and q.dim() >= 3 and k.dim() >= 3
-        and (mask is None or not mask.requires_grad)
+        and (mask is None or not mask.requires_grad) and q.numel() > 0 and k.numel() > 0 and v.numel() > 0
     )
 
 
