@@ -22,8 +22,7 @@ def explain_command(text: str, *, model: str, target: str | None = None, query: 
     page to ``out`` and the relevance map and attention views as SVG / PNG into ``svg`` / ``png``. Returns the
     explanations (method -> :class:`~attnkit.Explanation`), the page and the picture paths."""
     from attnkit.relevance import METHODS, explain
-    from attnkit.relevance.page import write_page
-    from attnkit.viz import explore
+    from attnkit.relevance.page import explore_explained, write_page
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -38,13 +37,14 @@ def explain_command(text: str, *, model: str, target: str | None = None, query: 
     page = write_page(explanations, out, source=model, text=text, target=target)
     pictures: list[Path] = []
     if svg or png:
-        pictures = explore(model, text, target=target, path=None).save(svg=svg, png=png)
+        pictures = explore_explained(explanations, model, text, target).save(svg=svg, png=png)
         pictures += _relevance_pictures(first, svg, png)
     return explanations, page, pictures
 
 
 def _relevance_pictures(e: Any, svg: str | Path | None, png: str | Path | None) -> list[Path]:
-    """The explanation's map as a heatmap (rows: output tokens, columns: input tokens)."""
+    """The explanation's map as a heatmap (rows: output tokens, columns: input tokens) on a signed
+    scale symmetric around zero: red for relevance for the output, blue against it."""
     from attnkit.viz import heatmap
 
     rows = e.target_tokens or ["similarity" if e.query is not None else "output"]
@@ -53,7 +53,8 @@ def _relevance_pictures(e: Any, svg: str | Path | None, png: str | Path | None) 
         if folder:
             path = Path(folder) / f"relevance-{e.method}.{suffix}"
             heatmap(e.relevance, e.tokens, rows, path, title=f"{e.method} relevance", x_label="input token",
-                    y_label="explained output")
+                    y_label="explained output", value_label="relevance (red: for the output, blue: against)",
+                    signed=True)
             out.append(path)
     return out
 

@@ -55,8 +55,12 @@ class Explanation:
     conservation: Tensor | None = None
     query: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: What :func:`explain` ran: ``(model_or_folder, text, target, tokenizer)``, for the inline view.
-    source: tuple[Any, str, str | None, Any] | None = field(default=None, repr=False, compare=False)
+    #: How the model reads the input (:data:`~attnkit.relevance.subjects.LAYOUTS`): ``"seq2seq"``,
+    #: ``"decoder"`` (decoder-only) or ``"encoder"`` (a classifier, a sentence encoder).
+    layout: str = ""
+    #: What :func:`explain` ran: ``(model_or_folder, text, target, tokenizer, max_new_tokens)`` (``text``
+    #: as the model read it: cut where it did not fit), for the inline view and the page.
+    source: tuple[Any, str, str | None, Any, int] | None = field(default=None, repr=False, compare=False)
     #: The inline view, rendered on first display (it runs the model again: explore()).
     _view: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -124,7 +128,7 @@ def explain(
     subj = subject(model_or_folder, text, target=target, query=query, tokenizer=tokenizer,
                    max_new_tokens=max_new_tokens)
     result = explain_subject(subj, method, steps=steps, query=query)
-    result.source = (model_or_folder, text, target, tokenizer)
+    result.source = (model_or_folder, subj.text or text, target, tokenizer, max_new_tokens)
     return result
 
 
@@ -140,7 +144,7 @@ def explain_subject(subj: Subject, method: str, *, steps: int = 32, query: str |
         relevance, outputs = _attention_method(subj, method)
     relevance = torch.nan_to_num(relevance.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
     return Explanation(tokens=subj.tokens, target_tokens=subj.target_tokens, relevance=relevance, method=method,
-                       model_type=subj.model_type, outputs=outputs.detach().float(),
+                       model_type=subj.model_type, layout=subj.layout, outputs=outputs.detach().float(),
                        conservation=None if conservation is None else conservation.float(), query=query)
 
 
@@ -230,22 +234,37 @@ def _attention_method(subj: Subject, method: str) -> tuple[Tensor, Tensor]:
 
 
 def _weight_grads(p: Pass, maps: dict[str, list[Tensor]]) -> list[dict[str, list[Tensor]]]:
-    """For each output: its gradient w.r.t. every attention map, kind -> per-layer ``(H, Tq, Tk)``."""
+    """For each output: its gradient w.r.t. every attention map, kind -> per-layer ``(H, Tq, Tk)``.
+
+    Raises:
+        ValueError: a map that no output depends on (no gradient for any output: the weights the
+            model returned are not the ones its output was computed from).
+    """
     if p.steps is not None:  # the RNN: one cross map made of T step tensors (1, S)
-        out = []
-        for g in _per_output(p.outputs, p.steps):
-            rows = [torch.zeros_like(s[0]) if gi is None else gi[0] for s, gi in zip(p.steps, g, strict=True)]
-            out.append({"cross": [torch.stack(rows)[None].detach()]})
-        return out
-    flat = [(k, i) for k, v in p.weights.items() for i in range(len(v)) if v[i].requires_grad]
+        grads = _checked_grads(p.outputs, p.steps, [f"cross step {t}" for t in range(len(p.steps))])
+        return [{"cross": [torch.stack([gi[0] for gi in row])[None].detach()]} for row in grads]
+    names = [(k, i) for k, v in p.weights.items() for i in range(len(v))]
+    grads = _checked_grads(p.outputs, [p.weights[k][i] for k, i in names], [f"{k} layer {i}" for k, i in names])
     out = []
-    for g in _per_output(p.outputs, [p.weights[k][i] for k, i in flat]):
-        grads = {k: [torch.zeros_like(m) for m in v] for k, v in maps.items()}
-        for (k, i), gi in zip(flat, g, strict=True):
-            if gi is not None:
-                grads[k][i] = _heads(gi.detach()[0])
-        out.append(grads)
+    for row in grads:
+        per_kind: dict[str, list[Tensor]] = {k: [] for k in maps}
+        for (k, _), gi in zip(names, row, strict=True):
+            per_kind[k].append(_heads(gi.detach()[0]))
+        out.append(per_kind)
     return out
+
+
+def _checked_grads(outputs: Tensor, weights: list[Tensor], names: list[str]) -> list[list[Tensor]]:
+    """``[[d outputs[i] / d w for w in weights] for i]`` with every gradient a tensor: an output
+    that does not reach a map (a later RNN step) gets zeros; a map that no output reaches raises
+    ValueError naming it."""
+    lost = [n for n, w in zip(names, weights, strict=True) if not w.requires_grad]
+    grads = _per_output(outputs, weights) if not lost else []
+    lost += [n for j, n in enumerate(names) if grads and all(row[j] is None for row in grads)]
+    if lost:
+        raise ValueError(f"grad_rollout: the output does not depend on the attention weights the model returned "
+                         f"({', '.join(lost)}); the model reports weights other than the ones it computed with")
+    return [[torch.zeros_like(w) if g is None else g for w, g in zip(weights, row, strict=True)] for row in grads]
 
 
 def _heads(w: Tensor) -> Tensor:

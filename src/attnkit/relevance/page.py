@@ -2,7 +2,7 @@
 
 :func:`relevance_data` turns explanations (:class:`~attnkit.relevance.api.Explanation`, one per
 method, same text and outputs) into the view's data; :func:`write_page` runs :func:`attnkit.viz.explore` on the same input (for the
-attention views) and writes one offline page holding both.
+attention views, :func:`explore_explained`) and writes one offline page holding both.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class Explained(Protocol):
     def signed(self) -> bool: ...
     @property
     def zero_rows(self) -> list[int]: ...
+    @property
+    def layout(self) -> str: ...  # "seq2seq", "decoder" or "encoder"
 
 
 def relevance_data(explanations: Mapping[str, Explained]) -> dict[str, Any]:
@@ -62,29 +64,49 @@ def relevance_data(explanations: Mapping[str, Explained]) -> dict[str, Any]:
             "methods": methods, "order": list(explanations)}
 
 
-def write_page(explanations: Mapping[str, Explained], path: str | os.PathLike, *, source: Any, text: str,
-               target: str | None = None, title: str | None = None, tokenizer: Any = None) -> Path:
-    """One offline page: the relevance view of ``explanations`` above the attention explorer of
-    ``source`` on ``text`` (``target`` for an encoder-decoder; ``tokenizer`` for a loaded attnkit
-    model). Returns the page's path."""
+def explore_explained(explanations: Mapping[str, Explained], source: Any, text: str, target: str | None = None,
+                      tokenizer: Any = None, max_new_tokens: int = 32) -> Any:
+    """:func:`attnkit.viz.explore` of what ``explanations`` explained (no page written): an
+    encoder-decoder decodes ``target`` (or its greedy output, at most ``max_new_tokens`` tokens, as
+    :func:`~attnkit.relevance.explain` did); a decoder-only model and a classifier show their
+    attention over the input tokens, the relevance map's columns (their ``target`` is an output
+    that explore() does not run). ``text`` is read from the first explanation's ``source`` where it
+    has one (the input as the model read it: cut where it did not fit). Returns the
+    :class:`~attnkit.viz.Exploration`."""
     from attnkit.viz import explore
+
+    if not explanations:
+        raise ValueError("explore_explained needs at least one explanation")
+    first = next(iter(explanations.values()))
+    ran = getattr(first, "source", None)
+    text = ran[1] if ran is not None else text
+    if first.layout in ("decoder", "encoder"):
+        target = None
+    return explore(source, text, target=target, path=None, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+
+
+def write_page(explanations: Mapping[str, Explained], path: str | os.PathLike, *, source: Any, text: str,
+               target: str | None = None, title: str | None = None, tokenizer: Any = None,
+               max_new_tokens: int = 32) -> Path:
+    """One offline page: the relevance view of ``explanations`` above the attention explorer of
+    ``source`` on ``text`` (:func:`explore_explained`: ``target`` and ``max_new_tokens`` as given to
+    :func:`~attnkit.relevance.explain`; ``tokenizer`` for a loaded model). Returns the page's path."""
     from attnkit.viz.any_model import _write_page
 
-    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
+    att = explore_explained(explanations, source, text, target, tokenizer, max_new_tokens)
     att.path = _write_page(att, path, title=title or _title(source, text), relevance=relevance_data(explanations))
     return att.path
 
 
 def explanation_html(explanations: Mapping[str, Explained], source: Any, text: str, target: str | None = None,
-                     tokenizer: Any = None) -> str:
+                     tokenizer: Any = None, max_new_tokens: int = 32) -> str:
     """The page of :func:`write_page` as one inline notebook view (isolated, offline), within
     :data:`attnkit.viz.notebook.INLINE_MAX_BYTES` as the explorer's inline view is."""
-    from attnkit.viz import explore
     from attnkit.viz.any_model import MAX_PAGE_BYTES, _explorer_data
     from attnkit.viz.explorer import _render_page
     from attnkit.viz.notebook import exploration_html
 
-    att = explore(source, text, target=target, path=None, tokenizer=tokenizer)
+    att = explore_explained(explanations, source, text, target, tokenizer, max_new_tokens)
     relevance = relevance_data(explanations)
 
     def render(neuron: bool | None, max_bytes: int) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Subject:
     n_inputs: int = 0  # columns (the prompt's length for a decoder)
     readout: Tensor | None = None  # encoder layout: (T,)
     has_attention: bool = True
+    text: str | None = None  # the input as the model read it, where it was cut to fit (else None)
 
     def run(self, *, lrp: bool = False, need_weights: bool = False, alpha: float = 1.0) -> Pass:
         """One forward pass with the input embeddings as leaves (``alpha`` scales the input's,
@@ -205,6 +207,7 @@ def _attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
     picked = torch.tensor(row, device=device)  # (T_out,)
     steps = torch.arange(len(row), device=device)
     transformer = isinstance(model, TransformerSeq2Seq)
+    has_attention = transformer or model.decoder.attention is not None
 
     def forward(need_weights: bool) -> tuple[Tensor, dict[str, list[Tensor]]]:
         if transformer:
@@ -214,17 +217,18 @@ def _attnkit(model: nn.Module, tokenizer: Any, text: str, *, target: str | None,
                            for kind, key in (("encoder", "encoder"), ("decoder", "decoder_self"), ("cross", "cross"))}
             else:
                 logits, weights = model(src, tgt_in), {}
-        else:  # the RNN: the stacked weights are a copy; gradients need each step's own tensor
-            step_maps: list[Tensor] = []
+        elif need_weights and has_attention:  # the RNN: the stacked weights are a copy; gradients
+            step_maps: list[Tensor] = []  # need each step's own (1, S) tensor
             handle = model.decoder.attention.register_forward_hook(lambda m, a, out: step_maps.append(out[1]))
             try:
                 logits, w = model(src, tgt_in, need_weights=True)  # (1, T, V), (1, T, S)
             finally:
                 handle.remove()
-            weights = {"cross": [w], "steps": step_maps} if need_weights else {}  # one layer, one head
+            weights = {"cross": [w], "steps": step_maps}  # one layer, one head
+        else:  # the RNN without weights, or without attention (attention="none")
+            logits, weights = model(src, tgt_in), {}
         return logits[0, steps, picked], weights
 
-    has_attention = transformer or model.decoder.attention is not None
     return Subject(
         tokens=[str(t) for t in tokenizer.tokenize(text)], target_tokens=_attnkit_tokens(tokenizer, row),
         layout="seq2seq", model_type="attnkit-transformer" if transformer else "attnkit-rnn", model=model,
@@ -292,18 +296,23 @@ def _hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, quer
 
     config = model.config
     role = any_model._model_role(config)
-    limit = getattr(tokenizer, "model_max_length", None)
-    limit = limit if isinstance(limit, int) and limit < 100_000 else None
-    enc = tokenizer(text, return_tensors="pt", truncation=limit is not None, max_length=limit)
+    cont = None  # a decoder-only model's continuation: the target's ids, or generated below
+    reserve = 0  # positions the continuation needs after the prompt (its last token is not fed)
+    if role == "decoder":
+        if target is not None:
+            cont = tokenizer(target, add_special_tokens=False)["input_ids"]
+            _check_encodable(tokenizer, target, cont)
+        reserve = (max_new_tokens if cont is None else len(cont)) - 1
     device = next(model.parameters()).device
-    ids = enc["input_ids"].to(device)  # (1, S)
+    ids, read = _input_ids(tokenizer, text, _length_limit(tokenizer, config), reserve)
+    ids = ids.to(device)  # (1, S)
     if ids.shape[1] == 0:
         raise ValueError(f"the tokenizer gives no tokens for {text!r}")
     tokens = any_model._hf_tokens(tokenizer, ids[0].tolist())
     embeddings = (model.get_input_embeddings(),)
     if role == "seq2seq":  # BART's and T5's stacks call their own (weight-sharing) embedding modules
         embeddings = (model.get_encoder().get_input_embeddings(), model.get_decoder().get_input_embeddings())
-    common = dict(model=model, embeddings=embeddings, model_type=config.model_type)
+    common = dict(model=model, embeddings=embeddings, model_type=config.model_type, text=read)
 
     def stack(attentions: Any, name: str) -> list[Tensor]:
         if not attentions or any(a is None for a in attentions):
@@ -335,10 +344,7 @@ def _hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, quer
     if role == "decoder":
         _no_query(query, f"{config.model_type} (decoder-only)")
         P = ids.shape[1]
-        if target is not None:
-            cont = tokenizer(target, add_special_tokens=False)["input_ids"]
-            _check_encodable(tokenizer, target, cont)
-        else:
+        if cont is None:
             with torch.no_grad():
                 generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
@@ -393,6 +399,42 @@ def _hf(model: nn.Module, tokenizer: Any, text: str, *, target: str | None, quer
 
     return Subject(tokens=tokens, target_tokens=None, layout="encoder", forward=forward, n_inputs=T,
                    readout=torch.full((T,), 1.0 / T), **common)
+
+
+def _length_limit(tokenizer: Any, config: Any) -> int | None:
+    """The most tokens the model reads at once: the tokenizer's ``model_max_length`` and the
+    model's position table (``n_positions`` / ``max_position_embeddings``), the smaller; None if
+    neither is set."""
+    limits = [getattr(tokenizer, "model_max_length", None), getattr(config, "n_positions", None),
+              getattr(config, "max_position_embeddings", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 100_000]
+    return min(limits, default=None)
+
+
+def _input_ids(tokenizer: Any, text: str, limit: int | None, reserve: int) -> tuple[Tensor, str | None]:
+    """``text``'s ids ``(1, P)``, cut as the tokenizer truncates so that ``P + reserve <= limit``
+    (``reserve``: the positions a decoder-only model's continuation takes after the prompt), with a
+    warning naming how many tokens were cut; and the text the kept tokens spell when it was cut
+    (else None).
+
+    Raises:
+        ValueError: the continuation alone leaves no room for the prompt (names the lengths).
+    """
+    if limit is None:
+        return tokenizer(text, return_tensors="pt")["input_ids"], None
+    room = limit - reserve
+    if room < 1:
+        raise ValueError(f"the model reads at most {limit} tokens and the output to explain takes {reserve + 1} "
+                         f"({reserve} after the prompt): no room for the prompt; use a shorter target "
+                         "(or fewer new tokens)")
+    full = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
+    if full.shape[1] <= room:
+        return full, None
+    ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=room)["input_ids"]
+    after = f" to leave {reserve} for the output" if reserve else ""
+    warnings.warn(f"the input has {full.shape[1]} tokens and the model reads at most {limit}: cut to "
+                  f"{ids.shape[1]}{after} ({full.shape[1] - ids.shape[1]} tokens cut)", stacklevel=2)
+    return ids, tokenizer.decode(ids[0], skip_special_tokens=True)
 
 
 def _check_encodable(tokenizer: Any, target: str | None, ids: list[int]) -> None:

@@ -62,6 +62,8 @@ def heatmap(
     *,
     x_label: str = "input (attended to)",
     y_label: str = "output (attending)",
+    value_label: str = "attention weight",
+    signed: bool = False,
     dpi: int = 120,
 ) -> Any:
     """Draw an attention matrix as a heatmap and optionally save it (PNG, SVG, PDF by suffix).
@@ -73,6 +75,10 @@ def heatmap(
         y_tokens: labels of the rows (queries / outputs).
         path: where to save the figure; the parent folder is created.
         title: figure title.
+        value_label: the colour bar's label.
+        signed: values of either sign (relevance): a diverging scale symmetric around zero, red
+            for positive, blue for negative (the explanation page's colours); else a scale from 0
+            (attention weights).
 
     Returns:
         the ``matplotlib.figure.Figure`` (not registered with pyplot, so no global state).
@@ -100,7 +106,7 @@ def heatmap(
     width = float(np.clip(1.8 + 0.22 * cols, 4.0, 16.0))
     height = float(np.clip(1.4 + 0.22 * rows, 3.0, 16.0))
 
-    texts = [*x_tokens, *y_tokens, title or "", x_label, y_label]
+    texts = [*x_tokens, *y_tokens, title or "", x_label, y_label, value_label]
     with _font_context(fonts_for(texts)):
         fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
         FigureCanvasAgg(fig)
@@ -110,9 +116,8 @@ def heatmap(
             ax.set_xticks([])
             ax.set_yticks([])
         else:
-            image = ax.imshow(array, cmap="viridis", aspect="auto", vmin=0.0,
-                              vmax=max(float(array.max()), 1e-12), interpolation="nearest")
-            fig.colorbar(image, ax=ax, label="attention weight", shrink=0.9)
+            image = ax.imshow(array, aspect="auto", interpolation="nearest", **_colour_scale(array, signed))
+            fig.colorbar(image, ax=ax, label=value_label, shrink=0.9)
             xs, ys = _label_positions(cols), _label_positions(rows)
             # Rotate the input labels (long tokens would overlap); single characters stay upright.
             ax.set_xticks(xs, [_visible(x_tokens[i]) for i in xs], fontsize=9)
@@ -135,6 +140,15 @@ def heatmap(
             fig.savefig(path)
     enable_figures()  # in a notebook, the returned figure shows itself
     return fig
+
+
+def _colour_scale(array: np.ndarray, signed: bool) -> dict[str, Any]:
+    """imshow's ``cmap``/``vmin``/``vmax`` for ``array``: ``[-peak, peak]`` on red-white-blue when
+    ``signed`` (zero is white), else ``[0, max]`` on viridis."""
+    if signed:
+        peak = max(float(np.abs(array).max()), 1e-12)
+        return {"cmap": "RdBu_r", "vmin": -peak, "vmax": peak}
+    return {"cmap": "viridis", "vmin": 0.0, "vmax": max(float(array.max()), 1e-12)}
 
 
 def _visible(token: str) -> str:
