@@ -347,3 +347,35 @@ def test_auto_embed_on_a_cpu_without_bf16_is_the_exact_fp32_path(encoder, st_ref
         warnings.simplefilter("ignore")
         ours = encoder.embed(TEXTS, dtype="auto")
     assert F.cosine_similarity(ours, st_reference).min() >= 0.99999
+
+
+def test_the_truncation_warning_points_at_the_callers_line(encoder):
+    with pytest.warns(UserWarning, match="1 of 1 texts") as caught:
+        encoder.embed([LONG])
+    with pytest.warns(UserWarning, match="1 of 1 texts") as caught_attentions:
+        encoder.attentions(" ".join(LONG.split()[:300]))
+    for record in (*caught, *caught_attentions):
+        assert record.filename == __file__, record.filename
+
+
+def test_a_bf16_model_copies_after_onednn_inference(tiny_folder, monkeypatch):
+    """On a CPU with native bf16 (simulated here: oneDNN emulates it) a bf16 linear keeps its
+    weight in oneDNN's layout, an opaque tensor: copies and pickles of the model remake it."""
+    import copy
+    import pickle
+
+    monkeypatch.setattr(runtime, "_onednn_bf16_linear", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bfloat16 on a CPU without native bf16 warns
+        model = BertEncoder.from_pretrained(tiny_folder, dtype="bfloat16")
+    ids = torch.randint(1, 50, (2, 7))
+    with torch.inference_mode():
+        want, _ = model(ids)
+    assert "onednn:weight" in model.layers[0].ff.linear1.__dict__["_prepared"]
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), model.with_dtype("float32")):
+        with torch.inference_mode():
+            got, _ = other(ids)
+        if other.dtype == torch.bfloat16:
+            assert torch.equal(got, want)
+        else:
+            assert F.cosine_similarity(got, want.float(), dim=-1).min() > 0.99

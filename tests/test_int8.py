@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -254,3 +255,157 @@ def test_a_resume_across_dtypes_is_refused(tmp_path, monkeypatch, first, then) -
     res = CliRunner().invoke(app, [*args, "--resume", "--dtype", first])  # the same dtype finishes it
     assert res.exit_code == 0, res.output
     assert np.load(out).shape == (300, 32)
+
+
+# --------------------------------------------------------------------------- int8 forms and their weights
+
+CALIBRATION = [list(range(1, 12)), [5, 9, 2], list(range(20, 45))]
+IDS = torch.tensor([[1, 7, 3, 9, 12, 2]])  # (1, T)
+
+
+def _tiny_bert():
+    """A random one-layer BERT, 96 wide (2 float32 outlier channels per int8 linear), in eval mode."""
+    from attnkit.models.bert import BertConfig, BertEncoder
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=96, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=192, max_position_embeddings=32)
+    return BertEncoder(config).eval()
+
+
+def _hidden(model) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(IDS)[0]
+
+
+def _halve_q(model) -> None:
+    model.layers[0].self_attn.q_proj.weight.mul_(0.5)
+
+
+def _shift_out_proj_bias(model) -> None:
+    bias = model.layers[0].self_attn.out_proj.bias
+    bias.add_(torch.linspace(-0.5, 0.5, bias.numel()))  # not constant: LayerNorm would remove that
+
+
+def _shift_down_projection(model) -> None:  # the float32 (row-blocked) linear
+    model.layers[0].ff.linear2.weight.mul_(1.5)
+
+
+def _load_perturbed(model) -> None:
+    state = model.state_dict()
+    state["layers.0.ff.linear1.weight"] = state["layers.0.ff.linear1.weight"] + 0.05
+    model.load_state_dict(state)
+
+
+def _replace_up_projection(model) -> None:
+    lin = model.layers[0].ff.linear1
+    lin.weight = torch.nn.Parameter(lin.weight.detach() * 2)
+
+
+@pytest.mark.parametrize("change", [_halve_q, _shift_out_proj_bias, _shift_down_projection, _load_perturbed,
+                                    _replace_up_projection])
+def test_an_int8_model_refuses_weights_changed_since_quantisation(change) -> None:
+    """The int8 forms hold weights of their own: after the float weights change they would run
+    the old ones (with the new biases mixed in, before the forms copied them), so the model
+    refuses, and quantising it again follows the new weights."""
+    m8 = _tiny_bert().with_dtype("int8", calibration=CALIBRATION)
+    before = _hidden(m8)
+    with torch.no_grad():
+        change(m8)
+    assert not runtime.int8_current(m8.layers)
+    with pytest.raises(ValueError, match="changed after they were quantised to int8"):
+        _hidden(m8)
+    again = m8.with_dtype("int8", calibration=CALIBRATION)
+    assert again is not m8 and again.dtype == torch.int8 and runtime.int8_current(again.layers)
+    want = _hidden(m8.with_dtype("float32"))  # the changed weights, in float32
+    assert not torch.allclose(_hidden(again), before, atol=1e-3)
+    assert F.cosine_similarity(_hidden(again), want, dim=-1).min() > 0.99
+
+
+def test_int8_forms_share_no_memory_with_the_float_weights() -> None:
+    m8 = _tiny_bert().with_dtype("int8", calibration=CALIBRATION)
+    owners = [m for m in m8.modules() if "_int8" in m.__dict__]
+    assert len(owners) == 4  # the attention (stacked q/k/v), its output projection, the feed-forward's two
+    for owner in owners:
+        params = {p.untyped_storage().data_ptr() for p in owner.parameters()}
+        for form in owner.__dict__["_int8"].values():
+            mine = [form.weight, form.bias] if isinstance(form, runtime.RowBlockedLinear) else [form.bias]
+            assert all(t.untyped_storage().data_ptr() not in params for t in mine), owner
+
+
+def test_int8_runs_with_grad_mode_on_and_refuses_an_input_that_requires_grad() -> None:
+    """Parameters that require grad do not turn the int8 form off (it is inference only, and
+    ran float32 silently before); an input that requires grad is an error."""
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(5, 64)
+    runtime.quantize_int8(lin, lambda: runtime.linear(x, lin.weight, lin.bias, owner=lin))
+    form = lin.__dict__["_int8"]["weight"]
+    assert lin.weight.requires_grad and torch.is_grad_enabled()
+    y = runtime.linear(x, lin.weight, lin.bias, owner=lin)
+    assert torch.equal(y, form(x)) and not y.requires_grad
+    with pytest.raises(ValueError, match="for inference only"):
+        runtime.linear(x.clone().requires_grad_(True), lin.weight, lin.bias, owner=lin)
+    m8 = _tiny_bert().with_dtype("int8", calibration=CALIBRATION)
+    with pytest.raises(ValueError, match="for inference only"):  # the embeddings' output requires grad
+        m8(IDS)
+    with torch.no_grad():
+        assert torch.equal(m8(IDS)[0], _hidden(m8))
+
+
+def test_copies_and_pickles_of_an_int8_model_compute_in_int8() -> None:
+    import copy
+    import io
+    import pickle
+
+    f32 = _tiny_bert()
+    m8 = f32.with_dtype("int8", calibration=CALIBRATION)
+    want = _hidden(m8)
+    buffer = io.BytesIO()
+    torch.save(m8, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(m8), pickle.loads(pickle.dumps(m8)), torch.load(buffer, weights_only=False)]
+    for other in copies:
+        assert other.dtype == torch.int8 and runtime.int8_current(other.layers)
+        assert torch.equal(_hidden(other), want)
+    with torch.no_grad():
+        _halve_q(copies[0])  # a copy's forms follow the copy's weights only
+    assert not runtime.int8_current(copies[0].layers) and runtime.int8_current(m8.layers)
+    # float copies compute in float, from the float weights
+    back = m8.with_dtype("float32")
+    assert back.dtype == torch.float32 and not runtime.is_int8(back)
+    assert torch.equal(_hidden(back), _hidden(f32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bfloat16 on a CPU without native bf16 warns
+        half = m8.with_dtype("bfloat16")
+    assert half.dtype == torch.bfloat16 and not runtime.is_int8(half)
+    assert F.cosine_similarity(_hidden(half).float(), _hidden(f32), dim=-1).min() > 0.99
+
+
+def test_a_sentence_encoder_copies_and_pickles_after_int8_use(tmp_path) -> None:
+    """Its converted copies (the int8 one holds oneDNN's opaque tensors) are remade, not copied."""
+    import copy
+    import io
+    import pickle
+
+    from attnkit.models.sentence_encoder import SentenceEncoder
+
+    enc = SentenceEncoder.from_pretrained(tiny_model(tmp_path / "tiny"))
+    want = enc.embed(TEXTS[:3], dtype="int8")
+    assert torch.int8 in enc._copies
+    buffer = io.BytesIO()
+    torch.save(enc, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc)), torch.load(buffer, weights_only=False)):
+        assert len(other._copies) == 0
+        assert torch.equal(other.embed(TEXTS[:3], dtype="int8"), want)
+
+
+def test_calibration_without_tokens_is_a_clear_error() -> None:
+    f32 = _tiny_bert()
+    for calibration in ([[]], [[5, 6], []]):
+        with pytest.raises(ValueError, match=r"calibration sequences must be non-empty: sequences \[\d\]"):
+            f32.with_dtype("int8", calibration=calibration)
+    lin = torch.nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="no token"):
+        runtime.quantize_int8(lin, lambda: runtime.linear(torch.zeros(0, 8), lin.weight, lin.bias, owner=lin))
+    assert not runtime.is_int8(lin)

@@ -246,3 +246,37 @@ def test_kept_weights_from_inference_serve_a_later_backward():
     theirs = x.clone().requires_grad_(True)
     peer(theirs, theirs, theirs, need_weights=False)[0].sum().backward()
     torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_a_request_larger_than_the_budget_keeps_the_free_blocks(monkeypatch):
+    monkeypatch.setattr(runtime.DISPATCH, "returned_keep_bytes", 10 * MIB)
+    pool = runtime.ReturnedMemory()
+    first = pool.take((MIB,), torch.float32)  # 4 MiB, kept
+    ptr = first.data_ptr()
+    del first  # free now
+    kept = pool.nbytes()
+    big = pool.take((3 * MIB,), torch.float32)  # 12 MiB: more than the whole budget, a plain tensor
+    assert big.numel() == 3 * MIB and ptr not in _span(big)
+    assert pool.nbytes() == kept  # the free block stayed
+    assert pool.take((MIB,), torch.float32).data_ptr() == ptr
+
+
+def test_derived_values_are_neither_copied_nor_pickled():
+    """Prepared weights are remade on use: a copy or a pickle of their owner starts without them
+    (a oneDNN weight layout is an opaque tensor, which has no storage to copy)."""
+    import copy
+    import pickle
+
+    lin = torch.nn.Linear(4, 3)
+    runtime.prepared(lin, "w", (lin.weight,), lambda: lin.weight.detach().clone())
+    assert isinstance(lin.__dict__["_prepared"], runtime.DerivedValues) and len(lin.__dict__["_prepared"]) == 1
+    for other in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):
+        assert isinstance(other.__dict__["_prepared"], runtime.DerivedValues) and len(other.__dict__["_prepared"]) == 0
+        torch.testing.assert_close(runtime.prepared(other, "w", (other.weight,), lambda o=other: o.weight * 2),
+                                   lin.weight * 2)
+
+
+def test_a_dtype_of_another_type_is_a_value_error():
+    for bad in (["int8"], None, 8):
+        with pytest.raises(ValueError, match=f"got {bad!r}".replace("[", r"\[").replace("]", r"\]")):
+            runtime.resolve_dtype(bad)

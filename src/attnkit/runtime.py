@@ -35,7 +35,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,9 @@ __all__ = [
     "DISPATCH",
     "DTYPES",
     "BufferPool",
+    "DerivedValues",
     "DispatchTable",
+    "Int8Forms",
     "Int8Linear",
     "ReturnedMemory",
     "RowBlockedLinear",
@@ -56,7 +58,9 @@ __all__ = [
     "activate",
     "advise_huge_pages",
     "calibration_texts",
+    "drop_int8",
     "exchange_paths",
+    "int8_current",
     "int8_engine",
     "is_int8",
     "keep_freed_memory",
@@ -164,7 +168,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
              torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.int8: torch.int8}
     if dtype == "auto":
         return torch.bfloat16 if native_bf16() else torch.float32
-    if dtype not in names:
+    if not isinstance(dtype, (str, torch.dtype)) or dtype not in names:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if names[dtype] == torch.bfloat16 and not native_bf16():
         _warn_slow_bf16()
@@ -187,16 +191,33 @@ def _fingerprint(sources: tuple[Tensor | None, ...]) -> tuple:
                                          tuple(t.shape)) for t in sources)
 
 
+class DerivedValues(dict):
+    """A dict of values derived from a module's weights and remade on demand (prepared weight
+    layouts, converted copies of a model), kept as a plain attribute of the module: a deep copy
+    or a pickle of it is empty. So ``copy.deepcopy``, ``pickle`` and ``torch.save`` of the module
+    neither copy what would be remade nor meet oneDNN's opaque tensors, which have no storage to
+    copy."""
+
+    def __deepcopy__(self, memo: dict) -> DerivedValues:
+        return type(self)()
+
+    def __reduce__(self) -> tuple:
+        return (type(self), ())
+
+
 def prepared(owner: nn.Module, key: str, sources: tuple[Tensor | None, ...], make: Callable[[], Any]) -> Any:
     """A value derived from ``sources`` (weights of ``owner``) by ``make()``, kept on ``owner``
     and remade when any source changes (new storage, an in-place update, another dtype).
 
     For inference (no autograd): the kept value carries no graph. It is made as a normal tensor
     even under ``torch.inference_mode``, so it may be read in any mode later. The cache is a plain
-    attribute (``owner._prepared``), not a buffer: it is not in the state dict and not moved by
-    ``.to()`` (a moved weight is a new storage, so the value is remade on the next call).
+    attribute (``owner._prepared``, a :class:`DerivedValues`), not a buffer: it is not in the
+    state dict, not moved by ``.to()`` (a moved weight is a new storage, so the value is remade on
+    the next call), and empty in a copy or a pickle of ``owner``.
     """
-    cache: dict[str, tuple[tuple, Any]] = owner.__dict__.setdefault("_prepared", {})
+    cache = owner.__dict__.get("_prepared")
+    if cache is None:
+        cache = owner.__dict__.setdefault("_prepared", DerivedValues())
     stamp = _fingerprint(sources)
     entry = cache.get(key)
     if entry is None or entry[0] != stamp:
@@ -249,20 +270,22 @@ def linear(
     weight belongs to (it keeps the weight's oneDNN layout, see :func:`prepared`, or its int8
     form, see :func:`quantize_int8`).
 
-    An owner quantised by :func:`quantize_int8` runs its :class:`Int8Linear` (inference only).
+    An owner quantised by :func:`quantize_int8` runs its :class:`Int8Linear` (inference only:
+    an ``x`` that requires grad under grad mode is a ``ValueError``, as is an owner whose weights
+    changed after it was quantised, see :class:`Int8Forms`).
 
     bfloat16 inference on a CPU with native bf16 matmul takes oneDNN's linear with the bias and
     activation fused into the matmul (one pass over the output instead of two; 8-20% faster
     embedding than ``addmm`` on AMX). Everywhere else ``F.linear``, then the activation in place
     where no graph needs it.
     """
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     recorder = getattr(_local, "int8_recorder", None)
     if recorder is not None:
         recorder.observe(owner, key, x, weight, bias)
-    int8 = owner.__dict__.get("_int8", {}).get(key)
-    if int8 is not None and not grad:
-        return int8(x, activation)
+    forms = owner.__dict__.get("_int8")
+    if forms is not None and key in forms:
+        return forms.run(owner, key, x, activation)
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     fused = x.dtype == torch.bfloat16 and x.device.type == "cpu" and _onednn_bf16_linear() and not grad
     if not fused:
         return activate(F.linear(x, weight, bias), activation)
@@ -321,9 +344,13 @@ class Int8Linear:
     CPU has it, AVX2 elsewhere) on the weight prepacked once, with int32 accumulation and the
     per-channel scale applied in the kernel; the float32 outlier channels are one small matmul, and
     the rest (per-token scale and offset, bias, activation) one elementwise pass.
+
+    Every tensor is its own (none shares memory with the float weights it was made from). A copy
+    or a pickle carries ``qweight`` and prepacks it again: the prepacked weight is an opaque
+    oneDNN tensor, which has no storage to copy.
     """
 
-    packed: Tensor  # oneDNN's prepacked int8 weight
+    qweight: Tensor  # (out, in) int8: Q_w
     weight_scale: Tensor  # (out,) float32
     zero_points: Tensor  # (out,) long zeros: the weights are symmetric
     inv_smooth: Tensor  # (in,) float32, 0 at the outlier channels
@@ -332,6 +359,13 @@ class Int8Linear:
     column_sums: Tensor  # (out,) float32: sum_j Q_w[:, j] s_w, what lo_x multiplies
     bias: Tensor  # (out,) float32 (zeros where the linear has none)
     passes: int = 1  # 2: the rounding residual of each token is quantised again (~16-bit activations)
+    packed: Tensor = field(init=False, repr=False, compare=False)  # oneDNN's prepacked qweight
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed", torch.ops.onednn.qlinear_prepack(self.qweight, None))
+
+    def __reduce__(self) -> tuple:
+        return (type(self), tuple(getattr(self, f.name) for f in fields(self) if f.init))
 
     @classmethod
     def from_float(cls, weight: Tensor, bias: Tensor | None, input_amax: Tensor | None,
@@ -352,8 +386,8 @@ class Int8Linear:
         w_int8 = w / inv_smooth.clamp_min(1e-30) * (inv_smooth > 0)  # (out, in): W m, 0 at the outliers
         scale = (w_int8.abs().amax(1) / 127.0).clamp_min(1e-12)  # (out,)
         q = torch.round(w_int8 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
-        bias = torch.zeros(n_out) if bias is None else bias.detach().float()
-        return cls(torch.ops.onednn.qlinear_prepack(q, None), scale.contiguous(), torch.zeros(n_out, dtype=torch.long),
+        bias = torch.zeros(n_out) if bias is None else bias.detach().to(torch.float32, copy=True)
+        return cls(q, scale.contiguous(), torch.zeros(n_out, dtype=torch.long),
                    inv_smooth.contiguous(), outliers, w[:, outliers].t().contiguous(),
                    (q.float().sum(1) * scale).contiguous(), bias.contiguous(), passes)
 
@@ -383,6 +417,13 @@ class RowBlockedLinear:
     weight: Tensor  # (out, in) float32
     bias: Tensor | None  # (out,)
     rows: int = 128
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None) -> RowBlockedLinear:
+        """A row-blocked linear on float32 copies of ``weight (out, in)`` and ``bias (out,)``
+        (no memory shared with them)."""
+        return cls(weight.detach().to(torch.float32, copy=True),
+                   None if bias is None else bias.detach().to(torch.float32, copy=True))
 
     def __call__(self, x: Tensor, activation: str | None = None) -> Tensor:
         """``x (..., in)`` float -> ``activation(x @ W^T + b) (..., out)`` float32."""
@@ -538,6 +579,8 @@ class _Int8Recorder:
         self.seen: dict[tuple[int, str], tuple[nn.Module, Tensor, Tensor | None, Tensor]] = {}
 
     def observe(self, owner: nn.Module, key: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        if x.numel() == 0:  # no token: nothing to learn about the ranges
+            return
         amax = x.detach().reshape(-1, x.shape[-1]).abs().amax(0).float()  # (in,)
         entry = self.seen.get((id(owner), key))
         if entry is not None:
@@ -545,10 +588,61 @@ class _Int8Recorder:
         self.seen[(id(owner), key)] = (owner, weight, bias, amax)
 
 
+def _version(t: Tensor) -> int | None:
+    """``t``'s in-place version (None for a tensor made under ``torch.inference_mode``: it has none)."""
+    return None if t.is_inference() else t._version
+
+
+class Int8Forms(dict):
+    """The int8 forms of one owner's linears (key -> :class:`Int8Linear` or :class:`RowBlockedLinear`),
+    kept as ``owner._int8``, with the parameters of ``owner`` (its own and its submodules') they
+    were made from and a fingerprint of them then: their identity, storage and in-place version.
+
+    The forms hold their own copies of the weights, so they go stale when the float weights
+    change (an optimizer step, ``load_state_dict``, ``.to()``): :meth:`run` then refuses rather
+    than run the old weights. A deep copy or a pickle of the owner copies the forms with its
+    parameters and fingerprints the copies anew.
+    """
+
+    def __init__(self, sources: tuple[tuple[nn.Module, str, Tensor], ...], forms: dict[str, Any]) -> None:
+        super().__init__(forms)
+        self.sources = sources  # (module, name, parameter) for every parameter of the owner
+        self.stamp = tuple((p.data_ptr(), _version(p)) for _, _, p in sources)
+
+    @classmethod
+    def of(cls, owner: nn.Module, forms: dict[str, Any]) -> Int8Forms:
+        """``forms`` of ``owner``, made from its parameters as they are now."""
+        sources = tuple((m, name, p) for m in owner.modules() for name, p in m._parameters.items() if p is not None)
+        return cls(sources, forms)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.sources, dict(self)))
+
+    def current(self) -> bool:
+        """Whether the owner's parameters are those the forms were made from, unchanged."""
+        return (all(m._parameters.get(name) is p for m, name, p in self.sources)
+                and tuple((p.data_ptr(), _version(p)) for _, _, p in self.sources) == self.stamp)
+
+    def run(self, owner: nn.Module, key: str, x: Tensor, activation: str | None) -> Tensor:
+        """The int8 form ``key`` on ``x (..., in)`` -> ``(..., out)`` float32 (see :func:`linear`)."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ValueError(
+                f"{type(owner).__name__}'s linear ({key!r}) runs in int8, which is for inference only, and its input "
+                f"requires grad: run the int8 model under torch.inference_mode() or torch.no_grad(), or use the "
+                f"float32 model for gradients")
+        if not self.current():
+            raise ValueError(
+                f"the weights of {type(owner).__name__} changed after they were quantised to int8 (in place, by "
+                f"load_state_dict or .to()), so its int8 form is out of date: quantise the model again from its "
+                f"float weights (e.g. BertEncoder.with_dtype('int8', calibration=...))")
+        return self[key](x, activation)
+
+
 def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: bool = True,
                   keep_float: Collection[nn.Module] = (), passes: int | None = None) -> int:
     """Give every linear that ``calibrate()`` (a float32 forward of ``model`` over calibration
-    text) passes through :func:`linear` an :class:`Int8Linear`, kept on its owner; from then on
+    text) passes through :func:`linear` an :class:`Int8Linear`, kept on its owner (an
+    :class:`Int8Forms`, valid while the owner's weights stay as they are now); from then on
     :func:`linear` runs those in int8 (inference only). Returns the number of linears quantised.
 
     The weights are quantised here, once; activations are quantised per token at run time.
@@ -558,31 +652,52 @@ def quantize_int8(model: nn.Module, calibrate: Callable[[], object], *, smooth: 
     token's rounding residual too (see :class:`Int8Linear`). ``None``: one pass where the kernel
     takes 8-bit activations (VNNI, AMX), two where it takes 7 (AVX2, see
     :func:`_activation_levels`), whose one pass kept one-word texts under cosine 0.999.
+
+    Int8 forms ``model`` already has are dropped first (the calibration runs in float). A
+    ``calibrate()`` that passes no token through any linear is a ``ValueError``.
     """
     if passes is None:
         passes = 1 if _activation_levels() == 255 else 2
+    drop_int8(model)
     recorder = _local.int8_recorder = _Int8Recorder()
     try:
         with torch.inference_mode():
             calibrate()
     finally:
         _local.int8_recorder = None
+    if not recorder.seen:
+        raise ValueError("int8 calibration passed no token through any linear of the model: calibrate on at "
+                         "least one non-empty sequence")
     skip = {id(m) for m in keep_float}
     quantised = 0
+    forms: dict[int, tuple[nn.Module, dict[str, Int8Linear | RowBlockedLinear]]] = {}
     for owner, key, weight, bias, amax in ((e[0], k[1], *e[1:]) for k, e in recorder.seen.items()):
         if id(owner) in skip:
-            form: Int8Linear | RowBlockedLinear = RowBlockedLinear(
-                weight.detach().float(), None if bias is None else bias.detach().float())
+            form: Int8Linear | RowBlockedLinear = RowBlockedLinear.from_float(weight, bias)
         else:
             form = Int8Linear.from_float(weight, bias, amax if smooth else None, passes=passes)
             quantised += 1
-        owner.__dict__.setdefault("_int8", {})[key] = form
+        forms.setdefault(id(owner), (owner, {}))[1][key] = form
+    for owner, owned in forms.values():
+        owner.__dict__["_int8"] = Int8Forms.of(owner, owned)
     return quantised
 
 
 def is_int8(model: nn.Module) -> bool:
     """Whether :func:`quantize_int8` gave some linear of ``model`` an int8 form."""
     return any("_int8" in m.__dict__ for m in model.modules())
+
+
+def int8_current(model: nn.Module) -> bool:
+    """Whether every int8 form of ``model`` was made from its weights as they are now (True
+    where it has none; see :meth:`Int8Forms.current`)."""
+    return all(m.__dict__["_int8"].current() for m in model.modules() if "_int8" in m.__dict__)
+
+
+def drop_int8(model: nn.Module) -> None:
+    """Remove every int8 form from ``model``'s modules, in place: its linears compute in float again."""
+    for m in model.modules():
+        m.__dict__.pop("_int8", None)
 
 
 # --------------------------------------------------------------------------- scratch buffers
@@ -657,7 +772,8 @@ class ReturnedMemory:
     anything sharing its memory (``.numpy()``) hold it. The block is free when the view has died
     (a weak reference tells), so memory that any tensor still uses is never handed out twice.
     Blocks are 64-byte aligned and marked for transparent huge pages. At most
-    ``DISPATCH.returned_keep_bytes`` are kept; past that a request gets a plain ``torch.empty``.
+    ``DISPATCH.returned_keep_bytes`` are kept; past that a request gets a plain ``torch.empty``,
+    as does a request larger than that budget alone (it drops no kept block).
     Thread-safe (one lock); :meth:`clear` and :func:`release_freed_memory` hand the free blocks back.
     """
 
@@ -686,6 +802,8 @@ class ReturnedMemory:
                 i = min(free, key=lambda j: self._blocks[j][0].nbytes)
                 block = self._blocks[i][0]
             else:
+                if nbytes + self._ALIGN > DISPATCH.returned_keep_bytes:
+                    return None  # larger than the whole budget: a plain tensor, the kept blocks stay
                 self._drop_free(DISPATCH.returned_keep_bytes - nbytes - self._ALIGN)
                 if self.nbytes() + nbytes + self._ALIGN > DISPATCH.returned_keep_bytes:
                     return None

@@ -123,6 +123,17 @@ def _calibration_ids(folder: Path, config: BertConfig) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch(runtime.calibration_texts())]
 
 
+def _check_calibration(calibration: Sequence[Sequence[int]] | None) -> Sequence[Sequence[int]]:
+    """``calibration`` (token ids of each calibration text) when it has texts and none is empty."""
+    if not calibration:
+        raise ValueError("dtype='int8' needs calibration token ids (BertEncoder.with_dtype(..., calibration=))")
+    empty = [i for i, row in enumerate(calibration) if len(row) == 0]
+    if empty:
+        raise ValueError(f"int8 calibration sequences must be non-empty: sequences {empty[:5]} of "
+                         f"{len(calibration)} have no token")
+    return calibration
+
+
 # --------------------------------------------------------------------------- name map
 
 
@@ -194,30 +205,37 @@ class BertEncoder(nn.Module):
     def with_dtype(self, dtype: str | torch.dtype, *, calibration: Sequence[Sequence[int]] | None = None) -> BertEncoder:
         """This encoder computing in ``dtype`` (see :data:`attnkit.runtime.DTYPES`): ``self`` when it already
         does, else a copy whose linear weights are converted (rounded to nearest), sharing the
-        float32 embeddings; LayerNorm parameters stay float32.
+        float32 embeddings; LayerNorm parameters stay float32. A float copy of an int8 encoder
+        computes in float from its float weights.
 
         ``"int8"``: a copy whose q/k/v, output and feed-forward up projections run in int8
         (:func:`attnkit.runtime.quantize_int8`; the down projection stays float32),
         calibrated by a float32 pass over ``calibration`` (token ids of each text, e.g. of
-        :func:`attnkit.runtime.calibration_texts`); attention, softmax, norms and the residual
-        stream stay float32."""
+        :func:`attnkit.runtime.calibration_texts`, none empty); attention, softmax, norms and the
+        residual stream stay float32. An int8 encoder whose weights changed since it was
+        quantised is quantised again from them."""
         dtype = resolve_dtype(dtype)
-        if dtype == self.dtype:
+        if dtype == self.dtype and (dtype != torch.int8 or runtime.int8_current(self.layers)):
             return self
-        if dtype == torch.int8:
-            if not calibration:
-                raise ValueError("dtype='int8' needs calibration token ids (BertEncoder.with_dtype(..., calibration=))")
-            new = copy.deepcopy(self.with_dtype(torch.float32), memo={id(self.embeddings): self.embeddings}).eval()
-            rows = sorted(calibration, key=len)  # equal lengths side by side: fewer attention runs
-            packed = Packed.from_lengths([len(r) for r in rows])
-            stream = torch.tensor([t for row in rows for t in row], dtype=torch.long)  # (N,)
-            # the feed-forward's down projection stays float32: its input (GELU's output) has
-            # per-token outliers no 8-bit scheme here kept within cosine 0.999 on one-word texts
-            # (see docs/embeddings.md, "Precision")
-            runtime.quantize_int8(new.layers, lambda: new(stream, packed=packed),
-                                  keep_float=[layer.ff.linear2 for layer in new.layers])
-            return new
+        if dtype != torch.int8:
+            return self._float_copy(dtype)
+        rows = sorted(_check_calibration(calibration), key=len)  # equal lengths side by side: fewer attention runs
+        new = self._float_copy(torch.float32).eval()
+        packed = Packed.from_lengths([len(r) for r in rows])
+        stream = torch.tensor([t for row in rows for t in row], dtype=torch.long)  # (N,)
+        # the feed-forward's down projection stays float32: its input (GELU's output) has
+        # per-token outliers no 8-bit scheme here kept within cosine 0.999 on one-word texts
+        # (see docs/embeddings.md, "Precision")
+        runtime.quantize_int8(new.layers, lambda: new(stream, packed=packed),
+                              keep_float=[layer.ff.linear2 for layer in new.layers])
+        return new
+
+    def _float_copy(self, dtype: torch.dtype) -> BertEncoder:
+        """A copy computing in the float ``dtype``: linear weights converted, no int8 forms, the
+        embeddings shared (derived values such as prepared weights are not copied, see
+        :class:`attnkit.runtime.DerivedValues`)."""
         new = copy.deepcopy(self, memo={id(self.embeddings): self.embeddings})
+        runtime.drop_int8(new)
         for module in new.layers.modules():
             if isinstance(module, nn.Linear):
                 module.to(dtype)

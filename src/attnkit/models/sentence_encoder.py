@@ -174,9 +174,10 @@ class SentenceEmbedder(nn.Module, ABC):
             raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {pooling!r}")
         self.encoder, self.tokenizer = encoder, tokenizer
         self.max_seq_length, self.pooling, self.normalize = max_seq_length, pooling, normalize
-        # dtype -> (fingerprint of self.encoder's weights when copied, the copy); a plain dict so
-        # the copies are not submodules (not in state_dict, not moved by .to())
-        self._copies: dict[torch.dtype, tuple[tuple, nn.Module]] = {}
+        # dtype -> (fingerprint of self.encoder's weights when copied, the copy); a plain attribute
+        # so the copies are not submodules (not in state_dict, not moved by .to()), and empty in a
+        # deep copy or a pickle of self (remade on use)
+        self._copies: dict[torch.dtype, tuple[tuple, nn.Module]] = runtime.DerivedValues()
 
     @property
     def dim(self) -> int:
@@ -221,11 +222,14 @@ class SentenceEmbedder(nn.Module, ABC):
             raise ValueError(f"texts must be strings; items {bad[:5]} are {type(texts[bad[0]]).__name__}")
 
     def _warn_cut(self, cut: int, total: int) -> None:
+        """Warn that ``cut`` of ``total`` texts were truncated, at the line that called :meth:`embed`
+        or :meth:`attentions` (the frames above: this one, that method, and the wrapper of its
+        ``torch.inference_mode()`` decorator)."""
         if cut:
             warnings.warn(
                 f"{cut} of {total} texts were longer than max_seq_length={self.max_seq_length} tokens "
                 f"and were truncated",
-                stacklevel=3,
+                stacklevel=4,
             )
 
     @staticmethod
