@@ -383,7 +383,13 @@ def test_a_killed_rank_stops_the_other_clearly_and_resume_finishes_on_one_proces
         if any(r["rank"] == 1 for r in recs):
             break
         time.sleep(0.005)
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    def rank_of(p: psutil.Process) -> str | None:
+        try:
+            return p.environ().get("RANK")
+        except (psutil.Error, ProcessLookupError):  # a helper process that ended after the listing
+            return None
+
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if rank_of(p) == "1"]
     assert workers, "rank 1 not found"
     workers[0].send_signal(signal.SIGKILL)
     output, _ = proc.communicate(timeout=120)
@@ -503,3 +509,48 @@ def test_atomic_write_parts_hashes_what_it_wrote(tmp_path) -> None:
         atomic_write_parts(target, broken())
     assert target.read_bytes() == buf.getvalue()  # the previous file, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]  # no temp file left
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at one exact moment (nothing after it runs)."""
+
+
+def test_the_work_folder_appears_and_goes_whole(tmp_path, tiny, monkeypatch) -> None:
+    """A kill between making the work folder and writing its manifest, or while a finished
+    job's folder is deleted, leaves no OUT.parts without a manifest: the next --resume starts
+    or reports the job as it should, and sweeps what the kill left."""
+    from attnkit.embedding import job as job_files
+    from attnkit.embedding.file import embed_file
+
+    src = write_lines(tmp_path / "in.txt", short_lines(600, seed=3))
+    out, parts = tmp_path / "emb.npy", tmp_path / "emb.npy.parts"
+    args = {"model": tiny, "chunk_lines": 200, "progress": False}
+    real_replace, real_rmtree = job_files.os.replace, job_files.shutil.rmtree
+
+    def killed_publishing(src_path, dst_path):  # the folder is made, its manifest written, not yet renamed
+        if ".new-" in str(src_path):
+            raise _Killed
+        real_replace(src_path, dst_path)
+
+    monkeypatch.setattr(job_files.os, "replace", killed_publishing)
+    with pytest.raises(_Killed):
+        embed_file(src, out, **args)
+    assert not parts.exists() and any(".new-" in p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(job_files.os, "replace", real_replace)
+
+    def killed_deleting(path, *a, **k):  # the finished job's folder is renamed aside, not yet deleted
+        if ".trash-" in str(path) and Path(path).exists():
+            raise _Killed
+        real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(job_files.shutil, "rmtree", killed_deleting)
+    with pytest.raises(_Killed):
+        embed_file(src, out, resume=True, **args)
+    assert out.exists() and not parts.exists()
+    monkeypatch.setattr(job_files.shutil, "rmtree", real_rmtree)
+    summary = embed_file(src, out, resume=True, **args)
+    assert "already complete" in summary.note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in.txt"]
+    ref = tmp_path / "ref.npy"
+    embed_file(src, ref, **args)
+    assert out.read_bytes() == ref.read_bytes()

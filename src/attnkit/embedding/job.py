@@ -15,6 +15,11 @@ kill leaves each file complete or absent. A chunk counts as finished when its re
 its rows file has the recorded size; :func:`attnkit.embedding.writers.assemble` checks every SHA-256 while it copies the
 chunks, in input order, into ``OUT`` (and the sidecars ``OUT.ids.jsonl`` /
 ``OUT.skipped.jsonl``), renames it into place last, and then removes the folder.
+
+The folder itself appears and goes in one rename each: a new job's folder is made as
+``OUT.parts.new-PID`` with its manifest and renamed to ``OUT.parts``; a finished or discarded
+one is renamed to ``OUT.parts.trash-PID`` before it is deleted. So ``OUT.parts`` always holds a
+manifest, and what a kill leaves of the two temporary names is removed by the next run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from typing import Any
 
 from attnkit.embedding.corpus import CorpusIndex, fingerprint
 
-__all__ = ["Job", "lines_done", "model_fingerprint", "outputs_of", "parts_dir", "prepare"]
+__all__ = ["Job", "discard", "lines_done", "model_fingerprint", "outputs_of", "parts_dir", "prepare"]
 
 MANIFEST = "manifest.json"
 VERSION = 1
@@ -42,6 +48,28 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.js
 def parts_dir(out: Path) -> Path:
     """The work folder of the output ``out``: ``out`` + ``.parts``."""
     return out.with_name(out.name + ".parts")
+
+
+def discard(parts: Path) -> None:
+    """Remove the work folder ``parts``: renamed aside first (one atomic step), then deleted, so
+    a kill never leaves ``parts`` without its manifest."""
+    if not parts.exists():
+        return
+    trash = parts.with_name(f"{parts.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(parts, trash)
+    from attnkit.io import fsync_path
+
+    fsync_path(parts.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep(parts: Path) -> None:
+    """Remove what a killed run left of ``parts``'s temporary names (``.new-PID``, ``.trash-PID``)."""
+    for leftover in parts.parent.glob(f"{glob.escape(parts.name)}.*-*"):
+        kind, _, pid = leftover.name[len(parts.name) + 1:].partition("-")
+        if kind in ("new", "trash") and pid.isdigit() and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def outputs_of(out: Path, *, ids: bool) -> list[Path]:
@@ -191,6 +219,7 @@ def prepare(out: Path, identity: dict[str, Any], names: dict[str, str], *, resum
     None when ``resume`` finds ``out`` already complete (``note`` says so).
     """
     parts = parts_dir(out)
+    _sweep(parts)
     if parts.exists() and not overwrite:
         if not resume:
             raise ValueError(f"{parts} holds an unfinished job for {out}: pass --resume to finish it, or "
@@ -214,14 +243,16 @@ def prepare(out: Path, identity: dict[str, Any], names: dict[str, str], *, resum
     index = scan(chunk_lines)
     if index.bad and not skip_bad:
         raise ValueError(_bad_lines_message(names["input"], index))
-    if parts.exists():  # --overwrite: the unfinished job is discarded
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True)
+    discard(parts)  # --overwrite: the unfinished job goes
     manifest = {"version": VERSION, "identity": identity, "names": names, "index": index.to_json(),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from attnkit.io import atomic_write
+    from attnkit.io import atomic_write, fsync_path
 
-    atomic_write(parts / MANIFEST, json.dumps(manifest))
+    new = parts.with_name(f"{parts.name}.new-{os.getpid()}")
+    new.mkdir(parents=True)
+    atomic_write(new / MANIFEST, json.dumps(manifest))
+    os.replace(new, parts)  # the folder appears with its manifest
+    fsync_path(parts.parent)
     return Job(out, manifest, index), ""
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from attnkit.embedding.corpus import Row
-from attnkit.embedding.job import COPY_BYTES, Job, outputs_of
+from attnkit.embedding.job import COPY_BYTES, Job, discard, outputs_of
 
 __all__ = ["ChunkRows", "assemble", "write_chunk"]
 
@@ -175,7 +174,7 @@ def assemble(job: Job, records: dict[int, dict[str, Any]], *, dim: int, remove_p
             for k, rec in enumerate(recs):
                 _copy_file_checked(job.data_path(k), rec, f)
     if remove_parts:
-        shutil.rmtree(job.parts, ignore_errors=True)
+        discard(job.parts)
     return skipped
 
 
