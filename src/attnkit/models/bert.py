@@ -312,7 +312,12 @@ class BertEncoder(nn.Module):
         LayerNorm and feed-forward then see only the N real tokens, positions restart at 0 in
         every sequence, and attention runs per group of equal-length sequences. The hidden
         states are in the compute dtype (:attr:`dtype`).
+
+        An int8 encoder is inference-only: its forward runs without autograd in any grad mode.
         """
+        if torch.is_grad_enabled() and runtime.is_int8(self.layers):
+            with torch.no_grad():
+                return self.forward(input_ids, key_mask, token_type_ids, need_weights=need_weights, packed=packed)
         if packed is not None:
             return self._forward_packed(input_ids, token_type_ids, packed, key_mask, need_weights), None
         if input_ids.dim() != 2:
