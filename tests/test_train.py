@@ -158,6 +158,26 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, reverse_task, arch, le
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in rest.history]
 
 
+@pytest.mark.parametrize("at", [5, 10])
+def test_a_signal_at_a_validation_step_keeps_the_validation(tmp_path, reverse_task, at):
+    """A signal during a step at which validation is due (step 5 of eval_every=5, or the last
+    step): that validation still runs before the stop, so the resumed run's history and final
+    metrics equal one uninterrupted run's."""
+    tok, train, test = reverse_task
+    cfg = TrainConfig(steps=10, batch_size=16, lr=3e-3, warmup_steps=2, eval_every=5, eval_size=8, progress=False)
+    full = Trainer(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "one", tokenizer=tok).fit()
+    assert [h["step"] for h in full.history] == [5, 10]
+    first = SignalAt(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "two", tokenizer=tok,
+                     at=at, signum=signal.SIGINT)
+    assert first.fit().step == at
+    second = Trainer(_model("rnn", len(tok), 0), train, test, cfg, out_dir=tmp_path / "two", tokenizer=tok)
+    second.resume()
+    rest = second.fit()
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in rest.history]
+    assert rest.metrics == full.metrics
+
+
 def test_length_group_batches():
     """``length_group``: every epoch is still a permutation of the examples, batches pad far
     less than random ones, the order is a pure function of (seed, step) (a fresh Trainer asked

@@ -571,19 +571,20 @@ class Trainer:
         return TrainResult(self.step, stopped or "steps", dict(self.metrics), self.elapsed, list(self.history))
 
     def _stop_reason(self, signals: _SignalStop, watch: _Stopwatch, bar: Any) -> str | None:
-        """After a step: validate when due (every ``eval_every`` steps, at the end, over time or on
-        a signal) and say why training stops now (a signal's name, ``"target"``,
-        ``"time_budget"``), or None. Under DDP every rank decides the same."""
+        """After a step: validate when due (every ``eval_every`` steps, at the end, or over time;
+        also when a signal arrives at such a step) and say why training stops now (``"target"``,
+        ``"time_budget"``, a signal's name), or None. Under DDP every rank decides the same."""
         cfg = self.config
         over_time = cfg.time_budget is not None and watch.seconds() >= cfg.time_budget
         if self.world_size > 1:  # every rank stops at the same step, or the rest would hang
             with peer_guard(self.rank, self.world_size, self.step, self.out_dir):
                 over_time, signals.name = sync_stop(over_time, signals.name)
         last = self.step >= self.schedule_length
-        if not (self.step % cfg.eval_every == 0 or last or over_time or signals.name):
-            return None
-        if signals.name:
-            return signals.name
+        due = self.step % cfg.eval_every == 0 or last or over_time
+        if not due:
+            return signals.name or None
+        # a validation due at this step runs before a signal stops training: the resumed run
+        # starts after this step, so it would never run otherwise
         t0 = self.clock()
         metrics = self.validate()
         if self.budget is not None and metrics:
@@ -594,7 +595,7 @@ class Trainer:
             return "target"
         if over_time or (last and self.budget is not None and self.step != cfg.steps):
             return "time_budget"
-        return None
+        return signals.name or None
 
     def _checkpoint_due(self) -> bool:
         """The checkpoint policy: every ``checkpoint_every`` steps, on rank 0, with an ``out_dir``."""
