@@ -80,6 +80,24 @@ def test_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     _same_outputs(good, ak.load(d))
 
 
+def test_temp_folders_a_killed_save_left_are_swept(tmp_path):
+    """The next save removes the temp folders of a save killed midway, when the checkpoint
+    beside them is whole; without one, a ``.old`` folder (the last checkpoint, if the fallback
+    swap was killed between its renames) stays."""
+    d = tmp_path / "ck"
+    ak.save_model(small(), d)
+    for name in (".ck.tmp-abc123", ".ck.tmp-def456.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".other.tmp-x").mkdir()  # another checkpoint's: not ours to remove
+    ak.save_model(small(hidden_dim=16), d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x", "ck"]
+    lone = tmp_path / "lone"
+    (tmp_path / ".lone.tmp-ghi789.old").mkdir()
+    ak.save_model(small(), lone)
+    assert (tmp_path / ".lone.tmp-ghi789.old").is_dir()
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ak.load(tmp_path / "nope")

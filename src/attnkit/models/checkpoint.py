@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -257,6 +258,7 @@ def save_model(
     if directory.is_dir() and any(directory.iterdir()) and not is_checkpoint(directory):
         raise ValueError(f"refusing to overwrite {directory}: it is not empty and not an attnkit checkpoint")
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_temp_folders(directory)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -301,6 +303,17 @@ def save_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _sweep_temp_folders(directory: Path) -> None:
+    """Remove the temp folders (``.NAME.tmp-*``) that a save killed midway left beside
+    ``directory``, when ``directory`` holds a whole checkpoint (else one of them may hold the
+    last one: a kill between the two renames of the fallback swap)."""
+    if not is_checkpoint(directory):
+        return
+    for leftover in directory.parent.glob(f".{glob.escape(directory.name)}.tmp-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reading
