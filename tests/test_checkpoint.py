@@ -98,6 +98,17 @@ def test_temp_folders_a_killed_save_left_are_swept(tmp_path):
     assert (tmp_path / ".lone.tmp-ghi789.old").is_dir()
 
 
+@pytest.mark.parametrize("files", [[1, 2], {"model.safetensors": {"sha256": "0"}}, {"model.safetensors": 5}])
+def test_a_malformed_files_entry_is_one_clear_error(tmp_path, files):
+    d = tmp_path / "ck"
+    ak.save_model(small(), d)
+    manifest = json.loads((d / "config.json").read_text())
+    manifest["files"] = files
+    (d / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="'files' must map"):
+        ak.load(d)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ak.load(tmp_path / "nope")

@@ -338,6 +338,11 @@ def read_manifest(directory: str | os.PathLike, *, verify: bool = True) -> dict[
     for key in ("model", "config", "files"):
         if key not in manifest:
             raise ValueError(f"{cfg} lacks the {key!r} entry")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+            isinstance(info, dict) and isinstance(info.get("bytes"), int) and isinstance(info.get("sha256"), str)
+            for info in files.values()):
+        raise ValueError(f"{cfg}: 'files' must map each file name to its 'bytes' (an int) and 'sha256' (a string)")
     if verify:
         for fname, info in manifest["files"].items():
             path = directory / fname
