@@ -104,6 +104,10 @@ def test_dtype_bfloat16_trains_and_a_resume_keeps_it(corpus, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+#: A run that ends in seconds, should a bad option be let through.
+CHEAP = ["--steps", "1", "--n-train", "50", "--hidden", "8"]
+
+
 @pytest.mark.parametrize("args, words", [
     (["translate", "{missing}", "abc"], "does not exist"),
     (["translate", "{plain}", "abc"], "not an attnkit checkpoint"),
@@ -112,6 +116,20 @@ def test_dtype_bfloat16_trains_and_a_resume_keeps_it(corpus, tmp_path):
     (["train", "--task", "copy", "--arch", "lstm", "--out", "{new}"], "--arch"),
     (["train", "--task", "copy", "--out", "{plain}", "--resume"], "not an attnkit checkpoint"),
     (["train", "--task", "copy", "--out", "{new}", "--dtype", "float16", "--steps", "1"], "'float16'"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--lr", "-1e-3"], "--lr must be"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--lr", "nan"], "--lr must be"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--time-budget", "inf"], "--time-budget must be"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--time-budget", "nan"], "--time-budget must be"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--time-budget", "0"], "--time-budget must be"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--seed", "99999999999999999999"], "--seed must be between 0"),
+    (["train", "--task", "copy", "--out", "{new}", *CHEAP, "--seed", "-1"], "--seed must be between 0"),
+    (["train", "--task", "copy", "--out", "{plain}/x.txt/sub", *CHEAP], "x.txt is not a folder"),
+    (["train", "--task", "copy", "--out", "{plain}/x.txt/sub/deeper", *CHEAP], "x.txt is not a folder"),
+    (["translate", "{plain}", "abc", "--max-len", "0"], "--max-len must be >= 1, got 0"),
 ])
 def test_errors_are_one_red_line(tmp_path, args, words):
     plain = tmp_path / "plain"
@@ -124,6 +142,49 @@ def test_errors_are_one_red_line(tmp_path, args, words):
     assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text
     assert words in text
     assert (plain / "x.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("out, words", [
+    (".", "is the current folder"),
+    ("..", "is an ancestor of the current folder"),
+    ("/", "--out /"),
+])
+def test_out_that_cannot_be_renamed_is_refused_before_training(tmp_path, monkeypatch, out, words):
+    """The checkpoint is written beside --out and renamed to it: the current folder or one of
+    its ancestors is refused before any training."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    r = run("train", "--task", "reverse", "--n-train", "200", "--hidden", "16", "--batch-size", "8", "--steps", "2",
+            "--quiet", "--out", out)
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert text.startswith("error:") and text.count("error:") == 1 and words in text
+    assert list(here.iterdir()) == []
+
+
+def test_translate_refuses_a_non_integer_max_len_in_config_json(trained, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(trained, ck)
+    manifest = json.loads((ck / "config.json").read_text())
+    manifest["meta"]["max_len"] = "abc"
+    (ck / "config.json").write_text(json.dumps(manifest))
+    r = run("translate", str(ck), "abc")
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert text.startswith("error:") and "config.json: meta.max_len" in text and "'abc'" in text
+
+
+def test_explicit_lr_and_batch_size_are_used(corpus, tmp_path):
+    """--lr and --batch-size given on the command line are saved as given, not replaced by the defaults."""
+    out = tmp_path / "ck"
+    r = run("train", "--task", f"tsv:{corpus}", "--out", str(out), "--steps", "1", "--batch-size", "3",
+            "--lr", "0.0123", "--hidden", "8", "--quiet")
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "trainer_state.json").read_text())["train_config"]
+    assert config["batch_size"] == 3 and config["lr"] == 0.0123
 
 
 def test_tsv_bad_lines_strict_and_skipped(tmp_path):

@@ -8,6 +8,8 @@ only parse options and print.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +63,9 @@ def train_command(
     )
     from attnkit.training.trainer import TRAIN_DTYPES, check_resume
 
-    if threads:
+    _check_train_options(out=out, resume=resume, time_budget=time_budget, batch_size=batch_size, lr=lr,
+                         seed=seed, threads=threads)
+    if threads is not None:
         torch.set_num_threads(threads)
     keep_freed_memory()
     init_distributed()  # under torchrun: join its process group (gloo on CPU, nccl on GPU); else no-op
@@ -113,7 +117,8 @@ def train_command(
                         eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
     defaults = TRAIN_DEFAULTS[arch]
     config = TrainConfig(**{
-        **defaults, "batch_size": batch_size or defaults["batch_size"], "lr": lr or defaults["lr"], "eval_every": eval_every,
+        **defaults, "batch_size": defaults["batch_size"] if batch_size is None else batch_size,
+        "lr": defaults["lr"] if lr is None else lr, "eval_every": eval_every,
         "checkpoint_every": checkpoint_every, "seed": seed, "dtype": dtype or "float32", "progress": progress,
         **overrides, **budget_only,
     })
@@ -121,6 +126,44 @@ def train_command(
             "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
     trainer = Trainer(model, data.train, data.test, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
     return trainer.fit()
+
+
+#: The largest seed torch accepts (a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
+
+
+def _check_train_options(*, out: str | Path, resume: bool, time_budget: float | None, batch_size: int | None,
+                         lr: float | None, seed: int, threads: int | None) -> None:
+    """Raise ``ValueError`` (one line naming the option and its value) for an option that would
+    fail or be ignored only once training has started or ended."""
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise ValueError(f"--time-budget must be a finite number of seconds > 0, got {time_budget}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {lr}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    _check_out(Path(out), resume=resume)
+
+
+def _check_out(out: Path, *, resume: bool) -> None:
+    """Refuse an ``--out`` the checkpoint cannot be renamed into: the current folder, one of its
+    ancestors, or a path below a file (the checkpoint is written beside ``out`` and renamed to it)."""
+    target = Path(os.path.realpath(out))
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if target == cwd or target in cwd.parents:
+        where = "the current folder" if target == cwd else "an ancestor of the current folder"
+        raise ValueError(f"--out {out} is {where}; name a folder below it")
+    if resume:
+        return  # the checkpoint exists: read_manifest reports a missing or wrong one
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is not a folder")
+            return
 
 
 def _jsonable(obj: Any) -> Any:
@@ -141,10 +184,17 @@ def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int
         raise ValueError("nothing to translate: give one or more inputs, or - to read stdin")
     if beam < 1:
         raise ValueError(f"--beam must be >= 1, got {beam}")
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"--max-len must be >= 1, got {max_len}")
     manifest = read_manifest(checkpoint)
+    if max_len is None:
+        max_len = manifest["meta"].get("max_len", 64)
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"{Path(checkpoint) / 'config.json'}: meta.max_len must be an integer >= 1, "
+                             f"got {max_len!r}")
     model = load(checkpoint, manifest=manifest)
     tok = load_tokenizer(checkpoint)
-    alignments = align(model, tok, texts, max_len=max_len or int(manifest["meta"].get("max_len", 64)), beam_size=beam)
+    alignments = align(model, tok, texts, max_len=max_len, beam_size=beam)
     if alignment is not None:
         path = Path(alignment)
         for i, a in enumerate(alignments):
