@@ -90,6 +90,26 @@ def test_resume_continues_and_refuses_mismatch(trained, corpus, tmp_path):
     assert json.loads((ck / "config.json").read_text())["meta"]["step"] == 16
 
 
+def test_resume_refuses_options_that_differ_from_the_checkpoint(trained, corpus, tmp_path):
+    """Options given with --resume that would change the run are refused, naming both values;
+    the same values, or only --steps, are fine."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(trained, ck)
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    saved = json.loads((ck / "trainer_state.json").read_text())["train_config"]
+    base = ["train", "--task", f"tsv:{corpus}", "--arch", "rnn", "--attention", "general", "--out", str(ck),
+            "--resume", "--quiet"]
+    for extra, words in ((["--lr", "0.5"], "--lr 0.5 (the checkpoint's: "),
+                         (["--batch-size", str(saved["batch_size"] + 1), "--seed", "7"], "--seed 7")):
+        r = run(*base, "--steps", "16", *extra)
+        assert r.exit_code == 2 and words in " ".join(r.output.split()), r.output
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    r = run(*base, "--steps", "16", "--batch-size", str(saved["batch_size"]), "--lr", str(saved["lr"]))
+    assert r.exit_code == 0, r.output
+
+
 def test_dtype_bfloat16_trains_and_a_resume_keeps_it(corpus, tmp_path):
     """--dtype bfloat16 trains under autocast and is saved; a resume in another dtype is refused."""
     out = tmp_path / "ck"

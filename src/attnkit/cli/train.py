@@ -38,7 +38,7 @@ def train_command(
     Without ``resume`` an existing checkpoint in ``out`` is an error (nothing is touched);
     with ``resume`` the task, architecture and attention must match the checkpoint's, and
     the saved training settings are reused (``steps``/``time_budget``/``target`` may be
-    changed; the rest would change the result). ``dtype`` is the training compute dtype
+    changed; the rest would change the result, and one given that differs is a ValueError). ``dtype`` is the training compute dtype
     (``TrainConfig.dtype``: ``"float32"``, the default of a new run, or ``"bfloat16"`` autocast); a
     resume keeps the checkpoint's and refuses another. Returns the :class:`~attnkit.training.TrainResult`."""
     import torch
@@ -86,6 +86,9 @@ def train_command(
         except ValueError as exc:
             raise ValueError(f"--resume: {exc}") from None
         state = load_trainer_state(out, manifest=manifest)
+        _check_resume_options(manifest, state["train_config"], arch=arch, given={
+            "--batch-size": batch_size, "--lr": lr, "--hidden": hidden, "--cell": cell, "--n-train": n_train,
+            "--eval-every": eval_every, "--checkpoint-every": checkpoint_every, "--seed": seed})
         config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
         data = encode_task(task_from_meta(meta), load_tokenizer(out))
         trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,
@@ -126,6 +129,31 @@ def train_command(
             "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
     trainer = Trainer(model, data.train, data.test, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
     return trainer.fit()
+
+
+#: What ``attnkit train`` takes when an option is left out (the options a resume may not change).
+_UNSET = {"--batch-size": None, "--lr": None, "--hidden": None, "--cell": "gru", "--n-train": 100_000,
+          "--eval-every": 250, "--checkpoint-every": 1000, "--seed": 0}
+
+
+def _check_resume_options(manifest: dict[str, Any], train_config: dict[str, Any], *, arch: str,
+                          given: dict[str, Any]) -> None:
+    """A resume keeps the checkpoint's settings: an option given with ``--resume`` (one not at
+    its unset value, :data:`_UNSET`) that differs from the checkpoint's is a ValueError naming
+    both values (``--steps``, ``--time-budget`` and ``--target`` may change)."""
+    config, options = manifest["config"], manifest["meta"].get("task_options", {})
+    saved = {"--batch-size": train_config.get("batch_size"), "--lr": train_config.get("lr"),
+             "--hidden": config.get("hidden_dim" if arch == "rnn" else "embed_dim"),
+             "--cell": config.get("cell", "gru") if arch == "rnn" else "gru",
+             "--n-train": options.get("n_train", _UNSET["--n-train"]),
+             "--eval-every": train_config.get("eval_every"), "--checkpoint-every": train_config.get("checkpoint_every"),
+             "--seed": train_config.get("seed")}
+    changed = [f"{name} {value} (the checkpoint's: {saved[name]})" for name, value in given.items()
+               if value != _UNSET[name] and value != saved[name]]
+    if changed:
+        raise ValueError(f"--resume continues the checkpoint's run with its own settings; these differ: "
+                         f"{', '.join(changed)}. Leave them out (only --steps, --time-budget and --target may "
+                         f"change), or start a new run in another --out")
 
 
 #: The largest seed torch accepts (a signed 64-bit integer).
