@@ -7,6 +7,7 @@ only parse options and print.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -87,8 +88,8 @@ def train_command(
             raise ValueError(f"--resume: {exc}") from None
         state = load_trainer_state(out, manifest=manifest)
         _check_resume_options(manifest, state["train_config"], arch=arch, given={
-            "--batch-size": batch_size, "--lr": lr, "--hidden": hidden, "--cell": cell, "--n-train": n_train,
-            "--eval-every": eval_every, "--checkpoint-every": checkpoint_every, "--seed": seed})
+            "batch_size": batch_size, "lr": lr, "hidden": hidden, "cell": cell, "n_train": n_train,
+            "eval_every": eval_every, "checkpoint_every": checkpoint_every, "seed": seed})
         config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
         data = encode_task(task_from_meta(meta), load_tokenizer(out))
         trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,
@@ -131,25 +132,22 @@ def train_command(
     return trainer.fit()
 
 
-#: What ``attnkit train`` takes when an option is left out (the options a resume may not change).
-_UNSET = {"--batch-size": None, "--lr": None, "--hidden": None, "--cell": "gru", "--n-train": 100_000,
-          "--eval-every": 250, "--checkpoint-every": 1000, "--seed": 0}
-
-
 def _check_resume_options(manifest: dict[str, Any], train_config: dict[str, Any], *, arch: str,
                           given: dict[str, Any]) -> None:
-    """A resume keeps the checkpoint's settings: an option given with ``--resume`` (one not at
-    its unset value, :data:`_UNSET`) that differs from the checkpoint's is a ValueError naming
-    both values (``--steps``, ``--time-budget`` and ``--target`` may change)."""
+    """A resume keeps the checkpoint's settings: an option given with ``--resume`` (``given``:
+    :func:`train_command`'s parameter -> value; one not at that parameter's default) that differs
+    from the checkpoint's is a ValueError naming both values (``--steps``, ``--time-budget`` and
+    ``--target`` may change)."""
     config, options = manifest["config"], manifest["meta"].get("task_options", {})
-    saved = {"--batch-size": train_config.get("batch_size"), "--lr": train_config.get("lr"),
-             "--hidden": config.get("hidden_dim" if arch == "rnn" else "embed_dim"),
-             "--cell": config.get("cell", "gru") if arch == "rnn" else "gru",
-             "--n-train": options.get("n_train", _UNSET["--n-train"]),
-             "--eval-every": train_config.get("eval_every"), "--checkpoint-every": train_config.get("checkpoint_every"),
-             "--seed": train_config.get("seed")}
-    changed = [f"{name} {value} (the checkpoint's: {saved[name]})" for name, value in given.items()
-               if value != _UNSET[name] and value != saved[name]]
+    unset = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
+    saved = {"batch_size": train_config.get("batch_size"), "lr": train_config.get("lr"),
+             "hidden": config.get("hidden_dim" if arch == "rnn" else "embed_dim"),
+             "cell": config.get("cell", unset["cell"]) if arch == "rnn" else unset["cell"],
+             "n_train": options.get("n_train", unset["n_train"]),
+             "eval_every": train_config.get("eval_every"), "checkpoint_every": train_config.get("checkpoint_every"),
+             "seed": train_config.get("seed")}
+    changed = [f"--{name.replace('_', '-')} {value} (the checkpoint's: {saved[name]})" for name, value in given.items()
+               if value != unset[name] and value != saved[name]]
     if changed:
         raise ValueError(f"--resume continues the checkpoint's run with its own settings; these differ: "
                          f"{', '.join(changed)}. Leave them out (only --steps, --time-budget and --target may "
