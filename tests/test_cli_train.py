@@ -235,3 +235,65 @@ def test_time_budget_sets_the_schedule(corpus, tmp_path):
     length, step = state["budget"]["length"], state["step"]
     assert step > 20 and 0.9 * length <= step <= length, (step, length)
     assert state["elapsed"] <= 4.5
+
+
+def test_a_tsv_task_is_found_from_any_folder_and_a_changed_file_is_refused_on_resume(corpus, tmp_path, monkeypatch):
+    """The checkpoint records the TSV's absolute path and its bytes' sha256: evaluate and resume
+    work from another folder; after the file changed, resume is refused (exit 2, the checkpoint
+    untouched) and evaluate warns."""
+    import shutil
+    import warnings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus, data / "pairs.tsv")
+    monkeypatch.chdir(data)
+    ck = tmp_path / "ck"
+    common = ["--arch", "rnn", "--attention", "general", "--out", str(ck), "--quiet"]
+    r = run("train", "--task", "tsv:pairs.tsv", *common, "--steps", "4", "--batch-size", "16", "--hidden", "16")
+    assert r.exit_code == 0, r.output
+    assert json.loads((ck / "config.json").read_text())["meta"]["task"] == f"tsv:{(data / 'pairs.tsv').resolve()}"
+    monkeypatch.chdir(tmp_path)  # the relative path no longer names the file
+    r = run("evaluate", str(ck), "--json")
+    assert r.exit_code == 0, r.output
+    r = run("train", "--task", f"tsv:{data / 'pairs.tsv'}", *common, "--resume", "--steps", "6")
+    assert r.exit_code == 0, r.output
+    monkeypatch.chdir(data)  # the path as first typed names the same task
+    r = run("train", "--task", "tsv:pairs.tsv", *common, "--resume", "--steps", "8")
+    assert r.exit_code == 0, r.output
+
+    with (data / "pairs.tsv").open("a", encoding="utf-8") as f:
+        f.write("xyz\tXYZ\n")
+    before = {p.name: p.read_bytes() for p in ck.iterdir()}
+    r = run("train", "--task", "tsv:pairs.tsv", *common, "--resume", "--steps", "10")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and text.startswith("error:") and "pairs.tsv changed since the checkpoint" in text, r.output
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run("evaluate", str(ck), "--json")
+    assert r.exit_code == 0, r.output
+    assert any("changed since the checkpoint" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--steps", "0", "--steps must be >= 1, got 0"),
+    ("--n-train", "0", "--n-train must be >= 1, got 0"),
+    ("--hidden", "-4", "--hidden must be >= 1, got -4"),
+    ("--eval-every", "0", "--eval-every must be >= 1, got 0"),
+    ("--checkpoint-every", "-1", "--checkpoint-every must be >= 0, got -1"),
+    ("--target", "1.5", "--target is a held-out exact match in (0, 1], got 1.5"),
+])
+def test_out_of_range_options_are_one_line_naming_the_option(tmp_path, option, value, words):
+    r = run("train", "--task", "reverse", "--out", str(tmp_path / "new"), "--quiet", option, value)
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert text.startswith("error:") and text.count("error:") == 1 and words in text
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_one_pair_tsv_names_the_file(tmp_path):
+    path = tmp_path / "one.tsv"
+    path.write_text("a\tb\n", encoding="utf-8")
+    r = run("train", "--task", f"tsv:{path}", "--out", str(tmp_path / "new"), "--quiet")
+    assert r.exit_code == 2 and "one.tsv: need at least 2 pairs" in " ".join(r.output.split()), r.output

@@ -44,7 +44,7 @@ def train_command(
     resume keeps the checkpoint's and refuses another. Returns the :class:`~attnkit.training.TrainResult`."""
     import torch
 
-    from attnkit.data import load_task, load_tokenizer
+    from attnkit.data import canonical_task, load_task, load_tokenizer
     from attnkit.distributed import init_distributed
     from attnkit.models.checkpoint import (
         is_checkpoint,
@@ -65,7 +65,8 @@ def train_command(
     from attnkit.training.trainer import TRAIN_DTYPES, check_resume
 
     _check_train_options(out=out, resume=resume, time_budget=time_budget, batch_size=batch_size, lr=lr,
-                         seed=seed, threads=threads)
+                         seed=seed, threads=threads, steps=steps, target=target, hidden=hidden, n_train=n_train,
+                         eval_every=eval_every, checkpoint_every=checkpoint_every)
     if threads is not None:
         torch.set_num_threads(threads)
     keep_freed_memory()
@@ -81,7 +82,10 @@ def train_command(
     if resume:
         manifest = read_manifest(out)  # every file hashed, once
         meta = dict(manifest["meta"])
-        asked = {"task": task, "arch": arch, **({"attention": attention} if arch == "rnn" else {})}
+        saved_task = meta.get("task")
+        same_task = saved_task is not None and canonical_task(task) == canonical_task(saved_task)
+        asked = {"task": saved_task if same_task else task, "arch": arch,
+                 **({"attention": attention} if arch == "rnn" else {})}
         try:
             check_resume(out, manifest, expected=asked, dtype=dtype)
         except ValueError as exc:
@@ -91,7 +95,7 @@ def train_command(
             "batch_size": batch_size, "lr": lr, "hidden": hidden, "cell": cell, "n_train": n_train,
             "eval_every": eval_every, "checkpoint_every": checkpoint_every, "seed": seed})
         config = TrainConfig(**{**state["train_config"], **overrides, "progress": progress})
-        data = encode_task(task_from_meta(meta), load_tokenizer(out))
+        data = encode_task(task_from_meta(meta, task), load_tokenizer(out))
         trainer = Trainer(new_model(manifest), data.train, data.test, config, tokenizer=data.tokenizer, out_dir=out,
                           meta=meta)
         trainer.resume(manifest=manifest)
@@ -126,7 +130,7 @@ def train_command(
         "checkpoint_every": checkpoint_every, "seed": seed, "dtype": dtype or "float32", "progress": progress,
         **overrides, **budget_only,
     })
-    meta = {"task": task, "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
+    meta = {"task": canonical_task(task), "task_options": {k: v for k, v in options.items() if k not in ("tokenizer", "strict")}, "arch": arch,
             "max_len": max(len(t) for _, t in data.train) + 8, "task_info": task_obj.info}
     trainer = Trainer(model, data.train, data.test, config, tokenizer=tok, out_dir=out, meta=_jsonable(meta))
     return trainer.fit()
@@ -159,9 +163,17 @@ MAX_SEED = 2**63 - 1
 
 
 def _check_train_options(*, out: str | Path, resume: bool, time_budget: float | None, batch_size: int | None,
-                         lr: float | None, seed: int, threads: int | None) -> None:
+                         lr: float | None, seed: int, threads: int | None, steps: int | None = None,
+                         target: float | None = None, hidden: int | None = None, n_train: int = 1,
+                         eval_every: int = 1, checkpoint_every: int = 0) -> None:
     """Raise ``ValueError`` (one line naming the option and its value) for an option that would
-    fail or be ignored only once training has started or ended."""
+    fail, or be ignored, only once the task is built or training has started or ended."""
+    for name, value, least in (("--steps", steps, 1), ("--hidden", hidden, 1), ("--n-train", n_train, 1),
+                               ("--eval-every", eval_every, 1), ("--checkpoint-every", checkpoint_every, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"--target is a held-out exact match in (0, 1], got {target}")
     if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
         raise ValueError(f"--time-budget must be a finite number of seconds > 0, got {time_budget}")
     if batch_size is not None and batch_size < 1:

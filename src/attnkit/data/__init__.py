@@ -19,6 +19,8 @@ Importing this package does not import babel or tokenizers; the task modules loa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from attnkit.data.base import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Pair, Task, Tokenizer
 from attnkit.data.batching import Batch, batch_encode, collate, encode_pairs, pad_ids
 from attnkit.data.tokenizers import BPETokenizer, CharVocab, load_tokenizer
@@ -53,6 +55,14 @@ def load_task(spec: str, *, n_train: int = 100_000, n_test: int = 2_000, seed: i
     raise ValueError(f"unknown task {spec!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
+def canonical_task(spec: str) -> str:
+    """``spec`` with a ``tsv:PATH``'s path made absolute (symlinks resolved), so that one file
+    named from two folders is one task; other specs unchanged. What a checkpoint records."""
+    if spec.startswith("tsv:"):
+        return f"tsv:{Path(spec[4:]).expanduser().resolve()}"
+    return spec
+
+
 __all__ = [
     "BOS_ID",
     "EOS_ID",
@@ -66,6 +76,7 @@ __all__ = [
     "Task",
     "Tokenizer",
     "batch_encode",
+    "canonical_task",
     "collate",
     "encode_pairs",
     "load_task",

@@ -28,6 +28,7 @@ for any text, with ``pad=0, bos=1, eos=2, unk=3``. ``tok.save(dir)`` writes
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,14 @@ class BadLine:
 
 @dataclass
 class TsvCorpus:
-    """The valid ``pairs`` of a TSV file, the ``bad_lines`` skipped and the ``n_lines`` read."""
+    """The valid ``pairs`` of a TSV file, the ``bad_lines`` skipped, the ``n_lines`` read and
+    the ``sha256`` of the file's bytes (what a resumed training run checks it trains on)."""
 
     path: str
     pairs: list[Pair]
     bad_lines: list[BadLine] = field(default_factory=list)
     n_lines: int = 0
+    sha256: str = ""
 
     @property
     def skipped(self) -> int:
@@ -97,6 +100,7 @@ def read_tsv(path: str | os.PathLike, *, strict: bool = False,
     if columns[0] == columns[1] or min(columns) < 0:
         raise ValueError(f"columns must be two different column indices >= 0, got {columns}")
     data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if not data.strip():
         raise ValueError(f"TSV file {path} is empty")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
@@ -124,7 +128,7 @@ def read_tsv(path: str | os.PathLike, *, strict: bool = False,
             raise ValueError(f"TSV file {path} is not UTF-8 text (no line decodes)")
         first = f"; first bad line {bad[0].line} ({bad[0].reason})" if bad else ""
         raise ValueError(f"TSV file {path} has no valid source<TAB>target line{first}")
-    return TsvCorpus(str(path), pairs, bad, len(lines))
+    return TsvCorpus(str(path), pairs, bad, len(lines), digest)
 
 
 def split_holdout(pairs: list[Pair], holdout: float = 0.1) -> tuple[list[Pair], list[Pair]]:
@@ -141,20 +145,24 @@ def make_task(path: str | os.PathLike, *, tokenizer: str = "char", vocab_size: i
               strict: bool = False, holdout: float = 0.1, columns: tuple[int, int] = (0, 1)) -> Task:
     """Read ``path``, hold out its last ``holdout`` fraction and fit the tokenizer on the rest.
 
-    ``task.info`` holds ``path``, ``n_lines``, ``skipped`` and ``bad_lines`` (``[(line, reason)]``)
-    and ``report`` (the one-line summary of skipped lines, ``""`` if none).
+    ``task.info`` holds ``path``, ``sha256`` (of the file's bytes), ``n_lines``, ``skipped``,
+    ``bad_lines`` (``[(line, reason)]``) and ``report`` (the one-line summary of skipped lines,
+    ``""`` if none).
     """
     if tokenizer not in ("char", "bpe"):
         raise ValueError(f"tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
     corpus = read_tsv(path, strict=strict, columns=columns)
-    train, test = split_holdout(corpus.pairs, holdout)
+    try:
+        train, test = split_holdout(corpus.pairs, holdout)
+    except ValueError as exc:
+        raise ValueError(f"TSV file {path}: {exc}") from None
     texts = [p.source for p in train] + [p.target for p in train]
     tok: CharVocab | BPETokenizer
     if tokenizer == "char":
         tok = CharVocab.build(texts, tags=False)
     else:
         tok = BPETokenizer.train(texts, vocab_size=vocab_size)
-    info = {"path": str(path), "n_lines": corpus.n_lines, "skipped": corpus.skipped,
+    info = {"path": str(path), "sha256": corpus.sha256, "n_lines": corpus.n_lines, "skipped": corpus.skipped,
             "bad_lines": [(b.line, b.reason) for b in corpus.bad_lines], "report": corpus.report(),
             "tokenizer": tokenizer, "holdout": holdout}
     return Task(f"tsv:{path}", train, test, tok, info)

@@ -8,6 +8,7 @@ recipe that the demo, the benchmarks and the docs' figures all call.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,19 +71,35 @@ def build_model(arch: str, vocab_size: int, *, attention: str = "additive", pad_
 def task_from_meta(meta: dict[str, Any], spec: str | None = None, *, train: bool = True) -> Any:
     """Rebuild the task a checkpoint was trained on (``meta`` from its config.json), or the
     task ``spec`` with the checkpoint's generation options (seed, sizes). ``train=False``
-    skips generating a training split (evaluation needs only the held-out one)."""
-    from attnkit.data import load_task
+    skips generating a training split (evaluation needs only the held-out one).
+
+    A TSV task whose file no longer has the bytes it was trained on (``meta["task_info"]
+    ["sha256"]``) is a ``ValueError`` when ``train`` (a resume would train on other data with the
+    old vocabulary) and a warning otherwise (its held-out split may now hold training pairs)."""
+    from attnkit.data import canonical_task, load_task
 
     options = dict(meta.get("task_options", {}))
     saved = meta.get("task")
     spec = spec or saved
     if spec is None:
         raise ValueError("the checkpoint does not say which task it was trained on; pass --task")
-    if spec != saved:  # another task: keep only the generic options
+    same = saved is not None and canonical_task(spec) == canonical_task(saved)
+    if not same:  # another task: keep only the generic options
         options = {k: v for k, v in options.items() if k in ("seed", "n_test")}
     if not train:
         options["n_train"] = 0
-    return load_task(spec, **options)
+    task = load_task(spec, **options)
+    trained_on = meta.get("task_info", {}).get("sha256") if same else None
+    now = task.info.get("sha256")
+    if trained_on and now and now != trained_on:
+        changed = (f"TSV file {spec[4:]} changed since the checkpoint was trained on it (sha256 now {now[:12]}..., "
+                   f"then {trained_on[:12]}...)")
+        if train:
+            raise ValueError(f"{changed}: a resumed run trains on the same data, whose vocabulary the checkpoint "
+                             f"holds; restore the file, or start a new run in another --out")
+        warnings.warn(f"{changed}: its held-out split (the last 10%) may now hold pairs the model trained on",
+                      stacklevel=2)
+    return task
 
 
 @dataclass
