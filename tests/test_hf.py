@@ -543,3 +543,25 @@ def test_family_without_the_interface_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="the mpnet family \\(MPNetModel\\) does not dispatch") as info:
         SentenceEncoder.from_pretrained(folder)
     assert "\n" not in str(info.value)
+
+
+def test_pack_takes_a_tokenizers_batch_as_it_comes():
+    """A fast tokenizer's batch with ``return_length=True`` and the special-tokens / offsets
+    extras packs as is: ``length`` (one value per row) is left out, ``(B, T, ...)`` values packed;
+    a value of any other shape is still one ValueError naming it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "a", "b", "c", "d"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]")
+    batch = tok(["a b c", "d", "c a"], padding=True, return_tensors="pt", return_length=True,
+                return_special_tokens_mask=True, return_offsets_mapping=True)
+    assert "length" in batch and batch["length"].shape == (3,)
+    packed = akhf.pack(batch)
+    assert "length" not in packed
+    assert packed["input_ids"].tolist() == [[2, 3, 4, 5, 4, 2]]
+    assert packed["offset_mapping"].shape == (1, 6, 2) and packed["special_tokens_mask"].shape == (1, 6)
+    with pytest.raises(ValueError, match=r"pack: extra has shape \(3, 4, 5\)"):
+        akhf.pack({**batch, "extra": torch.zeros(3, 4, 5)})

@@ -377,8 +377,10 @@ def pack(batch: Mapping[str, Tensor]) -> dict[str, Tensor | int]:
 
     ``batch``: ``input_ids (B, T)`` and ``attention_mask (B, T)`` (1 = real token, each row's real
     tokens contiguous: left or right padding), plus any other ``(B, T)`` tensors (``token_type_ids``,
-    ``labels``, ...). Returns those tensors as ``(1, N)`` rows of the ``N`` real tokens in batch order,
-    ``position_ids (1, N)`` restarting at 0 for each sequence, and the flash-attention kwargs
+    ``labels``, ...; a per-row ``(B,)`` value such as the ``length`` of ``return_length=True`` has no
+    place in one packed row and is left out, as ``DataCollatorWithFlattening`` leaves out what it
+    does not pack). Returns the ``(B, T, ...)`` tensors as ``(1, N, ...)`` rows of the ``N`` real
+    tokens in batch order, ``position_ids (1, N)`` restarting at 0 for each sequence, and the flash-attention kwargs
     ``cu_seq_lens_q/k (B + 1,)`` int32 and ``max_length_q/k``. A ``labels`` row gets -100 at each
     sequence's first token (no token predicts across a boundary). Call the model with it as is:
     ``model(**attnkit.hf.pack(batch))``; :func:`unpack` puts outputs back.
@@ -402,8 +404,11 @@ def pack(batch: Mapping[str, Tensor]) -> dict[str, Tensor | int]:
         if name == "attention_mask":
             continue
         value = torch.as_tensor(value)
+        if value.shape == real.shape[:1]:
+            continue  # (B,): one value per row, e.g. a tokenizer's `length`
         if value.shape[:2] != real.shape:
-            raise ValueError(f"pack: {name} has shape {tuple(value.shape)}, not (B, T) = {tuple(real.shape)}")
+            raise ValueError(f"pack: {name} has shape {tuple(value.shape)}, neither (B, T) = {tuple(real.shape)} "
+                             f"nor one value per row (B,)")
         packed[name] = value[real].unsqueeze(0)  # (1, N, ...)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)  # (B + 1,)
     starts = torch.repeat_interleave(cu[:-1].long(), lengths)  # (N,)
