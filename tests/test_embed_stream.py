@@ -519,38 +519,56 @@ def test_the_work_folder_appears_and_goes_whole(tmp_path, tiny, monkeypatch) -> 
     """A kill between making the work folder and writing its manifest, or while a finished
     job's folder is deleted, leaves no OUT.parts without a manifest: the next --resume starts
     or reports the job as it should, and sweeps what the kill left."""
-    from attnkit.embedding import job as job_files
     from attnkit.embedding.file import embed_file
 
     src = write_lines(tmp_path / "in.txt", short_lines(600, seed=3))
     out, parts = tmp_path / "emb.npy", tmp_path / "emb.npy.parts"
     args = {"model": tiny, "chunk_lines": 200, "progress": False}
-    real_replace, real_rmtree = job_files.os.replace, job_files.shutil.rmtree
+    real_replace, real_rmtree = attnkit.io.os.replace, attnkit.io.shutil.rmtree
 
     def killed_publishing(src_path, dst_path):  # the folder is made, its manifest written, not yet renamed
-        if ".new-" in str(src_path):
+        if Path(dst_path) == parts:
             raise _Killed
         real_replace(src_path, dst_path)
 
-    monkeypatch.setattr(job_files.os, "replace", killed_publishing)
+    monkeypatch.setattr(attnkit.io.os, "replace", killed_publishing)
     with pytest.raises(_Killed):
         embed_file(src, out, **args)
-    assert not parts.exists() and any(".new-" in p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(job_files.os, "replace", real_replace)
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".emb.npy.parts.tmp-")]
+    assert not parts.exists() and len(left) == 1 and (left[0] / "manifest.json").is_file()
+    monkeypatch.setattr(attnkit.io.os, "replace", real_replace)
 
     def killed_deleting(path, *a, **k):  # the finished job's folder is renamed aside, not yet deleted
-        if ".trash-" in str(path) and Path(path).exists():
+        if (Path(path) / parts.name).is_dir():
             raise _Killed
         real_rmtree(path, *a, **k)
 
-    monkeypatch.setattr(job_files.shutil, "rmtree", killed_deleting)
+    monkeypatch.setattr(attnkit.io.shutil, "rmtree", killed_deleting)
     with pytest.raises(_Killed):
         embed_file(src, out, resume=True, **args)
-    assert out.exists() and not parts.exists()
-    monkeypatch.setattr(job_files.shutil, "rmtree", real_rmtree)
+    assert out.exists() and not parts.exists() and not left[0].exists()  # swept by the resume
+    assert any((p / parts.name).is_dir() for p in tmp_path.glob(".emb.npy.parts.tmp-*"))
+    monkeypatch.setattr(attnkit.io.shutil, "rmtree", real_rmtree)
     summary = embed_file(src, out, resume=True, **args)
     assert "already complete" in summary.note
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in.txt"]
     ref = tmp_path / "ref.npy"
     embed_file(src, ref, **args)
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_a_run_sweeps_the_work_folders_older_versions_left(tmp_path, tiny) -> None:
+    """Leftovers of the temp names attnkit used before (``OUT.parts.new-PID``,
+    ``OUT.parts.trash-PID``) and of today's (``.OUT.parts.tmp-*``) are removed by the next run;
+    folders that only look alike stay."""
+    from attnkit.embedding.file import embed_file
+
+    src = write_lines(tmp_path / "in.txt", short_lines(50, seed=4))
+    out = tmp_path / "emb.npy"
+    for name in ("emb.npy.parts.new-123", "emb.npy.parts.trash-456", ".emb.npy.parts.tmp-abc123",
+                 ".emb.npy.parts.tmp-def456.old", "emb.npy.parts.new-abc", "emb.npy.parts.old-123"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    embed_file(src, out, model=tiny, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.npy.parts.new-abc",
+                                                          "emb.npy.parts.old-123", "in.txt"]

@@ -13,20 +13,39 @@ leaves the previous file untouched (the temp file is removed)::
         fill(np.memmap(tmp, ...))
 
 :func:`fsync_path` makes a rename or a finished file durable (a folder is synced too).
+
+A whole folder appears and goes in one rename each, through one temp-folder naming scheme,
+``.NAME.tmp-XXXXXXXX`` beside the folder ``NAME`` (the checkpoints, an embed job's work
+folder)::
+
+    tmp = temp_dir_beside("ck")            # .ck.tmp-XXXXXXXX, empty
+    fill(tmp)
+    publish_dir(tmp, "ck", exchange=runtime.exchange_paths)   # ck appears, or is swapped in whole
+    remove_dir("ck")                       # renamed into a fresh .ck.tmp-XXXXXXXX, then deleted
+    sweep_temp_dirs("ck")                  # what a killed process left of those names
+
+A kill at any moment leaves the folder whole or absent (or, between the two renames of
+:func:`publish_dir`'s fallback swap, the previous folder under a temp name), and temp folders
+that :func:`sweep_temp_dirs` removes.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_parts", "fsync_path", "preallocate"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_parts", "fsync_path", "preallocate",
+           "publish_dir", "remove_dir", "sweep_temp_dirs", "temp_dir_beside"]
+
+TEMP_DIR_MARK = ".tmp-"  # a temp folder beside NAME is named "." + NAME + TEMP_DIR_MARK + a unique tail
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -136,3 +155,87 @@ def atomic_write_parts(path: str | os.PathLike, parts: Iterable[bytes | memoryvi
             digest.update(part)
             f.write(part)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- whole folders
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """Make a new, empty temp folder beside the folder ``path`` and return it: named
+    ``.NAME.tmp-XXXXXXXX`` (hidden, unique, mode 0700 until :func:`publish_dir`), the one name
+    every temp folder of attnkit has, so that :func:`sweep_temp_dirs` finds what a kill left.
+    The parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_DIR_MARK}", dir=path.parent))
+
+
+def publish_dir(tmp: str | os.PathLike, path: str | os.PathLike, *,
+                exchange: Callable[[Path, Path], bool] | None = None, durable: bool = True) -> Path:
+    """Put the finished folder ``tmp`` (made by :func:`temp_dir_beside` for ``path``) at ``path``
+    in one rename (with the mode ``mkdir`` would give it: 0777 less the umask), and make the rename durable (the parent folder is fsynced).
+
+    Where ``path`` exists it is swapped with ``tmp`` in one step by ``exchange(tmp, path)``
+    (:func:`attnkit.runtime.exchange_paths`: ``renameat2(RENAME_EXCHANGE)``), which returns
+    False where it cannot; then by two renames a moment apart, ``path`` to ``tmp`` + ``.old``
+    and ``tmp`` to ``path`` (a kill between them leaves no ``path``, and the previous folder in
+    ``.NAME.tmp-XXXXXXXX.old``). The previous folder is then deleted. Returns ``path``."""
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    previous = None
+    if not path.exists():
+        os.replace(tmp, path)
+    elif exchange is not None and exchange(tmp, path):
+        previous = tmp
+    else:
+        previous = tmp.with_name(tmp.name + ".old")
+        os.replace(path, previous)
+        os.replace(tmp, path)
+    if durable:
+        fsync_path(path.parent)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)  # a temp name: a kill here leaves it to the sweep
+    return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``),
+    else by setting it and putting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_dir(path: str | os.PathLike, *, durable: bool = True) -> None:
+    """Remove the folder ``path`` in one atomic step: it is renamed into a fresh
+    :func:`temp_dir_beside` folder (the rename made durable), which is then deleted. A kill at
+    any moment leaves ``path`` whole or absent, and at most a temp folder for
+    :func:`sweep_temp_dirs`. Nothing happens where ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = temp_dir_beside(path)
+    os.replace(path, aside / path.name)
+    if durable:
+        fsync_path(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def sweep_temp_dirs(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp folders (``.NAME.tmp-*``, see :func:`temp_dir_beside`) beside ``path``
+    that a killed process left, and return them. Call it only when nothing else is writing or
+    removing ``path``, and only where no such folder can hold the last good copy (a kill
+    between the two renames of :func:`publish_dir`'s fallback swap leaves it in one of them)."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}{TEMP_DIR_MARK}*"
+    swept = [p for p in sorted(path.parent.glob(pattern)) if p.is_dir() and not p.is_symlink()]
+    for leftover in swept:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return swept

@@ -16,10 +16,12 @@ its rows file has the recorded size; :func:`attnkit.embedding.writers.assemble` 
 chunks, in input order, into ``OUT`` (and the sidecars ``OUT.ids.jsonl`` /
 ``OUT.skipped.jsonl``), renames it into place last, and then removes the folder.
 
-The folder itself appears and goes in one rename each: a new job's folder is made as
-``OUT.parts.new-PID`` with its manifest and renamed to ``OUT.parts``; a finished or discarded
-one is renamed to ``OUT.parts.trash-PID`` before it is deleted. So ``OUT.parts`` always holds a
-manifest, and what a kill leaves of the two temporary names is removed by the next run.
+The folder itself appears and goes in one rename each (:mod:`attnkit.io`'s temp folders): a new
+job's folder is made as ``.OUT.parts.tmp-XXXXXXXX`` with its manifest and renamed to
+``OUT.parts``; a finished or discarded one is renamed into a fresh ``.OUT.parts.tmp-XXXXXXXX``
+before it is deleted. So ``OUT.parts`` always holds a manifest, and the next run removes what a
+kill leaves of those temp folders (and of ``OUT.parts.new-PID`` / ``OUT.parts.trash-PID``, the
+names older versions used).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from attnkit.embedding.corpus import CorpusIndex, fingerprint
+from attnkit.io import atomic_write, publish_dir, remove_dir, sweep_temp_dirs, temp_dir_beside
 
 __all__ = ["Job", "discard", "lines_done", "model_fingerprint", "outputs_of", "parts_dir", "prepare"]
 
@@ -52,20 +54,15 @@ def parts_dir(out: Path) -> Path:
 
 def discard(parts: Path) -> None:
     """Remove the work folder ``parts``: renamed aside first (one atomic step), then deleted, so
-    a kill never leaves ``parts`` without its manifest."""
-    if not parts.exists():
-        return
-    trash = parts.with_name(f"{parts.name}.trash-{os.getpid()}")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(parts, trash)
-    from attnkit.io import fsync_path
-
-    fsync_path(parts.parent)
-    shutil.rmtree(trash, ignore_errors=True)
+    a kill never leaves ``parts`` without its manifest (:func:`attnkit.io.remove_dir`)."""
+    remove_dir(parts)
 
 
 def _sweep(parts: Path) -> None:
-    """Remove what a killed run left of ``parts``'s temporary names (``.new-PID``, ``.trash-PID``)."""
+    """Remove what a killed run left of ``parts``'s temp folders: ``.PARTS.tmp-*``
+    (:func:`attnkit.io.sweep_temp_dirs`), and ``PARTS.new-PID`` / ``PARTS.trash-PID``, the names
+    attnkit used before."""
+    sweep_temp_dirs(parts)
     for leftover in parts.parent.glob(f"{glob.escape(parts.name)}.*-*"):
         kind, _, pid = leftover.name[len(parts.name) + 1:].partition("-")
         if kind in ("new", "trash") and pid.isdigit() and leftover.is_dir():
@@ -246,13 +243,9 @@ def prepare(out: Path, identity: dict[str, Any], names: dict[str, str], *, resum
     discard(parts)  # --overwrite: the unfinished job goes
     manifest = {"version": VERSION, "identity": identity, "names": names, "index": index.to_json(),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from attnkit.io import atomic_write, fsync_path
-
-    new = parts.with_name(f"{parts.name}.new-{os.getpid()}")
-    new.mkdir(parents=True)
+    new = temp_dir_beside(parts)
     atomic_write(new / MANIFEST, json.dumps(manifest))
-    os.replace(new, parts)  # the folder appears with its manifest
-    fsync_path(parts.parent)
+    publish_dir(new, parts)  # the folder appears with its manifest
     return Job(out, manifest, index), ""
 
 

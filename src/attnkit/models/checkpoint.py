@@ -10,11 +10,12 @@ A checkpoint is a directory::
     trainer_state.json   optional: step, RNG states (torch, python, numpy, generators), history
     vocab.json, ...      optional extra files (vocabularies, a BPE tokenizer.json)
 
-:func:`save_model` writes the whole directory under a temporary name beside the target and
-then swaps it in with one rename (``renameat2(RENAME_EXCHANGE)`` where Linux offers it), so a
-kill at any moment leaves either the previous good checkpoint or the new one. Every file's
-size and SHA-256 are recorded, so :func:`load` tells a truncated or altered file from a good
-one. Nothing is ever unpickled: ``torch.load`` of an untrusted file runs code.
+:func:`save_model` writes the whole directory under a temporary name beside the target
+(``.NAME.tmp-XXXXXXXX``) and then swaps it in with one rename (``renameat2(RENAME_EXCHANGE)``
+where Linux offers it; :func:`attnkit.io.publish_dir`), so a kill at any moment leaves either
+the previous good checkpoint or the new one. Every file's size and SHA-256 are recorded, so
+:func:`load` tells a truncated or altered file from a good one. Nothing is ever unpickled:
+``torch.load`` of an untrusted file runs code.
 
 Errors: a directory that is not a checkpoint -> ``FileNotFoundError``; an unknown format, a
 truncated file, a config that does not fit the weights or the model class -> ``ValueError``,
@@ -25,13 +26,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import glob
 import hashlib
 import json
 import os
 import random
 import shutil
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from attnkit.io import fsync_path
+from attnkit.io import fsync_path, publish_dir, sweep_temp_dirs, temp_dir_beside
 from attnkit.models.rnn_seq2seq import RNNSeq2Seq
 from attnkit.models.transformer_seq2seq import TransformerSeq2Seq
 from attnkit.runtime import exchange_paths
@@ -260,7 +259,7 @@ def save_model(
     directory.parent.mkdir(parents=True, exist_ok=True)
     _sweep_temp_folders(directory)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = temp_dir_beside(directory)
     try:
         save_file(_state_dict_unique(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if optimizer is not None:
@@ -289,16 +288,8 @@ def save_model(
                     "config": dataclasses.asdict(config), "files": listing, "meta": meta or {}}
         (tmp / "config.json").write_text(json.dumps(manifest, indent=1))
         fsync_path(tmp / "config.json")
-        os.chmod(tmp, 0o755)
-        if directory.exists():
-            if not exchange_paths(tmp, directory):  # fallback: two renames, a microsecond apart
-                old = tmp.with_name(tmp.name + ".old")
-                os.rename(directory, old)
-                os.rename(tmp, directory)
-                tmp = old
-        else:
-            os.rename(tmp, directory)
-        fsync_path(directory.parent)  # the rename itself is durable
+        # one rename (durable), or a swap: exchange_paths, else two renames a moment apart
+        publish_dir(tmp, directory, exchange=exchange_paths)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -309,11 +300,8 @@ def _sweep_temp_folders(directory: Path) -> None:
     """Remove the temp folders (``.NAME.tmp-*``) that a save killed midway left beside
     ``directory``, when ``directory`` holds a whole checkpoint (else one of them may hold the
     last one: a kill between the two renames of the fallback swap)."""
-    if not is_checkpoint(directory):
-        return
-    for leftover in directory.parent.glob(f".{glob.escape(directory.name)}.tmp-*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
+    if is_checkpoint(directory):
+        sweep_temp_dirs(directory)
 
 
 # ----------------------------------------------------------------------------- reading
