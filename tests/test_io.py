@@ -212,3 +212,22 @@ def test_io_stays_on_the_floor() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not imported & {"torch", "attnkit", "numpy", ""}
+
+
+def test_an_error_between_the_fallback_renames_puts_the_previous_folder_back(tmp_path, monkeypatch) -> None:
+    """An OSError (not a kill) on the second rename of the two-rename swap leaves the previous
+    folder at its name, not only under a temp name that the next sweep would delete."""
+    target = tmp_path / "ck"
+    publish_dir(_fill(temp_dir_beside(target), "old"), target)
+    tmp = _fill(temp_dir_beside(target), "new")
+    real = os.replace
+
+    def second_fails(src, dst):
+        if Path(src) == tmp:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(aio.os, "replace", second_fails)
+    with pytest.raises(OSError, match="Input/output"):
+        publish_dir(tmp, target)
+    assert _text(target) == "old"

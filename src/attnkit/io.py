@@ -190,7 +190,11 @@ def publish_dir(tmp: str | os.PathLike, path: str | os.PathLike, *,
     else:
         previous = tmp.with_name(tmp.name + ".old")
         os.replace(path, previous)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.replace(previous, path)  # the previous folder goes back: an error loses nothing
+            raise
     if durable:
         fsync_path(path.parent)
     if previous is not None:
