@@ -321,3 +321,57 @@ def test_link_opens_a_kind_and_view(browser, explored, tmp_path) -> None:
     assert page.locator("#kinds button").count() == 1
     assert page.inner_text("#summary").startswith("Cross-attention")
     view.assert_clean()
+
+
+def test_tokens_with_markup_load_and_show_as_themselves(browser, tmp_path) -> None:
+    """Tokens with ``<!--``, ``</script>``, quotes, backticks, RTL and emoji: the page loads (a
+    ``<!--`` token made JSON.parse throw and the page stayed blank), runs none of the text, and
+    shows every token as itself; the model-view export works with non-string layer names."""
+    tokens = ["<!--", "<!-- <script>", "</script><script>window.pwned=1</script>", '"&amp;',
+              "`${window.pwned=2}`", "\u05e9\u05dc\u05d5\u05dd", "\U0001f600"]
+    T = len(tokens)
+    path = explorer(tokens, softmax_weights(2, 2, T, T), tmp_path / "markup.html", title="<!-- x",
+                    layer_names=[1, 2])
+    view = open_explorer(browser, path)
+    page = view.page
+    assert page.eval_on_selector_all(".tok.left text", "ts => ts.map(t => t.textContent)") == tokens
+    assert page.evaluate("window.pwned === undefined")
+    with page.expect_download() as info:
+        page.click("#export-model-svg")
+    assert info.value.suggested_filename == "attention-model-view.svg"
+    view.assert_clean()
+
+
+def test_malformed_link_hash_opens_the_first_view(browser, tmp_path) -> None:
+    """``view.html#100%`` (not a valid %-escape) made decodeURIComponent throw: a blank page."""
+    path = explorer(["a", "b"], softmax_weights(1, 1, 2, 2), tmp_path / "hash.html")
+    view = browser.open(path)
+    view.page.goto(path.resolve().as_uri() + "#100%")
+    view.page.wait_for_function("document.body.dataset.thumbs === 'done'")
+    assert view.page.locator(".tok.left").count() == 2
+    view.assert_clean()
+
+
+def test_relevance_export_carries_the_page_fonts(browser, tmp_path) -> None:
+    """The relevance view's SVG (and the PNG drawn from it) embeds the page's glyph subsets, as the
+    explorer's exports do: Devanagari tokens were boxes on a machine whose only font is DejaVu."""
+    from attnkit.viz.explorer import Panel, _page_data, _render_page
+
+    tokens = ["[CLS]", " \u0926\u093f\u0938\u0902\u092c\u0930", "[SEP]"]
+    data = _page_data([Panel(softmax_weights(1, 1, 3, 3), tokens, tokens)])
+    data["relevance"] = {"tokens": tokens, "targets": None, "query": None, "order": ["attention"],
+                         "methods": {"attention": {"values": [[0.2, 0.7, 0.1]], "zeroRows": [],
+                                                   "signed": False, "note": ""}}}
+    path = tmp_path / "relevance.html"
+    path.write_text(_render_page(data), "utf-8")
+    view = browser.open(path)
+    page = view.page
+    page.wait_for_selector("#rel-svg rect")
+    with page.expect_download() as info:
+        page.click("#export-rel-svg")
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    svg = saved.read_text("utf-8")
+    assert "@font-face" in svg and '"attnkit-text"' in svg
+    assert "\u0926\u093f\u0938\u0902\u092c\u0930" in svg
+    view.assert_clean()

@@ -492,3 +492,27 @@ def test_save_kinds(tiny_model, tmp_path) -> None:
     assert {k for k, _ in page_views(path)} == {"decoder"}
     with pytest.raises(ValueError, match="subset"):
         att.save(tmp_path / "x.html", kinds=["decoder", "lm"])
+
+
+@pytest.mark.parametrize("case", ["out-is-folder", "out-below-file", "svg-is-file", "png-below-file"])
+def test_show_bad_paths_are_one_line_before_the_model_runs(case, tiny_model, tmp_path) -> None:
+    """`attnkit show` with an --out that is a folder or below a file, or an --svg/--png that is a
+    file: one red line naming the option, exit 2, and nothing written (these were tracebacks, and
+    --svg FILE failed only after the page was written)."""
+    from typer.testing import CliRunner
+
+    from attnkit.cli import app
+
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / "view.html"
+    extra = {"out-is-folder": ["--out", str(tmp_path)],
+             "out-below-file": ["--out", str(tmp_path / "file.txt" / "view.html")],
+             "svg-is-file": ["--out", str(out), "--svg", str(tmp_path / "file.txt")],
+             "png-below-file": ["--out", str(out), "--png", str(tmp_path / "file.txt" / "png")]}[case]
+    result = CliRunner().invoke(app, ["show", TEXT, "--model", str(tiny_model("bert")), *extra])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    option = extra[-2]
+    assert f"error: {option}" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

@@ -70,6 +70,23 @@ def test_two_views_are_isolated(tmp_path) -> None:
     assert both.count("<iframe ") == 2
 
 
+def test_record_shows_its_own_page_after_another_explore_reuses_the_path(tmp_path) -> None:
+    """Two records saved to one path (explore's default ``view.html``): each shows its own text
+    inline; it was the file as it is now, the other record's page."""
+    path = tmp_path / "view.html"
+    first = Exploration(["alpha", "beta"], None, {"encoder": torch.from_numpy(softmax(1, 2, 2, 2))},
+                        title="first text")
+    first.save(path)
+    assert srcdoc(first._repr_html_()) == path.read_text("utf-8")  # its own page: the file
+    second = Exploration(["gamma", "delta", "eps"], None, {"encoder": torch.from_numpy(softmax(1, 2, 3, 3))},
+                         title="second text")
+    second.save(path)
+    shown = srcdoc(first._repr_html_())
+    assert '"left":["alpha","beta"]' in shown and "first text" in shown
+    assert "gamma" not in shown and "second text" not in shown
+    assert srcdoc(second._repr_html_()) == path.read_text("utf-8")
+
+
 def test_512_tokens_12_layers_12_heads_fit_25_mb() -> None:
     """An explore() record of 512 tokens x 12 layers x 12 heads: the inline view stays under
     25 MB, keeping each row's top-k weights, and says so above the view."""

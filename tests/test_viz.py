@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import warnings
 
@@ -110,6 +111,25 @@ def test_explorer_page_is_self_contained_and_decodes(tmp_path) -> None:
     assert np.abs(deq - w.numpy()).max() <= 1 / 510 + 1e-7
 
 
+@pytest.mark.parametrize("token", ["<!--", "<!-- <script>", "</script><script>x=1</script>", "a<\\!--b"])
+def test_explorer_data_is_strict_json_whatever_the_tokens(tmp_path, token) -> None:
+    """The embedded data is JSON that JSON.parse accepts (no ``\\!``, which it rejects: a token
+    with ``<!--`` left the page blank) and holds neither ``<!--`` nor ``</script``."""
+    tokens = ["a", token, "b"]
+    path = explorer(tokens, softmax_weights(1, 1, 3, 3), tmp_path / "view.html", title=token)
+    raw = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>',
+                    path.read_text(encoding="utf-8"), re.S).group(1)
+    assert "<" not in raw
+    assert json.loads(raw)["left"] == tokens  # Python's parser is as strict as JSON.parse here
+    assert json.loads(raw)["title"] == token
+
+
+def test_explorer_labels_are_text(tmp_path) -> None:
+    """Non-string layer names become text in the page (the model-view export calls .replace on them)."""
+    data = page_data(explorer(["a", "b"], softmax_weights(2, 1, 2, 2), tmp_path / "v.html", layer_names=[1, 2]))
+    assert data["layerNames"] == ["1", "2"]
+
+
 def test_explorer_cross_attention_list(tmp_path) -> None:
     out, src = list("2026-11-24"), list("24. November 2026")
     layers = [softmax_weights(len(out), len(src), seed=s) for s in range(3)]  # (T, S) per layer
@@ -165,3 +185,62 @@ def test_package_exports_functions_not_submodules() -> None:
     from attnkit.viz import heatmap as heatmap_fn
 
     assert callable(heatmap_fn) and callable(explorer_fn)
+
+
+def test_dollar_signs_are_drawn_as_text_not_mathtext(tmp_path) -> None:
+    """Two ``$`` in a token or title made matplotlib typeset mathtext: ``$\\frac$`` raised
+    ParseSyntaxException and ``$x^2$`` was drawn as x squared. Every label is the text itself."""
+    from attnkit.viz.any_model import Exploration
+
+    tokens = ["$\\frac$", "$x^2$", "b"]
+    fig = heatmap(np.eye(3), tokens, tokens, path=tmp_path / "h.png", title="from $5 to $6")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == tokens
+    assert not any(t.get_parse_math() for t in [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.title])
+    fig.savefig(tmp_path / "again.png")  # drawn again outside heatmap(): still plain text
+    att = Exploration(tokens, None, {"encoder": torch.from_numpy(softmax_weights(1, 2, 3, 3))})
+    paths = att.save(svg=tmp_path / "svg", png=tmp_path / "png")
+    assert len(paths) == 4 and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_pictures_are_written_atomically(tmp_path, monkeypatch) -> None:
+    """A picture that fails half-way (a kill, a full disk) leaves the previous file whole and no
+    temp file: heatmap(path=) and Exploration.save(svg=, png=) write through attnkit.io."""
+    from matplotlib.figure import Figure
+
+    from attnkit.viz.any_model import Exploration
+
+    att = Exploration(["a", "b"], None, {"encoder": torch.from_numpy(softmax_weights(1, 1, 2, 2))})
+    paths = att.save(svg=tmp_path, png=tmp_path)
+    heatmap(np.eye(2), ["a", "b"], ["c", "d"], path=tmp_path / "h.png")
+    before = {p: p.read_bytes() for p in [*paths, tmp_path / "h.png"]}
+
+    def torn(self, fname, *args, **kwargs):
+        (open(fname, "wb") if isinstance(fname, (str, type(tmp_path))) else fname).write(b"torn")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", torn)
+    with pytest.raises(OSError, match="No space"):
+        att.save(svg=tmp_path)
+    with pytest.raises(OSError, match="No space"):
+        heatmap(np.eye(2), ["a", "b"], ["c", "d"], path=tmp_path / "h.png")
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in before)
+
+
+def test_topk_page_refuses_more_keys_than_its_uint16_indices_hold(tmp_path) -> None:
+    """Top-k columns are stored as uint16: past 65,536 keys they wrapped and the page drew each
+    weight on the wrong key (silently). Now a ValueError naming the limit; 65,536 keys still work."""
+    tq = 2
+    for tk, ok in ((1 << 16, True), ((1 << 16) + 1, False)):
+        w = np.zeros((1, 1, tq, tk), np.float32)
+        w[0, 0, :, tk - 1] = 1.0  # all the weight on the last key
+        tokens = ([f"q{i}" for i in range(tq)], [f"k{j}" for j in range(tk)])
+        if ok:
+            data = page_data(explorer(tokens, w, tmp_path / "v.html", max_dense_bytes=10_000))
+            idx = np.frombuffer(base64.b64decode(data["idx"]), "<u2").reshape(tq, data["k"])
+            q = np.frombuffer(base64.b64decode(data["q"]), np.uint8).reshape(tq, data["k"])
+            assert data["encoding"] == "topk" and all(idx[i][q[i] == 255].tolist() == [tk - 1] for i in range(tq))
+        else:
+            with pytest.raises(ValueError, match="at most 65536 keys"):
+                explorer(tokens, w, tmp_path / "v.html", max_dense_bytes=10_000)

@@ -83,15 +83,25 @@ class Exploration:
     neuron_note: str = ""
     title: str | None = None  # the page's title
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting ``path`` (save() does, after writing) records which file is this record's page:
+        # another explore() with the same (default) path replaces the file, and the record must
+        # not then show that other text's page inline.
+        object.__setattr__(self, name, value)
+        if name == "path":
+            object.__setattr__(self, "_page_stamp", _file_stamp(value))
+
     def _repr_html_(self) -> str:
-        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`)."""
+        """In a notebook: the explorer page inline (isolated, offline; :mod:`attnkit.viz.notebook`):
+        the file it wrote while that is still its page, else the same page made again in memory."""
         from attnkit.viz.explorer import _render_page
         from attnkit.viz.notebook import exploration_html
 
         def render(neuron: bool | None, max_bytes: int) -> str:
             return _render_page(_explorer_data(self, title=self.title, neuron=neuron, max_bytes=max_bytes))
 
-        return exploration_html(self.path, render, MAX_PAGE_BYTES)
+        mine = self.path is not None and _file_stamp(self.path) == getattr(self, "_page_stamp", None)
+        return exploration_html(self.path if mine else None, render, MAX_PAGE_BYTES)
 
     @property
     def kinds(self) -> list[str]:
@@ -163,6 +173,18 @@ class Exploration:
         if svg is not None or png is not None:
             written += write_views(self, svg_dir=svg, png_dir=png, kinds=kinds, view=view)
         return written
+
+
+def _file_stamp(path: str | os.PathLike | None) -> tuple[int, int, int] | None:
+    """``(inode, size, mtime_ns)`` of the file at ``path`` (None: no path or no file). A page is
+    written to a temporary file and renamed, so a rewrite always changes the inode."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def explore(

@@ -161,7 +161,7 @@ def plot_similarity(res: ContextualSimilarity, path: str | Path | None = None) -
     from matplotlib.figure import Figure
 
     from attnkit.viz.fonts import fonts_for
-    from attnkit.viz.heatmap import _font_context
+    from attnkit.viz.heatmap import _font_context, save_figure
 
     s1, s2 = res.sentences
     # the fonts of the word and sentences' scripts (the labels are in the sentences' language)
@@ -180,8 +180,6 @@ def plot_similarity(res: ContextualSimilarity, path: str | Path | None = None) -
         ax.legend(fontsize=8, loc="lower left")
         ax.set_title(f'Self-attention makes "{res.word}" contextual')
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path)
+            save_figure(fig, path)
     enable_figures()  # in a notebook, the returned figure shows itself
     return fig

@@ -148,6 +148,7 @@ def _check_nonnegative(weights: np.ndarray) -> None:
         raise ValueError(f"attention weights must be >= 0, found a minimum of {low:.4g}")
 
 
+_MAX_TOPK_KEYS = 1 << 16  # a top-k page stores each kept weight's column as uint16
 _CHUNK = 1 << 20  # weights quantised at a time: the float64 temporaries stay ~8 MB whatever the length
 
 
@@ -403,13 +404,18 @@ def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str
     if (len(p.left), len(p.right)) != (tq, tk):
         raise ValueError(f"weights (..., Tq={tq}, Tk={tk}) do not match the tokens: "
                          f"{len(p.left)} query tokens and {len(p.right)} key tokens")
-    names = p.layer_names if p.layer_names is not None else [f"Layer {i + 1}" for i in range(n_layers)]
+    # Labels are text on the page (the exports call string methods on them): str() each one.
+    names = ([str(n) for n in p.layer_names] if p.layer_names is not None
+             else [f"Layer {i + 1}" for i in range(n_layers)])
     if len(names) != n_layers:
         raise ValueError(f"layer_names has {len(names)} entries for {n_layers} layers")
     if p.head_names is not None and len(p.head_names) != n_heads:
         raise ValueError(f"head_names has {len(p.head_names)} entries for {n_heads} heads")
     # One layer at a time (a LayerSource makes each only now), keeping only what the page stores.
     top_k = _pick_top_k(w.shape, top_k, max_dense_bytes)
+    if top_k is not None and tk > _MAX_TOPK_KEYS:  # the page's column indices are uint16
+        raise ValueError(f"{tk} key tokens: the page keeps each row's top-k weights with 16-bit column "
+                         f"indices, so it shows at most {_MAX_TOPK_KEYS} keys (cut the text)")
     q = np.empty((n_layers, n_heads, tq, tk if top_k is None else top_k), np.uint8)
     idx = None if top_k is None else np.empty(q.shape, "<u2")
     rowmax = np.empty((n_layers, n_heads, tq), "<f4")
@@ -451,7 +457,7 @@ def _view_data(p: Panel, *, top_k: int | None, max_dense_bytes: int) -> dict[str
     elif p.causal:
         data["causal"] = True
     if p.head_names is not None:
-        data["headNames"] = list(p.head_names)
+        data["headNames"] = [str(n) for n in p.head_names]
     if top_k is None:
         data.update(encoding="dense", q=_b64(q))
     else:  # q: the kept weights (L, H, Tq, k), in the order of their columns idx
@@ -571,13 +577,13 @@ def _page_parts(data: dict[str, Any]) -> Iterator[str]:
 def _json_pieces(data: dict[str, Any]) -> Iterator[str]:
     """``json.dumps(data)`` (compact, ASCII) in pieces, made safe inside a <script> element.
 
-    ``<`` and ``/`` occur only inside JSON strings, and the encoder yields each string whole, so
-    ``</`` and ``<!--`` never straddle two pieces."""
+    Every ``<`` is written as the JSON escape ``\\u003c``, so neither ``</script`` nor ``<!--``
+    (which would change how the HTML parser reads the rest of the script) can occur, and the
+    text is still valid JSON (``<\\!--`` is not: ``JSON.parse`` throws on ``\\!``). ``<`` occurs
+    only inside JSON strings, which the encoder yields whole."""
     encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
     for piece in encoder.iterencode(data):
-        if "<" in piece:
-            piece = piece.replace("</", "<\\/").replace("<!--", "<\\!--")
-        yield piece
+        yield piece.replace("<", "\\u003c") if "<" in piece else piece
 
 
 def _render_page(data: dict[str, Any]) -> str:

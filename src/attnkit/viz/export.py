@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from attnkit.io import atomic_open
 from attnkit.viz.explorer import default_threshold, encode_weights
 from attnkit.viz.fonts import fonts_for
 
@@ -179,7 +180,8 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
 
     def save(fig: Any, stem: str) -> None:
         for ext, folder in folders.items():
-            fig.savefig(folder / f"{stem}.{ext}")
+            with atomic_open(folder / f"{stem}.{ext}") as f:  # the whole picture or the previous one
+                fig.savefig(f, format=ext)
             written.append(folder / f"{stem}.{ext}")
 
     for kind in kinds:
@@ -191,7 +193,9 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
         causal = kind == "decoder"
         suffix = "" if view == "raw" else f"-{view}"
         head_names = ["all heads"] if view == "rollout" else None
-        with rc_context({"font.family": fonts_for([*left, *right]), "axes.unicode_minus": False}):
+        # text.parse_math off: a token with two "$" is drawn as itself, never as mathtext
+        with rc_context({"font.family": fonts_for([*left, *right]), "axes.unicode_minus": False,
+                         "text.parse_math": False}):
             save(draw_model_view(w, causal=causal, head_names=head_names,
                                  title=f"{kind} attention{suffix.replace('-', ' ')}: every layer and head"),
                  f"{kind}{suffix}-model-view")

@@ -135,11 +135,26 @@ def heatmap(
             lines = [row for line in title.split("\n") for row in textwrap.wrap(line, limit) or [""]]
             ax.set_title("\n".join(bidi(row) for row in lines))
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path)
+            save_figure(fig, path)
     enable_figures()  # in a notebook, the returned figure shows itself
     return fig
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """``fig.savefig(path)`` (the format by suffix), written atomically (:mod:`attnkit.io`): a
+    kill or an error leaves the previous file or none, never half a picture. The parent folder is
+    created. Without a suffix, matplotlib's default format and its suffix are used, as savefig does."""
+    from matplotlib import rcParams
+
+    from attnkit.io import atomic_open
+
+    path = Path(path)
+    fmt = path.suffix[1:].lower()
+    if not fmt:
+        fmt = rcParams["savefig.format"]
+        path = path.with_name(f"{path.name}.{fmt}")
+    with atomic_open(path) as f:
+        fig.savefig(f, format=fmt)
 
 
 def _colour_scale(array: np.ndarray, signed: bool) -> dict[str, Any]:
@@ -161,10 +176,13 @@ def _visible(token: str) -> str:
 
 
 def _font_context(families: list[str]) -> Any:
-    """A context that sets matplotlib's font fallback list (restored on exit)."""
+    """A context that sets matplotlib's font fallback list (restored on exit) and draws every
+    text as itself: ``text.parse_math`` off, so a token or title with two ``$`` (``$x^2$``,
+    ``$5 or $6``) is not typeset as mathtext (or a ParseSyntaxException for ``$\\frac$``)."""
     import matplotlib
 
-    return matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False})
+    return matplotlib.rc_context({"font.family": families, "axes.unicode_minus": False,
+                                  "text.parse_math": False})
 
 
 @cache

@@ -566,7 +566,9 @@
 
   // A link may choose the first view: page.html#cross or page.html#decoder:rollout
   function viewFromHash() {
-    const [kind, name] = decodeURIComponent(location.hash.slice(1)).split(":");
+    let hash = location.hash.slice(1);
+    try { hash = decodeURIComponent(hash); } catch (e) { /* a malformed %-escape: use it as it is */ }
+    const [kind, name] = hash.split(":");
     let i = VIEWS.findIndex((v) => v.kind === kind && (v.view || "raw") === (name || "raw"));
     if (i < 0) i = VIEWS.findIndex((v) => v.kind === kind);
     return Math.max(i, 0);

@@ -116,7 +116,11 @@
     const svg = document.getElementById('rel-svg').cloneNode(true);
     svg.setAttribute('xmlns', NS);
     const style = document.createElementNS(NS, 'style');
-    style.textContent = 'text{font:13px system-ui,"DejaVu Sans",sans-serif;dominant-baseline:middle;white-space:pre}';
+    // the page's embedded glyph subsets travel with the picture (an SVG drawn as an image, and the
+    // PNG made from it, see no font of the page): tokens in any script, as in the explorer's exports
+    const fonts = (document.getElementById('page-fonts') || { textContent: '' }).textContent;
+    style.textContent = fonts + 'text{font:13px "attnkit-text",system-ui,"DejaVu Sans",sans-serif;' +
+      'dominant-baseline:middle;white-space:pre}';
     svg.insertBefore(style, svg.firstChild);
     return new XMLSerializer().serializeToString(svg);
   }
