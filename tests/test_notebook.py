@@ -235,3 +235,10 @@ def test_two_inline_views_work_independently_in_chromium(tmp_path) -> None:
         view.assert_clean()
     finally:
         browser.close()
+
+
+def test_a_page_whose_file_is_gone_shows_a_note_not_a_traceback(tmp_path) -> None:
+    page = explorer(["a", "<b>"], softmax(1, 1, 2, 2), tmp_path / "view.html")
+    page.unlink()
+    view = page._repr_html_()
+    assert "cannot show it" in view and "No such file" in view and str(tmp_path / "view.html") in view

@@ -111,10 +111,15 @@ def page_html(path: str | Path) -> str:
 
 
 class Page(type(Path())):  # type: ignore[misc]  # PosixPath/WindowsPath: subclassable on 3.10+
-    """The path of a page attnkit wrote; in a notebook it shows the page inline."""
+    """The path of a page attnkit wrote; in a notebook it shows the page inline (a short note
+    naming the path where the file is gone or cannot be read, instead of a traceback)."""
 
     def _repr_html_(self) -> str:
-        return page_html(self)
+        try:
+            return page_html(self)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            return f"<p>attnkit page {html.escape(str(self))}: cannot show it ({html.escape(reason)})</p>"
 
 
 def figure_png(fig: Any) -> bytes:
