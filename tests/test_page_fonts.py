@@ -15,6 +15,7 @@ import html
 import importlib
 import io
 import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -164,3 +165,17 @@ def test_chromium_loads_every_embedded_font(dates, tmp_path) -> None:
         view.assert_clean()
     finally:
         browser.close()
+
+
+def test_a_character_no_packaged_font_has_is_named_in_a_warning(tmp_path) -> None:
+    """Cuneiform is in no font attnkit packages: the page is still written, and a warning names
+    the character (the browser's fallback is no coverage: boxes where it has no font)."""
+    from attnkit.viz.fonts import uncovered
+
+    assert uncovered(["\U00012000"]) == "\U00012000"  # the matplotlib side agrees: no packaged font
+    with pytest.warns(UserWarning, match=r"1 character\(s\) of this page: '\U00012000' U\+12000"):
+        explorer(["a", "\U00012000"], np.full((1, 1, 2, 2), 0.5), tmp_path / "view.html")
+    assert (tmp_path / "view.html").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explorer(["a", "\u0926\u093f"], np.full((1, 1, 2, 2), 0.5), tmp_path / "covered.html")  # Devanagari: covered

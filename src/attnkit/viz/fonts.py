@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
@@ -280,8 +281,9 @@ def web_font_css(texts: Iterable[str]) -> str:
     """``@font-face`` rules (family :data:`WEB_FAMILY`) embedding the glyphs of ``texts``.
 
     Each character outside printable ASCII goes to the first packaged Noto font that has it;
-    characters no packaged font has are left out (the browser's own fonts may still have them).
-    An ASCII-only text gives ``""``. Needs ``fontTools`` (a dependency of attnkit and matplotlib).
+    characters no packaged font has are left out, with a ``UserWarning`` naming them (the
+    browser draws them with its own fonts where it has one, else as boxes). An ASCII-only text
+    gives ``""``. Needs ``fontTools`` (a dependency of attnkit and matplotlib).
     """
     import base64
 
@@ -298,4 +300,9 @@ def web_font_css(texts: Iterable[str]) -> str:
         rules.append(f'@font-face{{font-family:"{WEB_FAMILY}";'
                      f'src:url(data:font/woff;base64,{data}) format("woff");'
                      f"unicode-range:{_unicode_range(chars)}}}")
+    if missing:
+        shown = ", ".join(f"{c!r} U+{ord(c):04X}" for c in sorted(missing)[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        warnings.warn(f"no font packaged with attnkit has {len(missing)} character(s) of this page: {shown}{more}; "
+                      f"the browser draws them with its own fonts, or as boxes where it has none", stacklevel=2)
     return "\n".join(rules)
