@@ -15,6 +15,7 @@ of the range, so train and test never share a sequence, for every seed.
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 import zlib
@@ -30,6 +31,20 @@ LENGTHS = (10, 80)
 def is_test_sequence(seq: str) -> bool:
     """True if ``seq`` belongs to the held-out split (the same for every seed)."""
     return zlib.crc32(seq.encode()) % 10 == 0
+
+
+def _split_has_sequences(split: str, lengths: tuple[int, int], alphabet: str, limit: int = 100_000) -> bool:
+    """False when no string of these lengths over ``alphabet`` falls in ``split`` (checked only
+    when there are at most ``limit`` strings: a larger space always has some of each split)."""
+    lo, hi = lengths
+    k, total = len(alphabet), 0
+    for n in range(lo, hi + 1):
+        total += k**n
+        if total > limit:
+            return True
+    want_test = split == "test"
+    return any(is_test_sequence("".join(chars)) == want_test
+               for n in range(lo, hi + 1) for chars in itertools.product(alphabet, repeat=n))
 
 
 def _target(task: str, seq: str) -> str:
@@ -50,6 +65,9 @@ def generate(task: str, n: int, *, seed: int = 0, split: str = "train",
         raise ValueError(f"alphabet must hold at least 2 distinct characters, got {alphabet!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if n and not _split_has_sequences(split, lengths, alphabet):
+        raise ValueError(f"no string of length {lo}..{hi} over {alphabet!r} falls in the {split} split "
+                         "(a fixed 10% of them are held out): allow longer strings or a larger alphabet")
     rng = random.Random(f"attnkit.{task}:{seed}:{split}")
     want_test = split == "test"
     out: list[Pair] = []

@@ -125,7 +125,12 @@ class CharVocab(SpecialIdsTokenizer):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/vocab.json`` atomically; returns its path."""
         path = Path(directory) / VOCAB_FILE
-        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=0)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (text decoded with surrogateescape): \udcxx escapes
+            text = json.dumps(self.to_dict(), ensure_ascii=True, indent=0)
+        atomic_write(path, text)
         return path
 
     @classmethod
@@ -159,6 +164,10 @@ class BPETokenizer(SpecialIdsTokenizer):
             if tokenizer.token_to_id(tok) != i:
                 raise ValueError(f"not an attnkit BPE tokenizer: {tok!r} must have id {i}, "
                                  f"has {tokenizer.token_to_id(tok)}")
+        # "<s>", "</s>", "<pad>", "<unk>" written in the text are text, not special ids: otherwise
+        # "a </s> b" encodes an EOS in the middle and decodes to "a " (not saved in tokenizer.json,
+        # so set on every load)
+        tokenizer.encode_special_tokens = True
         self.tokenizer = tokenizer
 
     @classmethod

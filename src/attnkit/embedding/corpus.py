@@ -2,10 +2,11 @@
 file in memory.
 
 A *line* ends at ``\\n`` (a trailing ``\\r`` is dropped, so CRLF files read the same; a last line
-without a newline counts), so line ``i`` of the file (1-based, as editors and ``sed -n`` count)
-is output row ``i - 1``. Plain text lines are embedded as they are, empty lines included. With
-``field`` (``--field``, or ``--ids``) every line is a JSON object and its ``field`` is the text;
-with ``ids`` its ``"id"`` is carried into the output so rows can be joined back.
+without a newline counts; a UTF-8 byte order mark at the start of the file is dropped), so line
+``i`` of the file (1-based, as editors and ``sed -n`` count) is output row ``i - 1``. Plain text
+lines are embedded as they are, empty lines included. With ``field`` (``--field``, or ``--ids``)
+every line is a JSON object and its ``field`` is the text; with ``ids`` its ``"id"`` is carried
+into the output so rows can be joined back.
 
 :func:`scan` reads the file once, fast (blocks of 16 MiB, newlines found with numpy): it counts
 the lines, records the byte offset where every chunk of ``chunk_lines`` lines starts, and finds
@@ -27,6 +28,7 @@ from typing import Any
 __all__ = ["BadLine", "CorpusIndex", "LineFormat", "Row", "fingerprint", "read_chunk", "scan"]
 
 SCAN_BLOCK = 16 << 20  # bytes read at a time by scan
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark at the start of the file is not part of line 1
 FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a file
 
 
@@ -102,6 +104,12 @@ class LineFormat:
             why = (f"has no {self.field!r} field" if self.field not in obj
                    else f"its {self.field!r} field is {type(value).__name__}, not a string")
             return Row(None, ident if self.ids else None, why)
+        try:  # JSON may escape a lone surrogate ("\\ud800"): no tokenizer takes it
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return Row(None, ident if self.ids else None,
+                       f"its {self.field!r} field is not valid Unicode (a lone surrogate "
+                       f"\\u{ord(value[exc.start]):04x} at character {exc.start})")
         return Row(value, ident if self.ids else None)
 
 
@@ -175,7 +183,10 @@ def scan(path: str | os.PathLike, chunk_lines: int, fmt: LineFormat = LineFormat
             m = k * chunk_lines - lines  # its index in the block (>= 1: block 0 starts with chunk 0)
             offsets.append(start + int(ends[m - 1]) + 1 if m else start)
         if fmt.field is not None or not _is_utf8(data):
-            for i, raw in enumerate(data.split(b"\n")[:n]):
+            pieces = data.split(b"\n")[:n]
+            if start == 0:
+                pieces[0] = pieces[0].removeprefix(BOM)
+            for i, raw in enumerate(pieces):
                 row = fmt.parse(raw)
                 if row.bad is not None:
                     bad.append(BadLine(lines + i + 1, row.bad, row.id))
@@ -209,6 +220,8 @@ def read_chunk(path: str | os.PathLike, index: CorpusIndex, k: int, fmt: LineFor
     pieces = data.split(b"\n")
     if data.endswith(b"\n"):
         pieces.pop()
+    if start == 0 and pieces:
+        pieces[0] = pieces[0].removeprefix(BOM)
     if len(pieces) != count:
         raise ValueError(f"{path} changed while it was being embedded: bytes {start}..{end} hold "
                          f"{len(pieces)} lines, not the {count} lines {first + 1}..{first + count} found before")

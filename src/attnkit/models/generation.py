@@ -93,7 +93,7 @@ def greedy_search(
     pad_id, bos_id, eos_id = _ids(model)
     B, S = src.shape
     state = model.encode(src, src_mask)
-    tokens = src.new_full((B, max_len), pad_id)
+    tokens = src.new_full((B, max_len), pad_id, dtype=torch.long)  # long whatever src's integer dtype
     attention = src.new_zeros((B, max_len, S), dtype=torch.float32) if return_attention else None
     scores = torch.zeros(B, device=src.device)
     rows = torch.arange(B, device=src.device)  # original row of each active row
@@ -193,8 +193,8 @@ def beam_search(
         best_live = (scores.max(dim=1).values / (t + 1) ** length_penalty).tolist()  # (A,)
         alive = torch.tensor(
             [len(finished[int(s)]) < K or best_live[a] > min(h[0] for h in finished[int(s)])
-             for a, s in enumerate(sources.tolist())], device=device,
-        )
+             for a, s in enumerate(sources.tolist())], dtype=torch.bool, device=device,
+        )  # (A,); bool also when A == 0 (an empty batch)
         alive &= torch.isfinite(scores).any(dim=1)
         if not bool(alive.any()):
             break
@@ -206,8 +206,8 @@ def beam_search(
         last = tok.reshape(-1, 1)
 
     best = [max(f, key=lambda h: h[0]) if f else (float("-inf"), src.new_zeros(0), None) for f in finished]
-    T = max(1, max(h[1].shape[0] for h in best))
-    tokens = src.new_full((B, T), pad_id)
+    T = max(1, max((h[1].shape[0] for h in best), default=0))  # (B, 1) for an empty batch, as greedy
+    tokens = src.new_full((B, T), pad_id, dtype=torch.long)
     attention = torch.zeros(B, T, S, device=device) if return_attention else None
     for b, (_, toks, att) in enumerate(best):
         tokens[b, : toks.shape[0]] = toks
