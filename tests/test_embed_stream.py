@@ -572,3 +572,16 @@ def test_a_run_sweeps_the_work_folders_older_versions_left(tmp_path, tiny) -> No
     embed_file(src, out, model=tiny, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.npy.parts.new-abc",
                                                           "emb.npy.parts.old-123", "in.txt"]
+
+
+def test_the_bad_line_message_reads_for_every_reason() -> None:
+    """'line N is ...' or 'line N has ... / its ...', never 'line N is has ...'."""
+    from attnkit.embedding import job as embed_job
+
+    def message(reason: str) -> str:
+        index = corpus.CorpusIndex(9, 9, [0, 9], [corpus.BadLine(4, reason, None)])
+        return embed_job._bad_lines_message("in.jsonl", index)
+
+    assert "line 4 has no 'text' field;" in message("has no 'text' field")
+    assert "line 4: its 'text' field is int, not a string;" in message("its 'text' field is int, not a string")
+    assert "line 4 is not valid JSON (x);" in message("not valid JSON (x)")

@@ -196,7 +196,8 @@ def _bad_lines_message(input_name: str, index: CorpusIndex) -> str:
     if first.reason.startswith("not UTF-8 "):
         head = f"{input_name} is not UTF-8 text at line {first.line} {first.reason[len('not UTF-8 '):]}"
     else:
-        head = f"{input_name} cannot be embedded: line {first.line} is {first.reason}"
+        joint = " " if first.reason.startswith("has ") else ": " if first.reason.startswith("its ") else " is "
+        head = f"{input_name} cannot be embedded: line {first.line}{joint}{first.reason}"
     if len(bad) > 1:
         listed = ", ".join(str(b.line) for b in bad[:10]) + (", ..." if len(bad) > 10 else "")
         head += f" ({len(bad)} bad lines in all: {listed})"
