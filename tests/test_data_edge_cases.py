@@ -1,4 +1,4 @@
-"""Regression tests from a review of the data, tokenizer, embedding-input and generation code:
+"""Edge cases of the data, tokenizer, embedding-input and generation code that once failed:
 each compares against an independent reference (the text itself, brute force over every
 output sequence, torch's long dtype), not against attnkit's own output alone."""
 
