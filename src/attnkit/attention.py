@@ -125,7 +125,7 @@ class MultiHeadAttention(nn.Module):
     Parameters mirror the usual checkpoint layout: ``q_proj``, ``k_proj``, ``v_proj``,
     ``out_proj``.
 
-    ``rotary`` (e.g. :class:`attnkit.transformer.RotaryEmbedding`), called as
+    ``rotary`` (e.g. :class:`attnkit.positions.RotaryEmbedding`), called as
     ``rotary(x (B, H, L, d), offset) -> x``, rotates self-attention queries and keys by their
     positions (``offset`` = the position of the first one: steps already in the KV cache, or
     where this rank's shard starts). None = no rotation.
@@ -240,10 +240,14 @@ class MultiHeadAttention(nn.Module):
                 f"batch/length mismatch: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
             )
 
-    def _attn_mask(self, attn_mask: Tensor | None, B: int, L: int, S: int) -> Tensor | None:
-        """Bring ``attn_mask`` (L, S) | (B, L, S) | (B, H, L, S) to a 4-D broadcastable mask."""
+    def _attn_mask(self, attn_mask: Tensor | None, B: int, L: int, S: int, dtype: torch.dtype) -> Tensor | None:
+        """Bring ``attn_mask`` (L, S) | (B, L, S) | (B, H, L, S) to a 4-D broadcastable mask; a float
+        mask to the dtype the scores are computed in (``dtype``, the queries'; float32 for half
+        queries), whatever float dtype it came in (the fused kernel takes no other)."""
         if attn_mask is None:
             return None
+        if attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
         shape = tuple(attn_mask.shape)
         if shape == (L, S):
             return attn_mask
@@ -332,7 +336,7 @@ class MultiHeadAttention(nn.Module):
 
         mask = merge_masks(
             None if key_mask is None else key_mask[:, None, None, :],  # (B, 1, 1, S)
-            self._attn_mask(attn_mask, B, L, S),
+            self._attn_mask(attn_mask, B, L, S, q.dtype),
         )
         res = scaled_dot_product_attention(
             q, k, v, mask=mask, causal=causal,

@@ -113,8 +113,9 @@ class RNNEncoder(nn.Module):
     ``forward(src (B, S) long, src_mask (B, S) bool)`` ->
     ``(outputs (B, S, hidden_dim), final)`` where ``final`` is the last state of every layer,
     ``(num_layers, B, hidden_dim)`` (a tuple ``(h, c)`` for LSTM), the two directions
-    concatenated. Outputs at padded positions are zero. The real tokens of a row must come
-    first: the mask is read as lengths.
+    concatenated. Outputs at padded positions are zero. The RNN reads each row's real tokens in
+    order wherever they sit (right or left padding alike): a row whose real tokens do not come
+    first is compacted before the RNN and its outputs put back in place.
     """
 
     def __init__(self, config: RNNConfig) -> None:
@@ -134,11 +135,18 @@ class RNNEncoder(nn.Module):
 
     def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, RNNState]:
         B, S = src.shape
-        lengths = src_mask.sum(dim=1).clamp(min=1).cpu()  # an empty row still needs one step
+        counts = src_mask.sum(dim=1)  # (B,)
+        order = None  # (B, S): where each compacted position came from, when padding is not all at the end
+        if not torch.equal(src_mask, torch.arange(S, device=src_mask.device) < counts[:, None]):
+            order = torch.sort((~src_mask).to(torch.uint8), dim=1, stable=True).indices  # real tokens first, in order
+            src = src.gather(1, order)
+        lengths = counts.clamp(min=1).cpu()  # an empty row still needs one step
         x = self.dropout(self.embed(src))  # (B, S, E)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, final = self.rnn(packed)
         outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, H)
+        if order is not None:  # back to the positions the tokens came from
+            outputs = torch.zeros_like(outputs).scatter(1, order[..., None].expand_as(outputs), outputs)
         if isinstance(final, tuple):
             final = (self._merge_directions(final[0]), self._merge_directions(final[1]))
         else:

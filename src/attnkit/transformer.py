@@ -338,9 +338,20 @@ def _copy_linear(dst: nn.Linear, src: nn.Linear) -> None:
 
 
 def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm) -> None:
-    dst.weight.copy_(src.weight)
+    if src.weight is not None:
+        dst.weight.copy_(src.weight)
     if src.bias is not None:
         dst.bias.copy_(src.bias)
+
+
+def _final_norm_like(norm: nn.Module, embed_dim: int) -> nn.LayerNorm:
+    """An empty LayerNorm shaped like a torch stack's final ``norm``, which need not share the
+    layers' settings (``nn.LayerNorm(E)`` after ``bias=False`` layers, or without affine
+    parameters); anything but a LayerNorm over ``embed_dim`` raises ``ValueError``."""
+    if not isinstance(norm, nn.LayerNorm) or tuple(norm.normalized_shape) != (embed_dim,):
+        raise ValueError(f"the stack's final norm must be nn.LayerNorm({embed_dim}), got {norm!r}")
+    return nn.LayerNorm(embed_dim, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                        bias=norm.bias is not None)
 
 
 # --------------------------------------------------------------------------- stacks
@@ -365,7 +376,7 @@ def _copy_torch_stack(new: nn.Module, m: nn.Module, copy_extra: Callable) -> nn.
     feed-forward and norms layer by layer (plus ``copy_extra(ours, theirs)`` for what only
     decoders have) and the optional final norm into the freshly built stack ``new``."""
     if m.norm is not None:
-        new.norm.eps = m.norm.eps
+        new.norm = _final_norm_like(m.norm, m.layers[0].self_attn.embed_dim)
     p = m.layers[0].linear1.weight
     new = new.to(device=p.device, dtype=p.dtype)
     with torch.no_grad():

@@ -31,6 +31,10 @@ __all__ = ["BertConfig", "BertEncoder", "hf_name_map"]
 
 # Checkpoint tensors BertModel carries that this encoder does not use (HF's pooler, a buffer).
 IGNORED_TENSORS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
+# A task model's checkpoint (BertForMaskedLM, BertForSequenceClassification, ...) holds the BertModel
+# under this prefix, beside its head; old checkpoints name LayerNorm parameters gamma/beta.
+BASE_MODEL_PREFIX = "bert."
+LEGACY_NORM_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 ACTIVATIONS = ("gelu", "relu")
 
 
@@ -43,6 +47,7 @@ class BertConfig:
 
     ``hidden_act`` is ``"gelu"`` (exact, erf) or ``"relu"``; only absolute (learned) position
     embeddings are supported. ``dropout`` is ``hidden_dropout_prob`` (inactive in eval mode).
+    ``pad_token_id=None`` (``"pad_token_id": null``) means no padding row, as in Hugging Face.
     """
 
     vocab_size: int = 30522
@@ -54,7 +59,7 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -68,7 +73,7 @@ class BertConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -161,6 +166,24 @@ def hf_name_map(config: BertConfig) -> dict[str, str]:
             for p in ("weight", "bias"):
                 names[f"encoder.layer.{i}.{hf}.{p}"] = f"layers.{i}.{ours}.{p}"
     return names
+
+
+def base_model_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``BertModel`` tensors of a checkpoint, named as :func:`hf_name_map` expects: a
+    ``BertModel`` checkpoint as it is; a task model's (``BertForMaskedLM``, ...; no tensor named
+    ``embeddings.*`` or ``encoder.*`` but some ``bert.*``) its ``bert.*`` tensors without the
+    prefix, its head (``cls.*``, ``classifier.*``, ...) left out, as ``BertModel.from_pretrained``
+    does. LayerNorm ``gamma``/``beta`` (old checkpoints) read as ``weight``/``bias``."""
+    bare = any(k.startswith(("embeddings.", "encoder.")) for k in tensors)
+    if not bare and any(k.startswith(BASE_MODEL_PREFIX) for k in tensors):
+        tensors = {k[len(BASE_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(BASE_MODEL_PREFIX)}
+    renamed = {}
+    for name, value in tensors.items():
+        for old, new in LEGACY_NORM_NAMES.items():
+            if name.endswith(old):
+                name = name[: -len(old)] + new
+        renamed[name] = value
+    return renamed
 
 
 # --------------------------------------------------------------------------- encoder
@@ -274,7 +297,9 @@ class BertEncoder(nn.Module):
         return model.with_dtype(dtype).eval()
 
     def load_hf_state_dict(self, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
-        """Copy Hugging Face ``BertModel`` tensors in, strictly (see :func:`hf_name_map`)."""
+        """Copy Hugging Face ``BertModel`` tensors in, strictly (see :func:`hf_name_map`); a task
+        model's checkpoint gives its ``bert.*`` tensors (see :func:`base_model_tensors`)."""
+        tensors = base_model_tensors(tensors)
         names = hf_name_map(self.config)
         ours = self.state_dict()
         missing = sorted(hf for hf in names if hf not in tensors)
