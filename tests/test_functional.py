@@ -513,3 +513,22 @@ def test_gqa_weights_are_on_the_output_path() -> None:
     (grad2,) = torch.autograd.grad((out2 * torch.arange(float(d))).sum(), w2)
     torch.testing.assert_close(out, out2, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad, grad2, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q_dtype, mask_dtype", [(torch.float32, torch.float64), (torch.float16, torch.bfloat16),
+                                                 (torch.bfloat16, torch.float64)])
+def test_a_float_mask_of_any_float_dtype_takes_every_path(q_dtype, mask_dtype) -> None:
+    """torch's fused kernel refuses a float mask that is neither float32 nor the queries' dtype;
+    every attnkit path (fused, explicit, with or without autograd) takes it, as torch's math
+    reference does on the same values."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8, 16, generator=g).to(q_dtype) for _ in range(3))
+    bias = torch.randn(2, 1, 8, 8, generator=g)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.to(mask_dtype).float())
+    tol = 1e-5 if q_dtype == torch.float32 else 2e-2
+    for grad in (False, True):
+        for return_weights in (False, True):
+            with torch.set_grad_enabled(grad):
+                got = ak.scaled_dot_product_attention(q, k, v, mask=bias.to(mask_dtype), return_weights=return_weights)
+            got = got[0] if return_weights else got
+            torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)

@@ -240,14 +240,10 @@ class MultiHeadAttention(nn.Module):
                 f"batch/length mismatch: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
             )
 
-    def _attn_mask(self, attn_mask: Tensor | None, B: int, L: int, S: int, dtype: torch.dtype) -> Tensor | None:
-        """Bring ``attn_mask`` (L, S) | (B, L, S) | (B, H, L, S) to a 4-D broadcastable mask; a float
-        mask to the dtype the scores are computed in (``dtype``, the queries'; float32 for half
-        queries), whatever float dtype it came in (the fused kernel takes no other)."""
+    def _attn_mask(self, attn_mask: Tensor | None, B: int, L: int, S: int) -> Tensor | None:
+        """Bring ``attn_mask`` (L, S) | (B, L, S) | (B, H, L, S) to a 4-D broadcastable mask."""
         if attn_mask is None:
             return None
-        if attn_mask.is_floating_point():
-            attn_mask = attn_mask.to(dtype if dtype in (torch.float32, torch.float64) else torch.float32)
         shape = tuple(attn_mask.shape)
         if shape == (L, S):
             return attn_mask
@@ -336,7 +332,7 @@ class MultiHeadAttention(nn.Module):
 
         mask = merge_masks(
             None if key_mask is None else key_mask[:, None, None, :],  # (B, 1, 1, S)
-            self._attn_mask(attn_mask, B, L, S, q.dtype),
+            self._attn_mask(attn_mask, B, L, S),
         )
         res = scaled_dot_product_attention(
             q, k, v, mask=mask, causal=causal,

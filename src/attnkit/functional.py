@@ -490,6 +490,10 @@ def scaled_dot_product_attention(
     elif explicit:
         out = _attention_math(q, k, v, mask, scale, dropout)[0]
     else:
+        if mask is not None and mask.is_floating_point() and mask.dtype not in (q.dtype, torch.float32):
+            # the fused kernel takes a float mask in the queries' dtype or float32 only; the
+            # explicit paths add any float mask to float32 (float64) scores
+            mask = mask.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=fast_causal, scale=scale,
             enable_gqa=_gqa_groups(q, k) > 1,
