@@ -195,3 +195,29 @@ def test_exhaustive_beam_is_the_brute_force_best(V, max_len, length_penalty):
         row = row[: row.index(EOS_ID) + 1] if EOS_ID in row else [t for t in row if t != PAD_ID]
         assert row == outputs[best]
         assert abs(float(res.scores[b]) - float(scores[best])) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_generate_stops_where_learned_positions_end(method):
+    """A decoder with a learned table of 8 positions reads BOS and 7 generated tokens: generate
+    asked for 64 stops at 8 tokens (it raised 'sequence of length 9 is longer than max_len=8'
+    midway), and those 8 are what a full forward of the same prefix picks."""
+    from attnkit.models.generation import generate
+    from attnkit.models.transformer_seq2seq import TransformerConfig, TransformerSeq2Seq
+
+    torch.manual_seed(0)
+    model = TransformerSeq2Seq(TransformerConfig(12, embed_dim=16, num_heads=2, num_encoder_layers=1,
+                                                 num_decoder_layers=1, ff_dim=32, position="learned", max_len=8,
+                                                 dropout=0.0)).eval()
+    src = torch.tensor([[4, 5, 6, 7]])
+    with torch.no_grad():  # EOS's logit 0 under ten large ones: the rows run to the limit
+        model.out_proj.weight.mul_(100.0)[model.config.eos_id].zero_()
+    tokens = generate(model, src, max_len=64, method=method, beam_size=2)
+    assert tokens.shape == (1, 8) and model.config.eos_id not in tokens[0].tolist()
+    if method == "greedy":
+        dec_in = torch.cat([torch.tensor([[model.config.bos_id]]), tokens[:, :-1]], dim=1)
+        with torch.no_grad():
+            logits = model(src, dec_in)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        logits[..., [model.config.pad_id, model.config.bos_id]] = float("-inf")
+        assert logits.argmax(-1)[0].tolist()[: tokens.shape[1]] == tokens[0].tolist()

@@ -72,6 +72,16 @@ def _log_probs(logits: Tensor, pad_id: int, bos_id: int) -> Tensor:
     return logp
 
 
+def _room(model: Seq2SeqModel, max_len: int) -> int:
+    """``max_len`` capped at the tokens the decoder can read positions for: a learned position
+    table of ``config.max_len`` rows takes BOS and ``max_len - 1`` generated tokens, so at most
+    ``config.max_len`` are generated (sinusoidal and rotary positions, and RNNs, have no limit)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "position", None) == "learned":
+        return min(max_len, int(config.max_len))
+    return max_len
+
+
 def _check_args(src: Tensor, max_len: int, beam_size: int, length_penalty: float) -> None:
     if src.dim() != 2 or src.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"src must be (B, S) integer token ids, got {src.dtype} {tuple(src.shape)}")
@@ -90,6 +100,7 @@ def greedy_search(
 ) -> Generation:
     """Pick the most likely token at each step. Finished rows leave the batch."""
     _check_args(src, max_len, 1, 1.0)
+    max_len = _room(model, max_len)
     pad_id, bos_id, eos_id = _ids(model)
     B, S = src.shape
     state = model.encode(src, src_mask)
@@ -136,6 +147,7 @@ def beam_search(
     wins. With ``beam_size=1`` this is exactly greedy search.
     """
     _check_args(src, max_len, beam_size, length_penalty)
+    max_len = _room(model, max_len)
     pad_id, bos_id, eos_id = _ids(model)
     B, S = src.shape
     K, device = beam_size, src.device
@@ -233,7 +245,8 @@ def generate(
 
     Returns ``tokens (B, T)`` long: no BOS, each row up to and including its EOS, ``pad_id``
     after; ``max_len`` counts generated tokens including EOS (a row that never emits EOS stops
-    there); ``T`` is the longest row. BOS and pad are never emitted. With ``return_attention``
+    there; a decoder with a learned position table of ``config.max_len`` rows generates at most
+    that many); ``T`` is the longest row. BOS and pad are never emitted. With ``return_attention``
     also ``attention (B, T, S)``: the cross-attention that produced each token, zero after the
     row's EOS. An explicit ``src_mask (B, S)`` (True = real token) wins over ``src != pad_id``.
     ``method="beam"`` runs :func:`beam_search` (``beam_size=1`` gives the greedy result).
