@@ -231,3 +231,13 @@ def test_an_error_between_the_fallback_renames_puts_the_previous_folder_back(tmp
     with pytest.raises(OSError, match="Input/output"):
         publish_dir(tmp, target)
     assert _text(target) == "old"
+
+
+def test_json_text_keeps_text_and_escapes_only_what_utf8_cannot_hold() -> None:
+    import json
+
+    assert aio.json_text({"t": "naïve 日本"}) == '{"t": "naïve 日本"}'
+    lone = {"id": "a\udc80", "t": "é"}
+    text = aio.json_text(lone, indent=0)
+    text.encode("utf-8")  # writable as UTF-8
+    assert json.loads(text) == lone and "\\udc80" in text

@@ -34,16 +34,17 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_parts", "fsync_path", "preallocate",
-           "publish_dir", "remove_dir", "sweep_temp_dirs", "temp_dir_beside"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_parts", "fsync_path", "json_text",
+           "preallocate", "publish_dir", "remove_dir", "sweep_temp_dirs", "temp_dir_beside"]
 
 TEMP_DIR_MARK = ".tmp-"  # a temp folder beside NAME is named "." + NAME + TEMP_DIR_MARK + a unique tail
 
@@ -144,6 +145,19 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, encoding: str = 
     with atomic_open(path, "w" if isinstance(data, str) else "wb", encoding=encoding, durable=durable) as f:
         f.write(data)
     return Path(path)
+
+
+def json_text(obj: Any, **options: Any) -> str:
+    """``json.dumps(obj, ensure_ascii=False, **options)``: non-ASCII text as it is, except where a
+    string holds a lone surrogate (text decoded with ``surrogateescape``, or a JSON ``"\\udc80"``
+    escape read back), which UTF-8 cannot hold: then ASCII escapes, which read back to the same
+    value."""
+    text = json.dumps(obj, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **options)
+    return text
 
 
 def atomic_write_parts(path: str | os.PathLike, parts: Iterable[bytes | memoryview], *, durable: bool = True) -> str:

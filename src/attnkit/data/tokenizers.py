@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from attnkit.data.base import SPECIAL_TOKENS, UNK, UNK_ID, SpecialIdsTokenizer, Tokenizer
-from attnkit.io import atomic_write
+from attnkit.io import atomic_write, json_text
 
 __all__ = ["BPE_FILE", "VOCAB_FILE", "BPETokenizer", "CharVocab", "load_tokenizer"]
 
@@ -125,12 +125,7 @@ class CharVocab(SpecialIdsTokenizer):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/vocab.json`` atomically; returns its path."""
         path = Path(directory) / VOCAB_FILE
-        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=0)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (text decoded with surrogateescape): \udcxx escapes
-            text = json.dumps(self.to_dict(), ensure_ascii=True, indent=0)
-        atomic_write(path, text)
+        atomic_write(path, json_text(self.to_dict(), indent=0))  # a lone surrogate: \udcxx escapes
         return path
 
     @classmethod

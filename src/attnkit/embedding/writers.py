@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import IO, Any
 
 from attnkit.embedding.corpus import Row
 from attnkit.embedding.job import COPY_BYTES, Job, discard, outputs_of
+from attnkit.io import json_text
 
 __all__ = ["ChunkRows", "assemble", "write_chunk"]
 
@@ -31,24 +31,12 @@ class ChunkRows:
     truncated: int
 
 
-def _dumps(obj: Any) -> str:
-    """JSON text of ``obj``, non-ASCII as is, except where a string holds a lone surrogate (an id
-    such as ``"\\udc80"`` read from JSON): then ASCII escapes, which read back to the same value
-    (UTF-8 cannot hold a lone surrogate)."""
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj)
-    return text
-
-
 def _json_line(row: Row, vec: Any, *, ids: bool, line: int) -> bytes:
     obj: dict[str, Any] = {"id": row.id} if ids else {"text": row.text}
     obj["embedding"] = None if row.bad is not None else vec
     if row.bad is not None:
         obj["skipped"] = f"line {line}: {row.bad}"
-    return (_dumps(obj) + "\n").encode()
+    return (json_text(obj) + "\n").encode()
 
 
 def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0.0) -> dict[str, Any]:
@@ -75,7 +63,7 @@ def write_chunk(job: Job, chunk: ChunkRows, *, rank: int = 0, seconds: float = 0
               "tokens": chunk.tokens, "truncated": chunk.truncated, "skipped": skipped,
               "ids": [r.id for r in chunk.rows] if ids and ident["output"]["format"] == ".npy" else None,
               "file_bytes": path.stat().st_size, "sha256": payload, "rank": rank, "seconds": round(seconds, 3)}
-    atomic_write(job.record_path(chunk.k), _dumps(record))
+    atomic_write(job.record_path(chunk.k), json_text(record))
     return record
 
 
@@ -142,7 +130,7 @@ def _write_jsonl(path: Path, objects: Iterable[Any]) -> None:
 
     with atomic_open(path) as f:
         for obj in objects:
-            f.write((_dumps(obj) + "\n").encode())
+            f.write((json_text(obj) + "\n").encode())
 
 
 def assemble(job: Job, records: dict[int, dict[str, Any]], *, dim: int, remove_parts: bool = True) -> list[list[Any]]:
