@@ -126,3 +126,12 @@ def test_bert_config_with_null_pad_token_id_loads_like_hf(tmp_path):
         torch.testing.assert_close(ours(ids)[0], ref_model(ids).last_hidden_state, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pad_token_id=60"):
         ak.models.bert.BertConfig(vocab_size=60, hidden_size=32, num_attention_heads=4, pad_token_id=60)
+
+
+def test_learned_positions_past_the_table_are_one_valueerror_packed_or_padded():
+    emb = ak.Embeddings(10, 8, position="learned", max_len=4)
+    with pytest.raises(ValueError, match="longer than max_len=4"):
+        emb(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="reaches position 4, past max_len=4"):
+        emb(torch.zeros(6, dtype=torch.long), positions=torch.tensor([0, 1, 0, 1, 2, 4]))
+    assert emb(torch.zeros(4, dtype=torch.long), positions=torch.tensor([0, 1, 2, 3])).shape == (4, 8)

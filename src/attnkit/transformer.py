@@ -119,6 +119,9 @@ class Embeddings(nn.Module):
                     f"sequence of length {offset + L} is longer than max_len={self.max_len} (learned positions)"
                 )
             positions = torch.arange(offset, offset + L, device=tokens.device)  # (L,) broadcast over B
+        elif self.position == "learned" and positions.numel() and int(positions.max()) >= self.max_len:
+            raise ValueError(f"a packed sequence reaches position {int(positions.max())}, past max_len={self.max_len} "
+                             f"(learned positions)")
         if self.position == "learned":
             x = x + self.position_embeddings(positions)
         elif self.position == "sinusoidal":
