@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import typer
 
+from attnkit.cli.console import SIGNAL_EXIT, check_folder_path, stopped_by_signal, user_errors
 from attnkit.cli.console import console as default_console
-from attnkit.cli.console import user_errors
 
 __all__ = ["MODELS", "DemoPlan", "ModelResult", "demo", "run_demo"]
 
@@ -114,6 +114,9 @@ def train_models(plan: DemoPlan, out: Path, console: Any) -> tuple[Any, list[Mod
         # of it); no validation on the way
         model, result = train_date_model(spec.arch, data, attention=attention, seed=plan.seed, out_dir=folder,
                                          validate=False, steps=None, time_budget=budget)
+        if result.stopped in SIGNAL_EXIT:  # Ctrl-C / SIGTERM stops the tour, not just this model
+            stopped_by_signal(result.stopped, f"stopped by {result.stopped} while training {spec.label} "
+                                              f"(step {result.step}); the tour was not finished")
         with console.status(f"evaluating on {len(data.test)} held-out dates"):
             metrics = evaluate(model, data.test, batch_size=256)
         results.append(ModelResult(spec, model, result.step, result.seconds,
@@ -226,6 +229,7 @@ def run_demo(out: str | Path = "attnkit-demo", *, quick: bool = False, console: 
 
     console = console or default_console
     plan = plan or (DemoPlan.quick() if quick else DemoPlan())
+    check_folder_path("--out", out)  # before anything runs: a bad folder is one line
     resolve_model_folder("all-MiniLM-L6-v2")  # part 2 needs the model package: say so before training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from attnkit.cli.console import console, user_errors
+from attnkit.cli.console import check_file_path, console, stopped_by_signal, user_errors
 
 DEFAULT_CHUNK_LINES = 65_536  # attnkit.embedding.DEFAULT_CHUNK_LINES (importing it here would load torch for --help)
 
@@ -65,11 +65,25 @@ def embed(
     """Embed each line of INPUT with a pretrained sentence encoder: streamed in chunks, resumable
     after a kill (--resume), sharded over ranks under torchrun (packed: no compute on padding)."""
     from attnkit.embedding import embed_file
+    from attnkit.embedding.file import EmbedStopped
+    from attnkit.models.sentence_encoder import SentenceEncoder
 
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume finishes the unfinished job of "
+                         "--out, --overwrite discards it; pass one")
+    if not model:
+        raise ValueError("--model is empty: name a sentence-transformers folder or a known model name")
+    check_file_path("--out", out, what=".npy or .jsonl file")
     _set_threads(threads)
-    s = embed_file(input_file, out, model=model, batch_size=batch_size, progress=not quiet, chunk_lines=chunk_lines,
-                   float16=float16, field=field, ids=ids, skip_bad=skip_bad, resume=resume, overwrite=overwrite,
-                   dtype=dtype)
+    # A new job loads the model first: one that cannot be loaded is one line, and leaves no
+    # unfinished OUT.parts behind to block the next run (a resume may need no model at all).
+    encoder = None if resume else SentenceEncoder.from_pretrained(model)
+    try:
+        s = embed_file(input_file, out, model=model, batch_size=batch_size, progress=not quiet,
+                       chunk_lines=chunk_lines, float16=float16, field=field, ids=ids, skip_bad=skip_bad,
+                       resume=resume, overwrite=overwrite, dtype=dtype, encoder=encoder)
+    except EmbedStopped as exc:  # Ctrl-C / SIGTERM: finished chunks are kept for --resume
+        stopped_by_signal(exc.signal, str(exc))
     if s.rank != 0:
         return
     if not s.lines and s.note:

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from attnkit.cli.console import console, user_errors
+from attnkit.cli.show import check_paths, write_errors
 
 __all__ = ["explain", "explain_command", "PAGE_METHODS"]
 
@@ -26,6 +27,7 @@ def explain_command(text: str, *, model: str, target: str | None = None, query: 
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_paths(out, svg=svg, png=png)  # before the model runs: a bad path is one line, nothing written
     first = explain(model, text, target=target, query=query, method=method)
     explanations = {method: first}
     for other in PAGE_METHODS:
@@ -73,8 +75,9 @@ def explain(
     png: str = typer.Option(None, "--png", help="also write the relevance map and the attention views as PNG to this folder"),
 ) -> None:
     """Explain which input tokens of TEXT made each output token (relevance view + attention explorer)."""
-    explanations, page, pictures = explain_command(text, model=model, target=target, query=query, method=method,
-                                                   out=out, svg=svg, png=png)
+    explanations, page, pictures = write_errors(
+        lambda: explain_command(text, model=model, target=target, query=query, method=method, out=out, svg=svg,
+                                png=png), out=out, svg=svg, png=png)
     e = explanations[method]
     zero = f", {len(e.zero_rows)} all-zero rows" if e.zero_rows else ""
     console.print(f"wrote {page} ({method}: {tuple(e.relevance.shape)} outputs x input tokens{zero}; "

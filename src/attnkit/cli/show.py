@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from attnkit.cli.console import USER_ERRORS, console, fail, user_errors
+from attnkit.cli.console import (
+    USER_ERRORS,
+    check_file_path,
+    check_folder_path,
+    console,
+    user_errors,
+    write_failed,
+)
 
-__all__ = ["check_paths", "show", "show_command"]
+__all__ = ["check_paths", "show", "show_command", "write_errors"]
 
 
 def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", target: str | None = None,
@@ -27,30 +35,32 @@ def show_command(text: str, *, model: str = "all-MiniLM-L6-v2", target: str | No
     return att, pictures
 
 
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing folder-to-be of ``path``'s parents that is not a folder, if any."""
-    for parent in (path.parent, *path.parent.parents):
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
-
-
 def check_paths(out: str | Path, *, svg: str | Path | None = None, png: str | Path | None = None) -> None:
     """ValueError naming the option unless ``out`` can be written as a file and ``svg``/``png``
-    as folders (an existing folder, or a path whose existing ancestors are folders)."""
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: name the .html file to write")
-    if (blocker := _file_in_the_way(out)) is not None:
-        raise ValueError(f"--out {out}: {blocker} is a file, not a folder")
-    for option, folder in (("--svg", svg), ("--png", png)):
-        if folder is None:
-            continue
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{option} {folder} is a file: name a folder for the pictures")
-        if (blocker := _file_in_the_way(folder)) is not None:
-            raise ValueError(f"{option} {folder}: {blocker} is a file, not a folder")
+    as folders (an existing folder, or a path whose existing ancestors are folders; not empty;
+    in a folder that can be written)."""
+    check_file_path("--out", out, what=".html file")
+    check_folder_path("--svg", svg)
+    check_folder_path("--png", png)
+
+
+def write_errors(run: Any, *, out: str | Path, svg: str | Path | None, png: str | Path | None) -> Any:
+    """``run()``, with an OSError met while writing (a folder that cannot be written, a full disk)
+    as one ValueError naming the option whose path failed."""
+    try:
+        return run()
+    except OSError as exc:
+        if not exc.filename:
+            if isinstance(exc, USER_ERRORS):
+                raise
+            raise ValueError(str(exc)) from None
+        where = Path(os.path.abspath(exc.filename))
+        for option, folder in (("--svg", svg), ("--png", png)):
+            if folder is not None and where.is_relative_to(os.path.abspath(folder)):
+                raise ValueError(write_failed(exc, option, folder)) from None
+        if where.parent == Path(os.path.abspath(out)).parent:  # the page or its temp file beside it
+            raise ValueError(write_failed(exc, "--out", out)) from None
+        raise ValueError(f"{exc.strerror or exc}: {exc.filename}") from None
 
 
 @user_errors
@@ -65,12 +75,8 @@ def show(
     png: str = typer.Option(None, "--png", help="also write the head and model views as PNG files to this folder"),
 ) -> None:
     """Write the attention explorer (kinds, head view, model view, neuron view) of a model for TEXT."""
-    try:
-        att, pictures = show_command(text, model=model, target=target, out=out, svg=svg, png=png)
-    except OSError as exc:  # a folder that cannot be written (permissions, read-only, full disk)
-        if isinstance(exc, USER_ERRORS):
-            raise
-        fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    att, pictures = write_errors(lambda: show_command(text, model=model, target=target, out=out, svg=svg, png=png),
+                                 out=out, svg=svg, png=png)
     kinds = ", ".join(f"{k} {tuple(att.weights[k].shape[:2])}" for k in att.kinds)
     console.print(f"wrote {att.path} ({kinds}: layers, heads)"
                   + (f" and {len(pictures)} pictures" if pictures else ""), highlight=False)

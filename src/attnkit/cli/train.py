@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from attnkit.cli.console import console, user_errors
+from attnkit.cli.console import check_file_path, console, file_in_the_way, user_errors, write_failed
 
 __all__ = ["evaluate", "evaluate_command", "train", "train_command", "translate", "translate_command"]
 
@@ -67,6 +67,7 @@ def train_command(
     _check_train_options(out=out, resume=resume, time_budget=time_budget, batch_size=batch_size, lr=lr,
                          seed=seed, threads=threads, steps=steps, target=target, hidden=hidden, n_train=n_train,
                          eval_every=eval_every, checkpoint_every=checkpoint_every)
+    _check_choices(attention=attention, cell=cell, tokenizer=tokenizer)
     if threads is not None:
         torch.set_num_threads(threads)
     keep_freed_memory()
@@ -121,8 +122,13 @@ def train_command(
     if arch == "rnn":
         sizes["cell"] = cell
     torch.manual_seed(seed)
-    model = build_model(arch, len(tok), attention=attention, pad_id=tok.pad_id, bos_id=tok.bos_id,
-                        eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
+    try:
+        model = build_model(arch, len(tok), attention=attention, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                            eos_id=tok.eos_id, max_len=max(512, longest + 8), **sizes)
+    except (MemoryError, RuntimeError) as exc:  # torch's CPU allocator raises RuntimeError
+        if not _out_of_memory(exc):
+            raise
+        raise ValueError(f"--hidden {hidden}: the model does not fit in memory ({_out_of_memory(exc)})") from None
     defaults = TRAIN_DEFAULTS[arch]
     config = TrainConfig(**{
         **defaults, "batch_size": defaults["batch_size"] if batch_size is None else batch_size,
@@ -156,6 +162,33 @@ def _check_resume_options(manifest: dict[str, Any], train_config: dict[str, Any]
         raise ValueError(f"--resume continues the checkpoint's run with its own settings; these differ: "
                          f"{', '.join(changed)}. Leave them out (only --steps, --time-budget and --target may "
                          f"change), or start a new run in another --out")
+
+
+#: The choices of the string options (the RNN's attention and cell are checked for a Transformer too:
+#: a misspelt value is an error, not silently unused).
+TOKENIZERS = ("char", "bpe")
+
+
+def _check_choices(*, attention: str, cell: str, tokenizer: str) -> None:
+    """ValueError naming the option for a value that is not one of its choices (case matters)."""
+    from attnkit.rnn import _ATTENTIONS, _CELLS
+
+    for option, value, choices in (("--attention", attention, _ATTENTIONS), ("--cell", cell, _CELLS),
+                                   ("--tokenizer", tokenizer, TOKENIZERS)):
+        if value not in choices:
+            raise ValueError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What an allocation failure says (``MemoryError``, torch's "can't allocate memory"), else None."""
+    text = str(exc)
+    if isinstance(exc, MemoryError):
+        return text or "out of memory"
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        return text.split("can't allocate memory: ")[-1].split(". Error code")[0]
+    if "size calculation overflowed" in text:  # a tensor of more bytes than an int64 counts
+        return "a weight would hold more bytes than memory can address"
+    return None
 
 
 #: The largest seed torch accepts (a signed 64-bit integer).
@@ -197,11 +230,8 @@ def _check_out(out: Path, *, resume: bool) -> None:
         raise ValueError(f"--out {out} is {where}; name a folder below it")
     if resume:
         return  # the checkpoint exists: read_manifest reports a missing or wrong one
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is not a folder")
-            return
+    if (blocker := file_in_the_way(target)) is not None:
+        raise ValueError(f"--out {out}: {blocker} is not a folder")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -224,6 +254,8 @@ def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int
         raise ValueError(f"--beam must be >= 1, got {beam}")
     if max_len is not None and max_len < 1:
         raise ValueError(f"--max-len must be >= 1, got {max_len}")
+    if alignment is not None:
+        _check_alignment(alignment)
     manifest = read_manifest(checkpoint)
     if max_len is None:
         max_len = manifest["meta"].get("max_len", 64)
@@ -236,8 +268,24 @@ def translate_command(checkpoint: str | Path, texts: Sequence[str], *, beam: int
     if alignment is not None:
         path = Path(alignment)
         for i, a in enumerate(alignments):
-            draw(a, path if len(texts) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+            try:
+                draw(a, path if len(texts) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+            except OSError as exc:  # a full disk, a folder that became unwritable
+                raise ValueError(write_failed(exc, "--alignment", alignment)) from None
     return [a.prediction for a in alignments]
+
+
+def _check_alignment(alignment: str | Path) -> None:
+    """ValueError naming ``--alignment`` unless it is a picture file that can be written (not a
+    folder, not below a file, a format matplotlib writes), before any model runs."""
+    from matplotlib.figure import Figure
+
+    check_file_path("--alignment", alignment, what="picture file (e.g. align.png)")
+    fmt = Path(alignment).suffix[1:].lower()
+    known = Figure().canvas.get_supported_filetypes()
+    if fmt and fmt not in known:
+        raise ValueError(f"--alignment {alignment}: unknown picture format {fmt!r}; use one of "
+                         f"{', '.join(sorted(known))}")
 
 
 def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: int = 1,
@@ -250,6 +298,8 @@ def evaluate_command(checkpoint: str | Path, *, task: str | None = None, beam: i
     from attnkit.training import evaluate as evaluate_model
     from attnkit.training import task_from_meta
 
+    if beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {beam}")
     manifest = read_manifest(checkpoint)
     model = load(checkpoint, manifest=manifest)
     tok = load_tokenizer(checkpoint)
@@ -308,7 +358,7 @@ def translate(
     checkpoint: str = typer.Argument(..., help="checkpoint directory written by `attnkit train`"),
     texts: list[str] = typer.Argument(..., help="inputs to translate; `-` reads one per line from stdin"),
     beam: int = typer.Option(1, "--beam", help="beam size (1 = greedy)"),
-    alignment: str = typer.Option(None, "--alignment", help="write the attention heatmap (input x output characters) here"),
+    alignment: str = typer.Option(None, "--alignment", help="write the attention heatmap (input x output characters) to this picture file (.png, .svg, .pdf, ...; several inputs: NAME-1.png, NAME-2.png, ...)"),
     max_len: int = typer.Option(None, "--max-len", help="longest output in tokens"),
 ) -> None:
     """Translate inputs with a trained checkpoint: `attnkit translate DIR "24. November 2026"` -> 2026-11-24."""

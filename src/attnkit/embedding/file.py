@@ -40,7 +40,12 @@ TOKENIZE_LINES = 8192  # lines tokenized at a time (the tokenizer's per-text obj
 
 
 class EmbedStopped(ValueError):
-    """The job was stopped by a signal (SIGTERM: torchrun stopping every rank, a scheduler; SIGINT)."""
+    """The job was stopped by a signal (SIGTERM: torchrun stopping every rank, a scheduler; SIGINT),
+    named by ``signal`` (``"SIGTERM"`` or ``"SIGINT"``)."""
+
+    def __init__(self, message: str, signal: str = "SIGTERM") -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 @dataclass
@@ -110,7 +115,7 @@ def _signals_stop(ranks: Ranks) -> Iterator[None]:
     def stop(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         why = " (torchrun stops every rank when one fails)" if ranks.distributed else ""
-        raise EmbedStopped(f"{ranks.name + ': ' if ranks.distributed else ''}stopped by {name}{why}")
+        raise EmbedStopped(f"{ranks.name + ': ' if ranks.distributed else ''}stopped by {name}{why}", name)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -231,7 +236,7 @@ def embed_file(
         except OSError as exc:
             raise ValueError(_write_failed(exc, job, ranks, assembling=True)) from exc
         except EmbedStopped as exc:
-            raise EmbedStopped(str(exc) + _stopped_hint(job)) from exc
+            raise EmbedStopped(str(exc) + _stopped_hint(job), exc.signal) from exc
     return summary
 
 
@@ -317,4 +322,6 @@ def _run_chunks(input_path: Path, job: Job, encoder: SentenceEmbedder, mine: lis
         except ValueError as exc:  # EmbedStopped, another rank failed, the input changed
             if beat is not None and not isinstance(exc, EmbedStopped):
                 beat.fail()
-            raise (EmbedStopped if isinstance(exc, EmbedStopped) else ValueError)(str(exc) + _stopped_hint(job)) from exc
+            if isinstance(exc, EmbedStopped):
+                raise EmbedStopped(str(exc) + _stopped_hint(job), exc.signal) from exc
+            raise ValueError(str(exc) + _stopped_hint(job)) from exc
