@@ -83,19 +83,23 @@ def test_every_locale_date_is_covered_by_the_embedded_fonts(dates, tmp_path) -> 
 
 
 def test_demo_index_covers_its_captions(dates, tmp_path) -> None:
-    """The demo's index shows a caption per locale (source -> prediction): all 48 are covered."""
+    """The demo's index shows a caption per locale (source -> prediction, a mark for right or
+    wrong): all 48, and both marks, are covered."""
     from attnkit.cli.demo import write_index
 
     pictures = []
     for locale in DEFAULT_LOCALES:
         example = dates.render(DAY, locale, "long")
         pictures.append({"path": f"alignments/rnn-{locale}.png", "model": "RNN", "locale": locale,
-                         "source": example.source, "prediction": example.target, "correct": True})
+                         "source": example.source, "prediction": example.target,
+                         "correct": locale != DEFAULT_LOCALES[0]})  # one wrong: its mark is drawn too
     flies = SimpleNamespace(sentences=("time flies like an arrow", "fruit flies like a banana"),
                             word="flies", rows=lambda: [("layer 1", 0.9, 0.8, 0.7)])
-    page = write_index(tmp_path, [], pictures, flies).read_text("utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no character of the page is left to the browser's fonts
+        page = write_index(tmp_path, [], pictures, flies).read_text("utf-8")
     covered, _ = embedded_coverage(page)
-    shown = "".join(p["source"] for p in pictures) + "\u2192\u2713"
+    shown = "".join(p["source"] for p in pictures) + "\u2192\u2713\u00d7"
     assert needs_font(shown) - covered == set()
     assert '"attnkit-text", system-ui' in page
 

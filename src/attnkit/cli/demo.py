@@ -272,7 +272,7 @@ def write_index(out: Path, results: list[ModelResult], pictures: list[dict[str, 
     figures = "".join(
         f'<figure><a href="{e(p["path"])}"><img src="{e(p["path"])}" alt="{e(p["model"])} alignment, '
         f'{e(p["locale"])}" loading="lazy"></a><figcaption>{e(p["model"])}, <b>{e(p["locale"])}</b>: '
-        f'{e(p["source"])} &rarr; {e(p["prediction"])} {"&#10003;" if p["correct"] else "&#10007;"}'
+        f'{e(p["source"])} &rarr; {e(p["prediction"])} {"&#10003;" if p["correct"] else "&times;"}'
         f"</figcaption></figure>"
         for p in pictures
     )
