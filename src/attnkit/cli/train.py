@@ -164,13 +164,11 @@ def _check_resume_options(manifest: dict[str, Any], train_config: dict[str, Any]
                          f"change), or start a new run in another --out")
 
 
-#: The choices of the string options (the RNN's attention and cell are checked for a Transformer too:
-#: a misspelt value is an error, not silently unused).
-TOKENIZERS = ("char", "bpe")
-
-
 def _check_choices(*, attention: str, cell: str, tokenizer: str) -> None:
-    """ValueError naming the option for a value that is not one of its choices (case matters)."""
+    """ValueError naming the option for a value that is not one of its choices (case matters; the
+    RNN's attention and cell are checked for a Transformer too: a misspelt value is an error, not
+    silently unused)."""
+    from attnkit.data.tsv import TOKENIZERS
     from attnkit.rnn import _ATTENTIONS, _CELLS
 
     for option, value, choices in (("--attention", attention, _ATTENTIONS), ("--cell", cell, _CELLS),

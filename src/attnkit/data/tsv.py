@@ -36,6 +36,8 @@ from pathlib import Path
 from attnkit.data.base import Pair, Task
 from attnkit.data.tokenizers import BPETokenizer, CharVocab
 
+TOKENIZERS = ("char", "bpe")  # what make_task fits on a TSV: a CharVocab or a byte-level BPE
+
 
 @dataclass(frozen=True)
 class BadLine:
@@ -149,7 +151,7 @@ def make_task(path: str | os.PathLike, *, tokenizer: str = "char", vocab_size: i
     ``bad_lines`` (``[(line, reason)]``) and ``report`` (the one-line summary of skipped lines,
     ``""`` if none).
     """
-    if tokenizer not in ("char", "bpe"):
+    if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
     corpus = read_tsv(path, strict=strict, columns=columns)
     try:

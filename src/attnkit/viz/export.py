@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from attnkit.io import atomic_open
 from attnkit.viz.explorer import default_threshold, encode_weights
 from attnkit.viz.fonts import fonts_for
 
@@ -165,7 +164,7 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
     Raises:
         ValueError: an unknown kind or view, or a threshold outside ``[0, 1]``.
     """
-    from matplotlib import rc_context
+    from attnkit.viz.heatmap import _font_context, save_figure
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -180,8 +179,7 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
 
     def save(fig: Any, stem: str) -> None:
         for ext, folder in folders.items():
-            with atomic_open(folder / f"{stem}.{ext}") as f:  # the whole picture or the previous one
-                fig.savefig(f, format=ext)
+            save_figure(fig, folder / f"{stem}.{ext}")  # atomic: the whole picture or the previous one
             written.append(folder / f"{stem}.{ext}")
 
     for kind in kinds:
@@ -193,9 +191,7 @@ def write_views(att: Any, svg_dir: str | os.PathLike | None = None, png_dir: str
         causal = kind == "decoder"
         suffix = "" if view == "raw" else f"-{view}"
         head_names = ["all heads"] if view == "rollout" else None
-        # text.parse_math off: a token with two "$" is drawn as itself, never as mathtext
-        with rc_context({"font.family": fonts_for([*left, *right]), "axes.unicode_minus": False,
-                         "text.parse_math": False}):
+        with _font_context(fonts_for([*left, *right])):  # a token with two "$" is drawn as itself
             save(draw_model_view(w, causal=causal, head_names=head_names,
                                  title=f"{kind} attention{suffix.replace('-', ' ')}: every layer and head"),
                  f"{kind}{suffix}-model-view")
